@@ -1,0 +1,93 @@
+//! Router-wide settings: part of the policy document.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::strategy::{HybridWeights, StrategyKind, MAX_FALLBACKS};
+
+/// Settings that apply to every decision unless a request or model overrides them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RouterConfig {
+    /// The strategy used when neither the request nor the model names one.
+    #[serde(alias = "defaultStrategy")]
+    pub default_strategy: StrategyKind,
+    /// A head that sends no heartbeat (or status report) for this long stops getting traffic;
+    /// `0` turns heartbeats off.
+    #[serde(alias = "heartbeatTtlMs")]
+    pub heartbeat_ttl_ms: u64,
+    /// How many fallbacks a decision carries (at most 3).
+    #[serde(alias = "maxFallbacks")]
+    pub max_fallbacks: usize,
+    /// Latency assumed for an endpoint with no sample yet (P2C, latency, hybrid).
+    #[serde(alias = "defaultLatencyMs")]
+    pub default_latency_ms: f64,
+    /// Relative difference under which two scores count as a tie, broken at random
+    /// (latency, cost, hybrid).
+    #[serde(alias = "nearTieTolerance")]
+    pub near_tie_tolerance: f64,
+    /// Region preferred when the request gives none (geo, hybrid).
+    #[serde(alias = "defaultRegion", skip_serializing_if = "Option::is_none")]
+    pub default_region: Option<String>,
+    /// Points per endpoint on the consistent-hash ring.
+    #[serde(alias = "consistentHashVnodes")]
+    pub consistent_hash_vnodes: u32,
+    /// Bounded-load factor of consistent hashing (≥ 1; infinity turns the bound off).
+    #[serde(alias = "consistentHashBalance")]
+    pub consistent_hash_balance: f64,
+    /// Weights of the hybrid score.
+    pub hybrid: HybridWeights,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            default_strategy: StrategyKind::PowerOfTwo,
+            heartbeat_ttl_ms: 0,
+            max_fallbacks: 2,
+            default_latency_ms: 500.0,
+            near_tie_tolerance: 0.05,
+            default_region: None,
+            consistent_hash_vnodes: 160,
+            consistent_hash_balance: 1.25,
+            hybrid: HybridWeights::default(),
+        }
+    }
+}
+
+impl RouterConfig {
+    /// Check every setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_fallbacks > MAX_FALLBACKS {
+            return Err(Error::config(
+                "max_fallbacks",
+                format!("must be at most {MAX_FALLBACKS}, got {}", self.max_fallbacks),
+            ));
+        }
+        if !self.default_latency_ms.is_finite() || self.default_latency_ms < 0.0 {
+            return Err(Error::config(
+                "default_latency_ms",
+                format!("must be a finite number >= 0, got {}", self.default_latency_ms),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.near_tie_tolerance) {
+            return Err(Error::config(
+                "near_tie_tolerance",
+                format!("must be in [0, 1), got {}", self.near_tie_tolerance),
+            ));
+        }
+        if !(1..=1000).contains(&self.consistent_hash_vnodes) {
+            return Err(Error::config(
+                "consistent_hash_vnodes",
+                format!("must be in 1..=1000, got {}", self.consistent_hash_vnodes),
+            ));
+        }
+        if self.consistent_hash_balance.is_nan() || self.consistent_hash_balance < 1.0 {
+            return Err(Error::config(
+                "consistent_hash_balance",
+                format!("must be >= 1, got {}", self.consistent_hash_balance),
+            ));
+        }
+        self.hybrid.validate().map_err(|e| e.at("hybrid"))
+    }
+}

@@ -1,0 +1,238 @@
+//! What the router decided: a [`Decision`], which is also the request's in-flight guard.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::registry::Slot;
+use crate::strategy::{Detail, StrategyKind, MAX_FALLBACKS};
+
+/// A decision's id: 64 random bits, shown as 16 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DecisionId(pub u64);
+
+impl fmt::Display for DecisionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// How the candidate models were found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelChoice {
+    /// The request named the model.
+    Explicit,
+    /// Every active model of the requested type was a candidate.
+    ByType,
+}
+
+/// Where the strategy came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategySource {
+    /// The request's override.
+    Request,
+    /// The model's setting.
+    Model,
+    /// The router's default.
+    Default,
+}
+
+/// Why the decision is what it is; rendered as text by [`Decision::reason`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Reason {
+    pub(crate) choice: ModelChoice,
+    pub(crate) source: StrategySource,
+    pub(crate) degraded: bool,
+    pub(crate) detail: Detail,
+    pub(crate) candidates: u32,
+}
+
+/// The router's answer to a request: model, endpoint, URL, strategy, reason and fallbacks.
+///
+/// A `Decision` is also the request's in-flight guard: the endpoint counts it in flight until
+/// the decision is reported ([`Router::report`](crate::Router::report)) or dropped, whichever
+/// comes first. For a stream, keep the decision until the stream ends, then report it.
+#[derive(Debug)]
+pub struct Decision {
+    pub(crate) id: DecisionId,
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) fallbacks: [Option<Arc<Slot>>; MAX_FALLBACKS],
+    pub(crate) strategy: StrategyKind,
+    pub(crate) reason: Reason,
+    pub(crate) generation: u64,
+    pub(crate) routed_at_ms: u64,
+    pub(crate) released: AtomicBool,
+}
+
+impl Decision {
+    /// The decision's id.
+    pub fn id(&self) -> DecisionId {
+        self.id
+    }
+    /// The chosen model.
+    pub fn model_id(&self) -> &str {
+        &self.slot.model_id
+    }
+    /// The chosen endpoint.
+    pub fn endpoint_id(&self) -> &str {
+        &self.slot.id
+    }
+    /// Where to send the request.
+    pub fn url(&self) -> &str {
+        &self.slot.url
+    }
+    /// The strategy that chose the endpoint.
+    pub fn strategy(&self) -> StrategyKind {
+        self.strategy
+    }
+    /// The region of the chosen endpoint.
+    pub fn region(&self) -> Option<&str> {
+        self.slot.region.as_deref()
+    }
+    /// Whether no healthy endpoint could take the request and a degraded one was chosen.
+    pub fn is_degraded(&self) -> bool {
+        self.reason.degraded
+    }
+    /// The configuration generation the decision was made on.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+    /// When it was made, Unix ms.
+    pub fn routed_at_ms(&self) -> u64 {
+        self.routed_at_ms
+    }
+    /// What the strategy saw.
+    pub fn detail(&self) -> Detail {
+        self.reason.detail
+    }
+    /// A human-readable explanation of the decision.
+    pub fn reason(&self) -> String {
+        ReasonText(self).to_string()
+    }
+    /// Endpoints to try next if this one fails, best first.
+    pub fn fallbacks(&self) -> impl Iterator<Item = FallbackTarget> + '_ {
+        self.fallbacks.iter().flatten().map(|s| FallbackTarget {
+            model_id: s.model_id.to_string(),
+            endpoint_id: s.id.to_string(),
+            url: s.url.to_string(),
+        })
+    }
+    /// Whether the in-flight slot was already given back (reported or released).
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// Give the in-flight slot back without an outcome (a cancelled request). Returns whether
+    /// this call released it.
+    pub fn release(&self) -> bool {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.slot.state.release();
+        true
+    }
+
+    pub(crate) fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
+    /// An owned, serialisable copy.
+    pub fn record(&self) -> DecisionRecord {
+        DecisionRecord {
+            decision_id: self.id.to_string(),
+            model_id: self.model_id().to_owned(),
+            endpoint_id: self.endpoint_id().to_owned(),
+            url: self.url().to_owned(),
+            strategy: self.strategy,
+            reason: self.reason(),
+            degraded: self.reason.degraded,
+            fallbacks: self.fallbacks().collect(),
+            routed_at_ms: self.routed_at_ms,
+        }
+    }
+}
+
+impl Drop for Decision {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl Serialize for Decision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.record().serialize(s)
+    }
+}
+
+struct ReasonText<'a>(&'a Decision);
+
+impl fmt::Display for ReasonText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        let r = &d.reason;
+        match r.choice {
+            ModelChoice::Explicit => write!(f, "model `{}` requested by id", d.model_id())?,
+            ModelChoice::ByType => write!(
+                f,
+                "model `{}` chosen among active models of the requested type",
+                d.model_id()
+            )?,
+        }
+        let source = match r.source {
+            StrategySource::Request => "request override",
+            StrategySource::Model => "model setting",
+            StrategySource::Default => "router default",
+        };
+        write!(
+            f,
+            "; endpoint `{}` by {} ({source}) of {} candidates",
+            d.endpoint_id(),
+            d.strategy,
+            r.candidates
+        )?;
+        if !matches!(r.detail, Detail::None) {
+            write!(f, ": {}", r.detail)?;
+        }
+        if r.degraded {
+            f.write_str("; degraded: no healthy endpoint could take the request")?;
+        }
+        Ok(())
+    }
+}
+
+/// A place to send the request if the chosen endpoint fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FallbackTarget {
+    /// The model.
+    pub model_id: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// Its URL.
+    pub url: String,
+}
+
+/// An owned, serialisable copy of a [`Decision`] (events, bindings, the server's answers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// The decision's id.
+    pub decision_id: String,
+    /// The chosen model.
+    pub model_id: String,
+    /// The chosen endpoint.
+    pub endpoint_id: String,
+    /// Where to send the request.
+    pub url: String,
+    /// The strategy used.
+    pub strategy: StrategyKind,
+    /// Why.
+    pub reason: String,
+    /// Whether a degraded endpoint was chosen for lack of a healthy one.
+    pub degraded: bool,
+    /// Endpoints to try next, best first.
+    pub fallbacks: Vec<FallbackTarget>,
+    /// When it was made, Unix ms.
+    pub routed_at_ms: u64,
+}

@@ -1,0 +1,90 @@
+//! The policy document: the whole routing configuration as one serde document.
+//!
+//! ```json
+//! {"models": [...], "endpoints": [...], "default_strategy": "power_of_two", "heartbeat_ttl_ms": 30000}
+//! ```
+//!
+//! Router settings ([`RouterConfig`]) sit at the top level beside `models` and `endpoints`.
+//! Later versions add rules, agent preferences, workspaces and experiments here.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::RouterConfig;
+
+/// Every model, endpoint and router setting.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Policy {
+    /// The models.
+    #[serde(default)]
+    pub models: Vec<Model>,
+    /// Their endpoints; each names its model with `model_id`.
+    #[serde(default, alias = "heads")]
+    pub endpoints: Vec<Endpoint>,
+    /// Router-wide settings.
+    #[serde(flatten)]
+    pub settings: RouterConfig,
+}
+
+impl Policy {
+    /// Parse a policy from JSON. Errors name the path of the offending field.
+    pub fn from_json(json: &str) -> Result<Self> {
+        crate::parse_json(json, "policy")
+    }
+
+    /// Read a policy from a JSON file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Parse {
+            what: "policy",
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        Self::from_json(&text)
+    }
+
+    /// The policy as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a policy always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn design_example_parses() {
+        let p = Policy::from_json(
+            r#"{
+            "models": [
+                {"id": "gpt-4", "provider": "openai", "model_type": "chat",
+                 "pricing": {"input_per_1k": 0.01, "output_per_1k": 0.03}},
+                {"id": "claude-3-sonnet", "provider": "anthropic", "model_type": "chat",
+                 "pricing": {"input_per_1k": 0.003, "output_per_1k": 0.015}}
+            ],
+            "endpoints": [
+                {"id": "gpt4-east", "model_id": "gpt-4", "url": "http://10.0.0.1/v1", "region": "us-east"},
+                {"id": "claude-east", "model_id": "claude-3-sonnet", "url": "http://10.0.0.3/v1"}
+            ],
+            "default_strategy": "power_of_two"
+        }"#,
+        )
+        .unwrap();
+        assert_eq!(p.models.len(), 2);
+        assert_eq!(p.settings.default_strategy, crate::StrategyKind::PowerOfTwo);
+        let back = Policy::from_json(&p.to_json()).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn bad_types_name_their_path() {
+        let e = Policy::from_json(r#"{"endpoints": [{"id": "e", "model_id": "m", "url": "u", "weight": "heavy"}]}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("endpoints[0].weight"), "{e}");
+        let e = Policy::from_json("{not json").unwrap_err();
+        assert_eq!(e.kind(), "parse");
+    }
+}

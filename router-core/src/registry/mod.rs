@@ -1,0 +1,317 @@
+//! The registry: models and endpoints, changed by one writer at a time, read lock-free.
+//!
+//! Every change is made on a copy of the committed configuration (a *draft*), checked, compiled
+//! into a new [`Snapshot`] and swapped in atomically. A change that fails any check leaves the
+//! committed configuration and the serving snapshot exactly as they were.
+
+pub(crate) mod snapshot;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use crate::endpoint::{Endpoint, EndpointKind, HeadStatus};
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::model::{Model, ModelStatus, ModelType};
+use crate::state::{EndpointState, StateChange};
+use crate::RouterConfig;
+pub use snapshot::Slot;
+pub(crate) use snapshot::Snapshot;
+
+/// Which models to list; every field set must match.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelFilter {
+    /// Provider, e.g. `openai`.
+    pub provider: Option<String>,
+    /// Lifecycle status.
+    pub status: Option<ModelStatus>,
+    /// Model type.
+    #[serde(alias = "modelType")]
+    pub model_type: Option<ModelType>,
+    /// A tag the model carries.
+    pub tag: Option<String>,
+    /// A region where the model has at least one endpoint.
+    pub region: Option<String>,
+}
+
+/// Which endpoints to list; every field set must match.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndpointFilter {
+    /// The model served.
+    #[serde(alias = "modelId")]
+    pub model_id: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Kind.
+    pub kind: Option<EndpointKind>,
+    /// Reported status.
+    pub status: Option<HeadStatus>,
+    /// Provider of the endpoint's model.
+    pub provider: Option<String>,
+}
+
+/// One entry of a batch status update (`PATCH /api/models/batch/status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelStatusUpdate {
+    /// The model.
+    #[serde(alias = "modelId")]
+    pub model_id: String,
+    /// Its new status.
+    pub status: ModelStatus,
+}
+
+/// How a write treats an existing id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Upsert {
+    /// The id must be new.
+    Insert,
+    /// The id must exist.
+    Update,
+    /// Either.
+    Any,
+}
+
+/// The committed configuration, and the copy a change works on.
+#[derive(Debug, Clone)]
+pub(crate) struct Draft {
+    pub(crate) models: Vec<Arc<Model>>,
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    pub(crate) config: Arc<RouterConfig>,
+    generation: u64,
+    states: FxHashMap<Arc<str>, Arc<EndpointState>>,
+    pub(crate) events: Vec<Event>,
+    pub(crate) changes: Vec<StateChange>,
+    now_ms: u64,
+}
+
+impl Draft {
+    fn model_pos(&self, id: &str) -> Option<usize> {
+        self.models.iter().position(|m| m.id == id)
+    }
+
+    fn endpoint_pos(&self, id: &str) -> Option<usize> {
+        self.endpoints.iter().position(|e| e.id == id)
+    }
+
+    /// Register or update a model.
+    pub(crate) fn put_model(&mut self, mut model: Model, mode: Upsert) -> Result<String> {
+        model.normalize()?;
+        let id = model.id.clone();
+        match (self.model_pos(&id), mode) {
+            (Some(_), Upsert::Insert) => return Err(Error::AlreadyExists { kind: "model", id }),
+            (None, Upsert::Update) => return Err(Error::not_found("model", id)),
+            (Some(p), _) => {
+                let old = self.models[p].status;
+                if old != model.status {
+                    self.events.push(Event::ModelStatusChanged {
+                        model_id: id.clone(),
+                        from: old,
+                        to: model.status,
+                        at_ms: self.now_ms,
+                    });
+                }
+                self.models[p] = Arc::new(model.clone());
+            }
+            (None, _) => {
+                self.events.push(Event::ModelRegistered {
+                    model_id: id.clone(),
+                    at_ms: self.now_ms,
+                });
+                self.models.push(Arc::new(model.clone()));
+            }
+        }
+        self.changes.push(StateChange::ModelUpserted(model));
+        Ok(id)
+    }
+
+    /// Remove a model and its endpoints.
+    pub(crate) fn remove_model(&mut self, id: &str) -> Result<()> {
+        let p = self.model_pos(id).ok_or_else(|| Error::not_found("model", id))?;
+        let doomed: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.model_id == id)
+            .map(|e| e.id.clone())
+            .collect();
+        for e in doomed {
+            self.remove_endpoint(&e)?;
+        }
+        self.models.remove(p);
+        self.events.push(Event::ModelDeregistered {
+            model_id: id.to_owned(),
+            at_ms: self.now_ms,
+        });
+        self.changes.push(StateChange::ModelRemoved {
+            model_id: id.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Register or update an endpoint.
+    pub(crate) fn put_endpoint(&mut self, mut endpoint: Endpoint, mode: Upsert) -> Result<String> {
+        if endpoint.model_id.trim().is_empty() {
+            return Err(Error::config("model_id", "must not be empty"));
+        }
+        if self.model_pos(&endpoint.model_id).is_none() {
+            return Err(Error::config(
+                "model_id",
+                format!("unknown model `{}`", endpoint.model_id),
+            ));
+        }
+        if endpoint.id.trim().is_empty() {
+            let n = self
+                .endpoints
+                .iter()
+                .filter(|e| e.model_id == endpoint.model_id)
+                .count();
+            endpoint.id = (n..)
+                .map(|k| format!("{}#{k}", endpoint.model_id))
+                .find(|c| self.endpoint_pos(c).is_none())
+                .expect("unbounded");
+        }
+        endpoint.validate()?;
+        let id = endpoint.id.clone();
+        match (self.endpoint_pos(&id), mode) {
+            (Some(_), Upsert::Insert) => return Err(Error::AlreadyExists { kind: "endpoint", id }),
+            (None, Upsert::Update) => return Err(Error::not_found("endpoint", id)),
+            (Some(p), _) => self.endpoints[p] = Arc::new(endpoint.clone()),
+            (None, _) => {
+                self.events.push(Event::HeadRegistered {
+                    endpoint_id: id.clone(),
+                    model_id: endpoint.model_id.clone(),
+                    url: endpoint.url.clone(),
+                    at_ms: self.now_ms,
+                });
+                self.endpoints.push(Arc::new(endpoint.clone()));
+            }
+        }
+        self.changes.push(StateChange::EndpointUpserted(endpoint));
+        Ok(id)
+    }
+
+    /// Remove an endpoint.
+    pub(crate) fn remove_endpoint(&mut self, id: &str) -> Result<()> {
+        let p = self.endpoint_pos(id).ok_or_else(|| Error::not_found("endpoint", id))?;
+        let e = self.endpoints.remove(p);
+        self.events.push(Event::HeadDeregistered {
+            endpoint_id: e.id.clone(),
+            model_id: e.model_id.clone(),
+            at_ms: self.now_ms,
+        });
+        self.changes.push(StateChange::EndpointRemoved {
+            endpoint_id: e.id.clone(),
+        });
+        Ok(())
+    }
+
+    /// Set several models' statuses, all or none.
+    pub(crate) fn set_statuses(&mut self, updates: &[ModelStatusUpdate]) -> Result<()> {
+        for (i, u) in updates.iter().enumerate() {
+            if self.model_pos(&u.model_id).is_none() {
+                return Err(Error::request(
+                    format!("updates[{i}].model_id"),
+                    format!("unknown model `{}`", u.model_id),
+                ));
+            }
+        }
+        for u in updates {
+            let p = self.model_pos(&u.model_id).expect("checked");
+            let mut m = (*self.models[p]).clone();
+            m.status = u.status;
+            self.put_model(m, Upsert::Update)?;
+        }
+        Ok(())
+    }
+
+    /// Replace the router settings.
+    pub(crate) fn set_config(&mut self, config: RouterConfig) -> Result<()> {
+        config.validate()?;
+        self.config = Arc::new(config);
+        Ok(())
+    }
+}
+
+/// The registry.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    committed: Mutex<Draft>,
+    snapshot: ArcSwap<Snapshot>,
+}
+
+impl Registry {
+    pub(crate) fn new(config: RouterConfig) -> Result<Self> {
+        config.validate()?;
+        let draft = Draft {
+            models: Vec::new(),
+            endpoints: Vec::new(),
+            config: Arc::new(config),
+            generation: 0,
+            states: FxHashMap::default(),
+            events: Vec::new(),
+            changes: Vec::new(),
+            now_ms: 0,
+        };
+        let snap = Snapshot::build(0, draft.config.clone(), &[], &[], &draft.states);
+        Ok(Registry {
+            committed: Mutex::new(draft),
+            snapshot: ArcSwap::from_pointee(snap),
+        })
+    }
+
+    /// The serving snapshot.
+    #[inline]
+    pub(crate) fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// The serving snapshot, owned.
+    pub(crate) fn load_full(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Apply `f` to a draft; on success compile and swap in a new snapshot, and return `f`'s
+    /// result with the events and shareable changes it produced. On error nothing changes.
+    pub(crate) fn mutate<T>(
+        &self,
+        now_ms: u64,
+        f: impl FnOnce(&mut Draft) -> Result<T>,
+    ) -> Result<(T, Vec<Event>, Vec<StateChange>)> {
+        let mut committed = self.committed.lock();
+        let mut draft = committed.clone();
+        draft.now_ms = now_ms;
+        let out = f(&mut draft)?;
+        draft.generation += 1;
+        let live: rustc_hash::FxHashSet<&str> = draft.endpoints.iter().map(|e| e.id.as_str()).collect();
+        draft.states.retain(|id, _| live.contains(&**id));
+        for e in &draft.endpoints {
+            if !draft.states.contains_key(e.id.as_str()) {
+                draft
+                    .states
+                    .insert(Arc::from(e.id.as_str()), Arc::new(EndpointState::new(now_ms)));
+            }
+        }
+        let snap = Snapshot::build(
+            draft.generation,
+            draft.config.clone(),
+            &draft.models,
+            &draft.endpoints,
+            &draft.states,
+        );
+        self.snapshot.store(Arc::new(snap));
+        let events = std::mem::take(&mut draft.events);
+        let changes = std::mem::take(&mut draft.changes);
+        *committed = draft;
+        Ok((out, events, changes))
+    }
+
+    /// A copy of the committed models, endpoints and settings.
+    pub(crate) fn contents(&self) -> (Vec<Arc<Model>>, Vec<Arc<Endpoint>>, Arc<RouterConfig>) {
+        let c = self.committed.lock();
+        (c.models.clone(), c.endpoints.clone(), c.config.clone())
+    }
+}

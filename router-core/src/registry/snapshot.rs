@@ -1,0 +1,298 @@
+//! The compiled, immutable configuration that the decision path reads.
+//!
+//! A [`Snapshot`] is built by the registry on every configuration change and swapped in
+//! atomically (arc-swap); readers never lock. It holds every model and endpoint with ids as
+//! `Arc<str>`, and *pools*: the candidate sets of requests (one per model, one per model type
+//! over its active models), each with what its strategies precompute (cumulative weights; the
+//! smooth-WRR sequence and the hash ring, built on first use).
+
+use rustc_hash::FxHashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
+
+use crate::endpoint::{Endpoint, EndpointKind};
+use crate::model::{Model, ModelStatus, ModelType};
+use crate::state::EndpointState;
+use crate::strategy::{smooth_sequence, Ring};
+use crate::RouterConfig;
+
+/// One endpoint as the decision path sees it: ids shared with the snapshot, its numbers
+/// copied out of the configuration, and its live state.
+#[derive(Debug)]
+pub struct Slot {
+    pub(crate) id: Arc<str>,
+    pub(crate) url: Arc<str>,
+    pub(crate) model_id: Arc<str>,
+    pub(crate) model_idx: u32,
+    pub(crate) weight: f64,
+    pub(crate) region: Option<Arc<str>>,
+    pub(crate) capacity: u32,
+    pub(crate) kind: EndpointKind,
+    pub(crate) cost_per_1k: f64,
+    pub(crate) state: Arc<EndpointState>,
+    pub(crate) config: Arc<Endpoint>,
+}
+
+impl Slot {
+    /// The endpoint's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+    /// Its model's id.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+    /// Its weight.
+    pub fn weight(&self) -> f64 {
+        self.weight
+    }
+    /// Its region.
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+    /// Its capacity (0: none).
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+    /// Its kind.
+    pub fn kind(&self) -> EndpointKind {
+        self.kind
+    }
+    /// Its blended price per 1k tokens.
+    pub fn cost_per_1k(&self) -> f64 {
+        self.cost_per_1k
+    }
+    /// Its live state.
+    pub fn state(&self) -> &EndpointState {
+        &self.state
+    }
+    /// Its configuration.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.config
+    }
+}
+
+/// An atomic counter alone on its cache lines, so cursor writes do not slow readers of the
+/// pool's other fields.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Cursor(pub(crate) AtomicUsize);
+
+impl std::ops::Deref for Cursor {
+    type Target = AtomicUsize;
+    fn deref(&self) -> &AtomicUsize {
+        &self.0
+    }
+}
+
+/// A candidate set and what strategies precompute over it.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    pub(crate) members: Box<[Arc<Slot>]>,
+    pub(crate) cum_weights: Box<[f64]>,
+    pub(crate) total_weight: f64,
+    /// Distinct model indices of the members.
+    pub(crate) models: Box<[u32]>,
+    pub(crate) rr_cursor: Cursor,
+    pub(crate) wrr_cursor: Cursor,
+    wrr: OnceLock<Box<[u32]>>,
+    ring: OnceLock<Ring>,
+}
+
+impl Pool {
+    fn new(members: Vec<Arc<Slot>>) -> Pool {
+        let mut total = 0.0;
+        let cum_weights = members
+            .iter()
+            .map(|m| {
+                total += m.weight;
+                total
+            })
+            .collect();
+        let mut models: Vec<u32> = members.iter().map(|m| m.model_idx).collect();
+        models.sort_unstable();
+        models.dedup();
+        Pool {
+            members: members.into_boxed_slice(),
+            cum_weights,
+            total_weight: total,
+            models: models.into_boxed_slice(),
+            rr_cursor: Cursor(AtomicUsize::new(rand::random::<u32>() as usize)),
+            wrr_cursor: Cursor(AtomicUsize::new(rand::random::<u32>() as usize)),
+            wrr: OnceLock::new(),
+            ring: OnceLock::new(),
+        }
+    }
+
+    /// One period of smooth WRR, computed on first use.
+    pub(crate) fn wrr_sequence(&self) -> &[u32] {
+        self.wrr.get_or_init(|| {
+            let w: Vec<f64> = self.members.iter().map(|m| m.weight).collect();
+            smooth_sequence(&w).into_boxed_slice()
+        })
+    }
+
+    /// The consistent-hash ring, built on first use.
+    pub(crate) fn ring(&self, vnodes: u32) -> &Ring {
+        self.ring.get_or_init(|| Ring::build(&self.members, vnodes))
+    }
+}
+
+/// A set of model indices (which models a request admits), inline up to 256 models.
+#[derive(Debug, Clone)]
+pub(crate) enum ModelMask {
+    Inline([u64; 4]),
+    Heap(Vec<u64>),
+}
+
+impl ModelMask {
+    pub(crate) fn empty(models: usize) -> Self {
+        if models <= 256 {
+            ModelMask::Inline([0; 4])
+        } else {
+            ModelMask::Heap(vec![0; models.div_ceil(64)])
+        }
+    }
+
+    fn words(&self) -> &[u64] {
+        match self {
+            ModelMask::Inline(w) => w,
+            ModelMask::Heap(w) => w,
+        }
+    }
+
+    pub(crate) fn insert(&mut self, i: u32) {
+        let w = match self {
+            ModelMask::Inline(w) => &mut w[..],
+            ModelMask::Heap(w) => &mut w[..],
+        };
+        w[(i / 64) as usize] |= 1 << (i % 64);
+    }
+
+    pub(crate) fn contains(&self, i: u32) -> bool {
+        self.words()
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.words().iter().all(|&w| w == 0)
+    }
+}
+
+/// A model in the snapshot.
+#[derive(Debug)]
+pub(crate) struct ModelEntry {
+    pub(crate) id: Arc<str>,
+    pub(crate) model: Arc<Model>,
+    /// The pool of this model's endpoints.
+    pub(crate) pool: u32,
+}
+
+/// Everything the decision path reads, immutable.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) generation: u64,
+    pub(crate) config: Arc<RouterConfig>,
+    pub(crate) models: Vec<ModelEntry>,
+    pub(crate) slots: Vec<Arc<Slot>>,
+    pub(crate) pools: Vec<Pool>,
+    model_index: FxHashMap<Arc<str>, u32>,
+    endpoint_index: FxHashMap<Arc<str>, u32>,
+    type_pools: FxHashMap<ModelType, u32>,
+}
+
+impl Snapshot {
+    /// Compile a snapshot. The caller guarantees ids are unique and every endpoint's model
+    /// exists; `states` holds a live state for every endpoint.
+    pub(crate) fn build(
+        generation: u64,
+        config: Arc<RouterConfig>,
+        models: &[Arc<Model>],
+        endpoints: &[Arc<Endpoint>],
+        states: &FxHashMap<Arc<str>, Arc<EndpointState>>,
+    ) -> Snapshot {
+        let mut model_index = FxHashMap::default();
+        let model_ids: Vec<Arc<str>> = models.iter().map(|m| Arc::from(m.id.as_str())).collect();
+        for (i, id) in model_ids.iter().enumerate() {
+            model_index.insert(id.clone(), i as u32);
+        }
+        let mut region_ids: FxHashMap<&str, Arc<str>> = FxHashMap::default();
+        let mut slots = Vec::with_capacity(endpoints.len());
+        let mut endpoint_index = FxHashMap::default();
+        let mut by_model: Vec<Vec<Arc<Slot>>> = vec![Vec::new(); models.len()];
+        for e in endpoints {
+            let mi = model_index[e.model_id.as_str()];
+            let model = &models[mi as usize];
+            let id: Arc<str> = Arc::from(e.id.as_str());
+            let region = e
+                .region
+                .as_deref()
+                .map(|r| region_ids.entry(r).or_insert_with(|| Arc::from(r)).clone());
+            let slot = Arc::new(Slot {
+                id: id.clone(),
+                url: Arc::from(e.url.as_str()),
+                model_id: model_ids[mi as usize].clone(),
+                model_idx: mi,
+                weight: e.weight,
+                region,
+                capacity: e.capacity.map_or(0, |c| c.get()),
+                kind: e.kind,
+                cost_per_1k: e.pricing.as_ref().unwrap_or(&model.pricing).blended_per_1k(),
+                state: states[&id].clone(),
+                config: e.clone(),
+            });
+            endpoint_index.insert(id, slots.len() as u32);
+            by_model[mi as usize].push(slot.clone());
+            slots.push(slot);
+        }
+        let mut pools = Vec::new();
+        let mut entries = Vec::with_capacity(models.len());
+        let mut type_members: FxHashMap<ModelType, Vec<Arc<Slot>>> = FxHashMap::default();
+        for (i, (m, members)) in models.iter().zip(by_model).enumerate() {
+            if m.status == ModelStatus::Active {
+                type_members
+                    .entry(m.model_type.clone())
+                    .or_default()
+                    .extend(members.iter().cloned());
+            }
+            entries.push(ModelEntry {
+                id: model_ids[i].clone(),
+                model: m.clone(),
+                pool: pools.len() as u32,
+            });
+            pools.push(Pool::new(members));
+        }
+        let mut type_pools = FxHashMap::default();
+        for (t, members) in type_members {
+            type_pools.insert(t, pools.len() as u32);
+            pools.push(Pool::new(members));
+        }
+        Snapshot {
+            generation,
+            config,
+            models: entries,
+            slots,
+            pools,
+            model_index,
+            endpoint_index,
+            type_pools,
+        }
+    }
+
+    pub(crate) fn model(&self, id: &str) -> Option<(u32, &ModelEntry)> {
+        self.model_index.get(id).map(|&i| (i, &self.models[i as usize]))
+    }
+
+    pub(crate) fn slot(&self, id: &str) -> Option<&Arc<Slot>> {
+        self.endpoint_index.get(id).map(|&i| &self.slots[i as usize])
+    }
+
+    pub(crate) fn type_pool(&self, t: &ModelType) -> Option<&Pool> {
+        self.type_pools.get(t).map(|&i| &self.pools[i as usize])
+    }
+}

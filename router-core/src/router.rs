@@ -1,0 +1,907 @@
+//! The [`Router`]: registry, decision loop, reports, explain, events and shared state.
+
+use serde::Serialize;
+use std::sync::{Arc, Weak};
+
+use crate::clock::{Clock, SystemClock};
+use crate::decision::{Decision, DecisionId, ModelChoice, Reason, StrategySource};
+use crate::endpoint::{Endpoint, HeadStatus, HeadStatusUpdate};
+use crate::error::{Error, Result};
+use crate::events::{Event, EventBus};
+use crate::model::{Model, ModelStatus};
+use crate::outcome::Outcome;
+use crate::policy::Policy;
+use crate::registry::snapshot::{ModelEntry, ModelMask, Pool, Snapshot};
+use crate::registry::{EndpointFilter, ModelFilter, ModelStatusUpdate, Registry, Upsert};
+use crate::request::RouteRequest;
+use crate::rng::with_rng;
+use crate::state::{InMemoryStore, StateChange, StateSink, StateStore};
+use crate::strategy::{Candidates, Pick, StrategyKind, Verdict, MAX_FALLBACKS};
+use crate::{health, RouterConfig};
+
+/// Builds a [`Router`] with a clock, a state store and a policy of your choice.
+#[derive(Debug, Default)]
+pub struct RouterBuilder {
+    policy: Policy,
+    clock: Option<Arc<dyn Clock>>,
+    store: Option<Arc<dyn StateStore>>,
+}
+
+impl RouterBuilder {
+    /// Start from this policy (models, endpoints, settings).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+    /// Use these settings.
+    pub fn config(mut self, config: RouterConfig) -> Self {
+        self.policy.settings = config;
+        self
+    }
+    /// Read time from this clock (tests: [`ManualClock`](crate::ManualClock)).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+    /// Share state through this store (default: a private [`InMemoryStore`]).
+    pub fn store(mut self, store: Arc<dyn StateStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+    /// Validate the policy and build the router.
+    pub fn build(self) -> Result<Router> {
+        let registry = Registry::new(RouterConfig::default())?;
+        let inner = Arc::new(Inner {
+            registry,
+            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
+            events: Arc::new(EventBus::default()),
+            store: self.store.unwrap_or_else(|| Arc::new(InMemoryStore::new())),
+            instance: rand::random(),
+        });
+        let router = Router { inner };
+        router.inner.replace_policy(self.policy)?;
+        let sink: Arc<dyn StateSink> = router.inner.clone();
+        let weak: Weak<dyn StateSink> = Arc::downgrade(&sink);
+        router.inner.store.attach(router.inner.instance, weak);
+        Ok(router)
+    }
+}
+
+struct Inner {
+    registry: Registry,
+    clock: Arc<dyn Clock>,
+    events: Arc<EventBus>,
+    store: Arc<dyn StateStore>,
+    instance: u64,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("generation", &self.registry.load().generation)
+            .field("store", &self.store.name())
+            .finish()
+    }
+}
+
+/// The router. Cheap to clone (clones share everything); `Send + Sync`.
+///
+/// `route` reads an immutable snapshot (no lock, no I/O, no allocation beyond the `Decision`);
+/// writes (registrations, status reports) go through one writer lock and swap in a new
+/// snapshot, and are published to the [`StateStore`].
+#[derive(Debug, Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+/// Why a model was kept or dropped for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelVerdict {
+    /// A candidate.
+    Kept,
+    /// The request named another model.
+    NotRequested,
+    /// Of another type than requested.
+    WrongType,
+    /// Status inactive.
+    Inactive,
+    /// Deprecated: used only when requested by id.
+    Deprecated,
+    /// Lacks a required capability.
+    MissingCapability,
+    /// Its token limit is below the request's estimate.
+    TooManyTokens,
+    /// Has no endpoint.
+    NoEndpoints,
+}
+
+impl ModelVerdict {
+    /// A short explanation.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ModelVerdict::Kept => "candidate",
+            ModelVerdict::NotRequested => "the request named another model",
+            ModelVerdict::WrongType => "of another model type",
+            ModelVerdict::Inactive => "status inactive",
+            ModelVerdict::Deprecated => "deprecated: used only when requested by id",
+            ModelVerdict::MissingCapability => "lacks a required capability",
+            ModelVerdict::TooManyTokens => "token limit below the request's estimate",
+            ModelVerdict::NoEndpoints => "has no endpoint",
+        }
+    }
+}
+
+/// Whether `model` can serve `req` on the grounds of capabilities and tokens.
+fn fits(model: &Model, req: &RouteRequest) -> ModelVerdict {
+    if !req.required_capabilities.iter().all(|c| model.has_capability(c)) {
+        return ModelVerdict::MissingCapability;
+    }
+    if let (Some(t), Some(limit)) = (req.token_estimate(), model.max_tokens()) {
+        if t > u64::from(limit) {
+            return ModelVerdict::TooManyTokens;
+        }
+    }
+    ModelVerdict::Kept
+}
+
+/// The candidate set of a request.
+struct Scope<'s> {
+    pool: &'s Pool,
+    choice: ModelChoice,
+    model_strategy: Option<StrategyKind>,
+    mask: Option<ModelMask>,
+    label: String,
+}
+
+fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
+    if let Some(id) = req.model.as_deref() {
+        let (_, entry) = snap.model(id).ok_or_else(|| Error::not_found("model", id))?;
+        let m = &entry.model;
+        if m.status == ModelStatus::Inactive {
+            return Err(Error::NoCandidateModel {
+                reason: format!("model `{id}` is inactive"),
+            });
+        }
+        let v = fits(m, req);
+        if v != ModelVerdict::Kept {
+            return Err(Error::NoCandidateModel {
+                reason: format!("model `{id}` {}", v.describe()),
+            });
+        }
+        return Ok(Scope {
+            pool: &snap.pools[entry.pool as usize],
+            choice: ModelChoice::Explicit,
+            model_strategy: m.routing_strategy,
+            mask: None,
+            label: id.to_owned(),
+        });
+    }
+    let t = req.model_type.clone().unwrap_or_default();
+    let pool = snap.type_pool(&t).ok_or_else(|| Error::NoCandidateModel {
+        reason: format!("no active model of type `{t}`"),
+    })?;
+    let mask = if req.required_capabilities.is_empty() && req.token_estimate().is_none() {
+        None
+    } else {
+        let mut mask = ModelMask::empty(snap.models.len());
+        for &mi in pool.models.iter() {
+            if fits(&snap.models[mi as usize].model, req) == ModelVerdict::Kept {
+                mask.insert(mi);
+            }
+        }
+        if mask.is_empty() {
+            return Err(Error::NoCandidateModel {
+                reason: format!("no active model of type `{t}` has the required capabilities and token limit"),
+            });
+        }
+        Some(mask)
+    };
+    // A model's strategy applies when the type has a single model.
+    let model_strategy = match &*pool.models {
+        [only] => snap.models[*only as usize].model.routing_strategy,
+        _ => None,
+    };
+    Ok(Scope {
+        pool,
+        choice: ModelChoice::ByType,
+        model_strategy,
+        mask,
+        label: format!("type {t}"),
+    })
+}
+
+fn strategy_for(req: &RouteRequest, scope: &Scope<'_>, config: &RouterConfig) -> (StrategyKind, StrategySource) {
+    match (req.strategy, scope.model_strategy) {
+        (Some(k), _) => (k, StrategySource::Request),
+        (None, Some(k)) => (k, StrategySource::Model),
+        (None, None) => (config.default_strategy, StrategySource::Default),
+    }
+}
+
+/// Run the strategy on healthy endpoints, then on degraded ones too.
+fn pick(kind: StrategyKind, c: &mut Candidates<'_>) -> Option<(Pick, bool)> {
+    with_rng(|rng| {
+        if let Some(p) = kind.pick(c, rng) {
+            return Some((p, false));
+        }
+        c.allow_degraded = true;
+        kind.pick(c, rng).map(|p| (p, true))
+    })
+}
+
+fn no_healthy(c: &Candidates<'_>, label: String) -> Error {
+    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    for i in 0..c.len() {
+        let v = c.verdict(i).describe();
+        match counts.iter_mut().find(|(d, _)| *d == v) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((v, 1)),
+        }
+    }
+    let reason = if counts.is_empty() {
+        "no endpoint registered".to_owned()
+    } else {
+        let parts: Vec<String> = counts.iter().map(|(d, n)| format!("{n} {d}")).collect();
+        format!("{} endpoints: {}", c.len(), parts.join(", "))
+    };
+    Error::NoHealthyEndpoint { model: label, reason }
+}
+
+impl Router {
+    /// A router serving `policy`, with the system clock and an in-memory store.
+    pub fn new(policy: Policy) -> Result<Router> {
+        Router::builder().policy(policy).build()
+    }
+
+    /// A builder, to choose the clock and the store.
+    pub fn builder() -> RouterBuilder {
+        RouterBuilder::default()
+    }
+
+    /// The router's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The router's event bus: subscribe here.
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.inner.events
+    }
+
+    /// The configuration generation now serving (increases with every change).
+    pub fn generation(&self) -> u64 {
+        self.inner.registry.load().generation
+    }
+
+    // ---- the decision loop ------------------------------------------------------------
+
+    /// Decide where `req` goes.
+    ///
+    /// Candidates are the named model, else every active model of the requested type (chat by
+    /// default) with the required capabilities and a token limit above the estimate. The
+    /// strategy (request override, else the model's, else the router default) picks among
+    /// their healthy endpoints, and among degraded ones only when no healthy one can take it.
+    /// The returned decision holds the endpoint's in-flight slot until reported or dropped.
+    pub fn route(&self, req: &RouteRequest) -> Result<Decision> {
+        req.validate()?;
+        let snap = self.inner.registry.load();
+        let scope = resolve(&snap, req)?;
+        let (kind, source) = strategy_for(req, &scope, &snap.config);
+        let now_ms = self.inner.clock.now_ms();
+        let mut c = Candidates {
+            pool: scope.pool,
+            config: &snap.config,
+            request: req,
+            now_ms,
+            allow_degraded: false,
+            mask: scope.mask.as_ref(),
+            dry_run: false,
+        };
+        let Some((p, degraded)) = pick(kind, &mut c) else {
+            return Err(no_healthy(&c, scope.label));
+        };
+        let slot = scope.pool.members[p.member].clone();
+        slot.state.acquire();
+        let mut fallbacks: [Option<Arc<_>>; MAX_FALLBACKS] = Default::default();
+        for (k, i) in p.fallbacks.iter().enumerate() {
+            fallbacks[k] = Some(scope.pool.members[i].clone());
+        }
+        let d = Decision {
+            id: DecisionId(with_rng(|r| r.next_u64())),
+            slot,
+            fallbacks,
+            strategy: kind,
+            reason: Reason {
+                choice: scope.choice,
+                source,
+                degraded,
+                detail: p.detail,
+                candidates: c.len() as u32,
+            },
+            generation: snap.generation,
+            routed_at_ms: now_ms,
+            released: Default::default(),
+        };
+        if self.inner.events.wants_decisions() {
+            self.inner.events.emit(&Event::Decision(d.record()));
+        }
+        Ok(d)
+    }
+
+    /// Report what happened to a decision: frees its in-flight slot and folds the outcome into
+    /// the endpoint's latency, success rate and counters. A second report of the same decision
+    /// returns [`Error::AlreadyReported`] and changes nothing; an invalid outcome is rejected
+    /// and leaves the slot held.
+    pub fn report(&self, decision: &Decision, outcome: Outcome) -> Result<()> {
+        outcome.validate()?;
+        if !decision.release() {
+            return Err(Error::AlreadyReported {
+                decision_id: decision.id().to_string(),
+            });
+        }
+        decision.slot().state.record(&outcome, self.inner.clock.now_ms());
+        Ok(())
+    }
+
+    /// Report an outcome against an endpoint by id, for hosts that do not keep the decision
+    /// (e.g. an attempt made outside the router). Does not touch in-flight counts.
+    pub fn report_endpoint(&self, endpoint_id: &str, outcome: Outcome) -> Result<()> {
+        outcome.validate()?;
+        let snap = self.inner.registry.load();
+        let slot = snap
+            .slot(endpoint_id)
+            .ok_or_else(|| Error::not_found("endpoint", endpoint_id))?;
+        slot.state.record(&outcome, self.inner.clock.now_ms());
+        Ok(())
+    }
+
+    /// A dry run of [`route`](Self::route): every model and endpoint, kept or dropped and why,
+    /// and what would be chosen. Changes nothing (no in-flight slot, no cursor moved).
+    pub fn explain(&self, req: &RouteRequest) -> Explanation {
+        let snap = self.inner.registry.load_full();
+        explain(&snap, req, self.inner.clock.now_ms())
+    }
+
+    // ---- registry ---------------------------------------------------------------------
+
+    fn commit<T>(&self, f: impl FnOnce(&mut crate::registry::Draft) -> Result<T>) -> Result<T> {
+        self.inner.commit(f, true)
+    }
+
+    /// Register a new model. Its id must be new.
+    pub fn register_model(&self, model: Model) -> Result<String> {
+        self.commit(|d| d.put_model(model, Upsert::Insert))
+    }
+
+    /// Replace an existing model's configuration.
+    pub fn update_model(&self, model: Model) -> Result<String> {
+        self.commit(|d| d.put_model(model, Upsert::Update))
+    }
+
+    /// Deregister a model and every endpoint of it.
+    pub fn deregister_model(&self, model_id: &str) -> Result<()> {
+        self.commit(|d| d.remove_model(model_id))
+    }
+
+    /// Set several models' statuses at once; if any id is unknown, none changes.
+    pub fn set_model_statuses(&self, updates: &[ModelStatusUpdate]) -> Result<()> {
+        self.commit(|d| d.set_statuses(updates))
+    }
+
+    /// Register a new endpoint (head). Its id must be new and its model must exist.
+    pub fn register_endpoint(&self, endpoint: Endpoint) -> Result<String> {
+        self.commit(|d| d.put_endpoint(endpoint, Upsert::Insert))
+    }
+
+    /// Register several endpoints at once, all or none (errors name `endpoints[i]`).
+    pub fn register_endpoints(&self, endpoints: Vec<Endpoint>) -> Result<Vec<String>> {
+        self.commit(|d| {
+            endpoints
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    d.put_endpoint(e, Upsert::Insert)
+                        .map_err(|e| e.at(&format!("endpoints[{i}]")))
+                })
+                .collect()
+        })
+    }
+
+    /// Replace an existing endpoint's configuration; its live state (in flight, latency,
+    /// health) carries over.
+    pub fn update_endpoint(&self, endpoint: Endpoint) -> Result<String> {
+        self.commit(|d| d.put_endpoint(endpoint, Upsert::Update))
+    }
+
+    /// Deregister an endpoint: it gets no new traffic; decisions already made still report.
+    pub fn deregister_endpoint(&self, endpoint_id: &str) -> Result<()> {
+        self.commit(|d| d.remove_endpoint(endpoint_id))
+    }
+
+    /// Replace the router settings.
+    pub fn set_config(&self, config: RouterConfig) -> Result<()> {
+        self.commit(|d| d.set_config(config))
+    }
+
+    /// Replace the whole configuration with `policy`, validated first; on error the previous
+    /// configuration keeps serving. Endpoints that stay keep their live state.
+    pub fn load_policy(&self, policy: Policy) -> Result<()> {
+        self.inner.replace_policy(policy)
+    }
+
+    /// The current configuration as a policy document.
+    pub fn policy(&self) -> Policy {
+        let (models, endpoints, config) = self.inner.registry.contents();
+        Policy {
+            models: models.iter().map(|m| (**m).clone()).collect(),
+            endpoints: endpoints.iter().map(|e| (**e).clone()).collect(),
+            settings: (*config).clone(),
+        }
+    }
+
+    /// The current settings.
+    pub fn config(&self) -> RouterConfig {
+        (*self.inner.registry.load().config).clone()
+    }
+
+    /// A model by id.
+    pub fn model(&self, id: &str) -> Option<Model> {
+        self.inner.registry.load().model(id).map(|(_, e)| (*e.model).clone())
+    }
+
+    /// An endpoint by id.
+    pub fn endpoint(&self, id: &str) -> Option<Endpoint> {
+        self.inner.registry.load().slot(id).map(|s| s.endpoint().clone())
+    }
+
+    /// Models matching `filter`, in registration order.
+    pub fn list_models(&self, filter: &ModelFilter) -> Vec<Model> {
+        let snap = self.inner.registry.load();
+        snap.models
+            .iter()
+            .filter(|e| model_matches(&snap, e, filter))
+            .map(|e| (*e.model).clone())
+            .collect()
+    }
+
+    /// Endpoints matching `filter`, in registration order.
+    pub fn list_endpoints(&self, filter: &EndpointFilter) -> Vec<Endpoint> {
+        let snap = self.inner.registry.load();
+        snap.slots
+            .iter()
+            .filter(|s| {
+                filter.model_id.as_deref().is_none_or(|m| &*s.model_id == m)
+                    && filter.region.as_deref().is_none_or(|r| s.region() == Some(r))
+                    && filter.kind.is_none_or(|k| s.kind == k)
+                    && filter.status.is_none_or(|st| s.state.status() == st)
+                    && filter
+                        .provider
+                        .as_deref()
+                        .is_none_or(|p| snap.models[s.model_idx as usize].model.provider == p)
+            })
+            .map(|s| s.endpoint().clone())
+            .collect()
+    }
+
+    /// Live state of an endpoint.
+    pub fn endpoint_status(&self, id: &str) -> Result<EndpointStatus> {
+        let snap = self.inner.registry.load();
+        let s = snap.slot(id).ok_or_else(|| Error::not_found("endpoint", id))?;
+        Ok(endpoint_status(
+            s,
+            self.inner.clock.now_ms(),
+            snap.config.heartbeat_ttl_ms,
+        ))
+    }
+
+    /// Live state of every endpoint.
+    pub fn endpoint_statuses(&self) -> Vec<EndpointStatus> {
+        let snap = self.inner.registry.load();
+        let now = self.inner.clock.now_ms();
+        snap.slots
+            .iter()
+            .map(|s| endpoint_status(s, now, snap.config.heartbeat_ttl_ms))
+            .collect()
+    }
+
+    // ---- head status and heartbeats ---------------------------------------------------
+
+    /// Apply a head's status report (`/webhook/head-status`). Returns `false` when the report
+    /// was older than one already applied and was ignored. A report is also a sign of life.
+    pub fn update_head_status(&self, update: &HeadStatusUpdate) -> Result<bool> {
+        self.inner.head_status(update, true)
+    }
+
+    /// Record a heartbeat from a head.
+    pub fn heartbeat(&self, endpoint_id: &str) -> Result<()> {
+        let now = self.inner.clock.now_ms();
+        self.inner.heartbeat(endpoint_id, now, true)
+    }
+
+    /// Check heartbeat deadlines and emit `head_expired` for each head that just missed one.
+    /// Expired heads get no traffic whether or not this runs; call it periodically (for
+    /// example every TTL / 2) so the events go out. Returns the newly expired ids.
+    pub fn sweep(&self) -> Vec<String> {
+        let snap = self.inner.registry.load();
+        let ttl = snap.config.heartbeat_ttl_ms;
+        if ttl == 0 {
+            return Vec::new();
+        }
+        let now = self.inner.clock.now_ms();
+        let mut out = Vec::new();
+        for s in &snap.slots {
+            if s.state.is_expired(now, ttl) && s.state.mark_expired() {
+                out.push(s.id.to_string());
+                self.inner.events.emit(&Event::HeadExpired {
+                    endpoint_id: s.id.to_string(),
+                    last_seen_ms: s.state.last_seen_ms(),
+                    at_ms: now,
+                });
+            }
+        }
+        out
+    }
+}
+
+impl Inner {
+    fn commit<T>(&self, f: impl FnOnce(&mut crate::registry::Draft) -> Result<T>, publish: bool) -> Result<T> {
+        let now = self.clock.now_ms();
+        let (out, events, changes) = self.registry.mutate(now, f)?;
+        for e in &events {
+            self.events.emit(e);
+        }
+        if publish {
+            for c in &changes {
+                self.store.publish(self.instance, c)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn replace_policy(&self, policy: Policy) -> Result<()> {
+        policy.settings.validate().map_err(|e| e.at("settings"))?;
+        self.commit(
+            |d| {
+                let keep: Vec<String> = d.models.iter().map(|m| m.id.clone()).collect();
+                for id in keep {
+                    d.remove_model(&id)?;
+                }
+                d.set_config(policy.settings)?;
+                for (i, m) in policy.models.into_iter().enumerate() {
+                    d.put_model(m, Upsert::Insert)
+                        .map_err(|e| e.at(&format!("models[{i}]")))?;
+                }
+                for (i, e) in policy.endpoints.into_iter().enumerate() {
+                    d.put_endpoint(e, Upsert::Insert)
+                        .map_err(|e| e.at(&format!("endpoints[{i}]")))?;
+                }
+                // Models and endpoints that survive keep their live state; report only the net change.
+                d.events.clear();
+                Ok(())
+            },
+            false,
+        )
+    }
+
+    fn head_status(&self, update: &HeadStatusUpdate, publish: bool) -> Result<bool> {
+        let now = self.clock.now_ms();
+        let snap = self.registry.load();
+        let slot = snap
+            .slot(&update.head_id)
+            .ok_or_else(|| Error::not_found("endpoint", update.head_id.as_str()))?;
+        let ts = update.timestamp_ms().unwrap_or(now);
+        let Some(prev) = slot.state.set_status(update.status, update.current_load, ts) else {
+            return Ok(false);
+        };
+        if slot.state.touch(now) {
+            self.events.emit(&Event::HeadRevived {
+                endpoint_id: update.head_id.clone(),
+                at_ms: now,
+            });
+        }
+        if prev != update.status {
+            self.events.emit(&Event::HeadStatusChanged {
+                endpoint_id: update.head_id.clone(),
+                from: prev,
+                to: update.status,
+                current_load: update.current_load,
+                at_ms: now,
+            });
+        }
+        if publish {
+            let mut shared = update.clone();
+            shared.timestamp = Some(ts);
+            self.store.publish(self.instance, &StateChange::HeadStatus(shared))?;
+        }
+        Ok(true)
+    }
+
+    fn heartbeat(&self, endpoint_id: &str, at_ms: u64, publish: bool) -> Result<()> {
+        let snap = self.registry.load();
+        let slot = snap
+            .slot(endpoint_id)
+            .ok_or_else(|| Error::not_found("endpoint", endpoint_id))?;
+        if slot.state.touch(at_ms) {
+            self.events.emit(&Event::HeadRevived {
+                endpoint_id: endpoint_id.to_owned(),
+                at_ms,
+            });
+        }
+        if publish {
+            self.store.publish(
+                self.instance,
+                &StateChange::Heartbeat {
+                    endpoint_id: endpoint_id.to_owned(),
+                    at_ms,
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl StateSink for Inner {
+    fn apply(&self, change: &StateChange) {
+        // Changes from other instances were validated there; one that no longer applies here
+        // (an endpoint already removed) is dropped.
+        let _ = match change {
+            StateChange::HeadStatus(u) => self.head_status(u, false).map(|_| ()),
+            StateChange::Heartbeat { endpoint_id, at_ms } => self.heartbeat(endpoint_id, *at_ms, false),
+            StateChange::ModelUpserted(m) => self.commit(|d| d.put_model(m.clone(), Upsert::Any).map(|_| ()), false),
+            StateChange::ModelRemoved { model_id } => self.commit(|d| d.remove_model(model_id), false),
+            StateChange::EndpointUpserted(e) => {
+                self.commit(|d| d.put_endpoint(e.clone(), Upsert::Any).map(|_| ()), false)
+            }
+            StateChange::EndpointRemoved { endpoint_id } => self.commit(|d| d.remove_endpoint(endpoint_id), false),
+        };
+    }
+}
+
+fn model_matches(snap: &Snapshot, e: &ModelEntry, f: &ModelFilter) -> bool {
+    let m = &e.model;
+    f.provider.as_deref().is_none_or(|p| m.provider == p)
+        && f.status.is_none_or(|s| m.status == s)
+        && f.model_type.as_ref().is_none_or(|t| &m.model_type == t)
+        && f.tag.as_deref().is_none_or(|t| m.tags.iter().any(|x| x == t))
+        && f.region.as_deref().is_none_or(|r| {
+            snap.pools[e.pool as usize]
+                .members
+                .iter()
+                .any(|s| s.region() == Some(r))
+        })
+}
+
+/// An endpoint's live state, for dashboards and the server's health API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointStatus {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// Its model.
+    pub model_id: String,
+    /// Reported status.
+    pub status: HeadStatus,
+    /// Health score in [0, 1].
+    pub health: f64,
+    /// Requests in flight from this instance.
+    pub in_flight: u32,
+    /// Load the head reported.
+    pub reported_load: u32,
+    /// Latency EWMA, ms.
+    pub latency_ewma_ms: Option<f64>,
+    /// Peak-EWMA latency now, ms.
+    pub peak_ewma_ms: Option<f64>,
+    /// Time-to-first-token EWMA, ms.
+    pub ttft_ewma_ms: Option<f64>,
+    /// Success-rate EWMA.
+    pub success_rate: f64,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+    /// Requests reported.
+    pub requests: u64,
+    /// Endpoint failures reported.
+    pub failures: u64,
+    /// Prompt tokens reported.
+    pub tokens_in: u64,
+    /// Completion tokens reported.
+    pub tokens_out: u64,
+    /// Last sign of life, Unix ms.
+    pub last_seen_ms: u64,
+    /// Whether it missed its heartbeat deadline.
+    pub expired: bool,
+}
+
+fn endpoint_status(s: &crate::registry::Slot, now: u64, ttl: u64) -> EndpointStatus {
+    let st = &s.state;
+    let (requests, failures, tokens_in, tokens_out) = st.totals();
+    EndpointStatus {
+        endpoint_id: s.id.to_string(),
+        model_id: s.model_id.to_string(),
+        status: st.status(),
+        health: health::score(st),
+        in_flight: st.in_flight(),
+        reported_load: st.reported_load(),
+        latency_ewma_ms: st.latency_ewma_ms(),
+        peak_ewma_ms: st.peak_ewma_ms(now),
+        ttft_ewma_ms: st.ttft_ewma_ms(),
+        success_rate: st.success_rate(),
+        consecutive_failures: st.consecutive_failures(),
+        requests,
+        failures,
+        tokens_in,
+        tokens_out,
+        last_seen_ms: st.last_seen_ms(),
+        expired: st.is_expired(now, ttl),
+    }
+}
+
+/// A model in an [`Explanation`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExplainedModel {
+    /// The model.
+    pub model_id: String,
+    /// Kept or why dropped.
+    pub verdict: ModelVerdict,
+    /// The verdict in words.
+    pub reason: &'static str,
+}
+
+/// An endpoint in an [`Explanation`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExplainedEndpoint {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// Its model.
+    pub model_id: String,
+    /// Whether the strategy may pick it.
+    pub kept: bool,
+    /// Why (not).
+    pub verdict: Verdict,
+    /// The verdict in words.
+    pub reason: &'static str,
+    /// Its live state.
+    pub status: EndpointStatus,
+}
+
+/// The answer of [`Router::explain`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Explanation {
+    /// The strategy route would use.
+    pub strategy: StrategyKind,
+    /// Where it comes from.
+    pub strategy_source: StrategySource,
+    /// How candidate models were found, when the request resolved.
+    pub model_choice: Option<ModelChoice>,
+    /// Every model, kept or dropped.
+    pub models: Vec<ExplainedModel>,
+    /// Every endpoint of the kept models, kept or dropped.
+    pub endpoints: Vec<ExplainedEndpoint>,
+    /// What route would decide now.
+    pub decision: Option<crate::DecisionRecord>,
+    /// Or the error it would return.
+    pub error: Option<ExplainedError>,
+}
+
+/// An error in an [`Explanation`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExplainedError {
+    /// [`Error::kind`].
+    pub kind: &'static str,
+    /// The message.
+    pub message: String,
+}
+
+fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
+    let requested_type = req.model_type.clone().unwrap_or_default();
+    let models = snap
+        .models
+        .iter()
+        .map(|e| {
+            let m = &e.model;
+            let verdict = match req.model.as_deref() {
+                Some(id) if id != &*e.id => ModelVerdict::NotRequested,
+                Some(_) if m.status == ModelStatus::Inactive => ModelVerdict::Inactive,
+                Some(_) => fits(m, req),
+                None if m.model_type != requested_type => ModelVerdict::WrongType,
+                None if m.status == ModelStatus::Inactive => ModelVerdict::Inactive,
+                None if m.status == ModelStatus::Deprecated => ModelVerdict::Deprecated,
+                None => fits(m, req),
+            };
+            let verdict = if verdict == ModelVerdict::Kept && snap.pools[e.pool as usize].members.is_empty() {
+                ModelVerdict::NoEndpoints
+            } else {
+                verdict
+            };
+            ExplainedModel {
+                model_id: e.id.to_string(),
+                verdict,
+                reason: verdict.describe(),
+            }
+        })
+        .collect();
+    let mut out = Explanation {
+        strategy: snap.config.default_strategy,
+        strategy_source: StrategySource::Default,
+        model_choice: None,
+        models,
+        endpoints: Vec::new(),
+        decision: None,
+        error: None,
+    };
+    let fail = |out: &mut Explanation, e: Error| {
+        out.error = Some(ExplainedError {
+            kind: e.kind(),
+            message: e.to_string(),
+        })
+    };
+    if let Err(e) = req.validate() {
+        fail(&mut out, e);
+        return out;
+    }
+    let scope = match resolve(snap, req) {
+        Ok(s) => s,
+        Err(e) => {
+            fail(&mut out, e);
+            return out;
+        }
+    };
+    let (kind, source) = strategy_for(req, &scope, &snap.config);
+    out.strategy = kind;
+    out.strategy_source = source;
+    out.model_choice = Some(scope.choice);
+    let mut c = Candidates {
+        pool: scope.pool,
+        config: &snap.config,
+        request: req,
+        now_ms,
+        allow_degraded: false,
+        mask: scope.mask.as_ref(),
+        dry_run: true,
+    };
+    if !(0..c.len()).any(|i| c.eligible(i)) {
+        c.allow_degraded = true;
+    }
+    out.endpoints = (0..c.len())
+        .map(|i| {
+            let s = c.member(i);
+            let v = c.verdict(i);
+            ExplainedEndpoint {
+                endpoint_id: s.id.to_string(),
+                model_id: s.model_id.to_string(),
+                kept: v == Verdict::Eligible,
+                verdict: v,
+                reason: v.describe(),
+                status: endpoint_status(s, now_ms, snap.config.heartbeat_ttl_ms),
+            }
+        })
+        .collect();
+    c.allow_degraded = false;
+    match pick(kind, &mut c) {
+        None => fail(&mut out, no_healthy(&c, scope.label)),
+        Some((p, degraded)) => {
+            let mut fallbacks: [Option<Arc<_>>; MAX_FALLBACKS] = Default::default();
+            for (k, i) in p.fallbacks.iter().enumerate() {
+                fallbacks[k] = Some(scope.pool.members[i].clone());
+            }
+            // Born released: dropping it gives back no slot it never took.
+            let d = Decision {
+                id: DecisionId(0),
+                slot: scope.pool.members[p.member].clone(),
+                fallbacks,
+                strategy: kind,
+                reason: Reason {
+                    choice: scope.choice,
+                    source,
+                    degraded,
+                    detail: p.detail,
+                    candidates: c.len() as u32,
+                },
+                generation: snap.generation,
+                routed_at_ms: now_ms,
+                released: true.into(),
+            };
+            out.decision = Some(d.record());
+        }
+    }
+    out
+}

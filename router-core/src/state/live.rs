@@ -1,0 +1,317 @@
+//! Live per-endpoint state: atomics only, shared by every snapshot that contains the endpoint.
+//!
+//! An [`EndpointState`] outlives configuration changes: when the registry builds a new snapshot
+//! it hands the same `Arc<EndpointState>` to the endpoint's new entry, so in-flight counts,
+//! latency and health carry over. Decisions hold it too, so a report after a deregistration
+//! still lands somewhere (and changes nothing anyone routes to).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use crate::endpoint::HeadStatus;
+
+/// Smoothing factor of the latency EWMA: each sample has this weight.
+pub const LATENCY_EWMA_ALPHA: f64 = 0.2;
+/// Smoothing factor of the success-rate EWMA.
+pub const SUCCESS_EWMA_ALPHA: f64 = 0.1;
+/// Decay time constant of the peak-EWMA latency, in milliseconds (Finagle's default, 10 s).
+pub const PEAK_EWMA_DECAY_MS: f64 = 10_000.0;
+
+const NO_SAMPLE: u64 = u64::MAX;
+
+/// A float stored in an `AtomicU64`, updated by compare-and-swap.
+#[derive(Debug)]
+struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    fn new(v: f64) -> Self {
+        AtomicF64(AtomicU64::new(v.to_bits()))
+    }
+    fn empty() -> Self {
+        AtomicF64(AtomicU64::new(NO_SAMPLE))
+    }
+    fn get(&self) -> Option<f64> {
+        match self.0.load(Ordering::Relaxed) {
+            NO_SAMPLE => None,
+            bits => Some(f64::from_bits(bits)),
+        }
+    }
+    fn update(&self, f: impl Fn(Option<f64>) -> f64) {
+        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |bits| {
+            let old = if bits == NO_SAMPLE {
+                None
+            } else {
+                Some(f64::from_bits(bits))
+            };
+            Some(f(old).to_bits())
+        });
+    }
+}
+
+/// The live state of one endpoint. Every field is an atomic: the decision path reads it without
+/// locks, reports update it with single atomic operations or CAS loops.
+///
+/// Aligned to 128 bytes so two endpoints never share a cache line (adjacent-line prefetch
+/// included), which keeps threads routing to different endpoints from slowing each other.
+#[derive(Debug)]
+#[repr(align(128))]
+pub struct EndpointState {
+    in_flight: AtomicU32,
+    reported_load: AtomicU32,
+    status: AtomicU8,
+    status_ts_ms: AtomicU64,
+    last_seen_ms: AtomicU64,
+    expired: AtomicBool,
+    latency_ewma: AtomicF64,
+    peak_ewma: AtomicF64,
+    peak_ts_ms: AtomicU64,
+    ttft_ewma: AtomicF64,
+    success_ewma: AtomicF64,
+    consecutive_failures: AtomicU32,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    tokens_in: AtomicU64,
+    tokens_out: AtomicU64,
+}
+
+impl EndpointState {
+    /// A fresh state: healthy, seen at `now_ms`, no samples.
+    pub fn new(now_ms: u64) -> Self {
+        EndpointState {
+            in_flight: AtomicU32::new(0),
+            reported_load: AtomicU32::new(0),
+            status: AtomicU8::new(HeadStatus::Healthy.to_u8()),
+            status_ts_ms: AtomicU64::new(0),
+            last_seen_ms: AtomicU64::new(now_ms),
+            expired: AtomicBool::new(false),
+            latency_ewma: AtomicF64::empty(),
+            peak_ewma: AtomicF64::empty(),
+            peak_ts_ms: AtomicU64::new(now_ms),
+            ttft_ewma: AtomicF64::empty(),
+            success_ewma: AtomicF64::new(1.0),
+            consecutive_failures: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            tokens_in: AtomicU64::new(0),
+            tokens_out: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests routed here and not yet reported or dropped.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn acquire(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Release one in-flight slot. Saturates at zero, so a bug elsewhere can never make the
+    /// count negative (LiteLLM #25323).
+    pub(crate) fn release(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+
+    /// The load the head last reported (`current_load`).
+    pub fn reported_load(&self) -> u32 {
+        self.reported_load.load(Ordering::Relaxed)
+    }
+
+    /// The load used by load-aware strategies: the larger of what this instance has in flight
+    /// and what the head reported (the head sees traffic from every instance).
+    pub fn load(&self) -> u32 {
+        self.in_flight().max(self.reported_load())
+    }
+
+    /// The reported status.
+    pub fn status(&self) -> HeadStatus {
+        HeadStatus::from_u8(self.status.load(Ordering::Relaxed))
+    }
+
+    /// Apply a status report. Returns the previous status, or `None` when the report was older
+    /// than the last applied one and was ignored.
+    pub(crate) fn set_status(&self, status: HeadStatus, load: Option<u32>, ts_ms: u64) -> Option<HeadStatus> {
+        let prev_ts = self.status_ts_ms.fetch_max(ts_ms, Ordering::AcqRel);
+        if ts_ms < prev_ts {
+            return None;
+        }
+        if let Some(l) = load {
+            self.reported_load.store(l, Ordering::Relaxed);
+        }
+        Some(HeadStatus::from_u8(self.status.swap(status.to_u8(), Ordering::AcqRel)))
+    }
+
+    /// When the head was last heard from (registration, heartbeat or status report), Unix ms.
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    /// Record a sign of life. Returns whether the endpoint had been marked expired.
+    pub(crate) fn touch(&self, now_ms: u64) -> bool {
+        self.last_seen_ms.fetch_max(now_ms, Ordering::AcqRel);
+        self.expired.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether the heartbeat deadline has passed (`ttl_ms` 0 disables heartbeats).
+    pub fn is_expired(&self, now_ms: u64, ttl_ms: u64) -> bool {
+        ttl_ms != 0 && now_ms.saturating_sub(self.last_seen_ms()) > ttl_ms
+    }
+
+    /// Mark as expired; true only for the call that made the transition (one event per expiry).
+    pub(crate) fn mark_expired(&self) -> bool {
+        !self.expired.swap(true, Ordering::AcqRel)
+    }
+
+    /// Latency EWMA in ms, if any success was reported.
+    pub fn latency_ewma_ms(&self) -> Option<f64> {
+        self.latency_ewma.get()
+    }
+
+    /// Time-to-first-token EWMA in ms, if any was reported.
+    pub fn ttft_ewma_ms(&self) -> Option<f64> {
+        self.ttft_ewma.get()
+    }
+
+    /// Peak-EWMA latency at `now_ms` (tower's `PeakEwma`): jumps up to a slower sample at once,
+    /// decays towards faster ones with time constant [`PEAK_EWMA_DECAY_MS`].
+    pub fn peak_ewma_ms(&self, now_ms: u64) -> Option<f64> {
+        let v = self.peak_ewma.get()?;
+        let elapsed = now_ms.saturating_sub(self.peak_ts_ms.load(Ordering::Relaxed));
+        if elapsed == 0 {
+            return Some(v);
+        }
+        Some(v * (-(elapsed as f64) / PEAK_EWMA_DECAY_MS).exp())
+    }
+
+    /// Success-rate EWMA in [0, 1] (endpoint failures only; client errors do not count).
+    pub fn success_rate(&self) -> f64 {
+        self.success_ewma.get().unwrap_or(1.0)
+    }
+
+    /// Failures in a row, reset by a success.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// Counters since registration: (requests, endpoint failures, tokens in, tokens out).
+    pub fn totals(&self) -> (u64, u64, u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+            self.tokens_in.load(Ordering::Relaxed),
+            self.tokens_out.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Fold an outcome into the statistics (not the in-flight count).
+    pub(crate) fn record(&self, outcome: &crate::Outcome, now_ms: u64) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.tokens_in.fetch_add(outcome.tokens_in, Ordering::Relaxed);
+        self.tokens_out.fetch_add(outcome.tokens_out, Ordering::Relaxed);
+        let failed = outcome.is_endpoint_failure();
+        if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        } else if outcome.is_success() {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if outcome.error.is_none() || failed {
+            let s = if failed { 0.0 } else { 1.0 };
+            self.success_ewma.update(|old| {
+                let old = old.unwrap_or(1.0);
+                old + SUCCESS_EWMA_ALPHA * (s - old)
+            });
+        }
+        if outcome.is_success() {
+            let rtt = outcome.latency_ms;
+            self.latency_ewma.update(|old| match old {
+                None => rtt,
+                Some(o) => o + LATENCY_EWMA_ALPHA * (rtt - o),
+            });
+            if let Some(t) = outcome.ttft_ms {
+                self.ttft_ewma.update(|old| match old {
+                    None => t,
+                    Some(o) => o + LATENCY_EWMA_ALPHA * (t - o),
+                });
+            }
+            let decayed = self.peak_ewma_ms(now_ms);
+            let next = match decayed {
+                Some(d) if rtt <= d => {
+                    let elapsed = now_ms.saturating_sub(self.peak_ts_ms.load(Ordering::Relaxed));
+                    let w = (-(elapsed.max(1) as f64) / PEAK_EWMA_DECAY_MS).exp();
+                    d * w + rtt * (1.0 - w)
+                }
+                _ => rtt,
+            };
+            self.peak_ewma.update(|_| next);
+            self.peak_ts_ms.fetch_max(now_ms, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Outcome;
+
+    #[test]
+    fn in_flight_saturates_at_zero() {
+        let s = EndpointState::new(0);
+        s.release();
+        assert_eq!(s.in_flight(), 0);
+        s.acquire();
+        s.acquire();
+        s.release();
+        assert_eq!(s.in_flight(), 1);
+    }
+
+    #[test]
+    fn stale_status_reports_are_ignored() {
+        let s = EndpointState::new(0);
+        assert_eq!(
+            s.set_status(HeadStatus::Degraded, Some(3), 2_000),
+            Some(HeadStatus::Healthy)
+        );
+        assert_eq!(s.set_status(HeadStatus::Unhealthy, Some(9), 1_000), None);
+        assert_eq!(s.status(), HeadStatus::Degraded);
+        assert_eq!(s.reported_load(), 3);
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays() {
+        let s = EndpointState::new(0);
+        s.record(&Outcome::success(100.0), 0);
+        s.record(&Outcome::success(500.0), 10);
+        assert_eq!(s.peak_ewma_ms(10), Some(500.0));
+        let later = s.peak_ewma_ms(10_010).unwrap();
+        assert!((later - 500.0 / std::f64::consts::E).abs() < 1e-6, "{later}");
+        s.record(&Outcome::success(100.0), 10_010);
+        assert!(s.peak_ewma_ms(10_010).unwrap() < later);
+        assert!(s.latency_ewma_ms().unwrap() > 100.0);
+    }
+
+    #[test]
+    fn client_errors_do_not_hurt_health() {
+        let s = EndpointState::new(0);
+        s.record(&Outcome::from_status(404, 1.0, None), 0);
+        assert_eq!(s.success_rate(), 1.0);
+        assert_eq!(s.consecutive_failures(), 0);
+        s.record(&Outcome::from_status(503, 1.0, None), 0);
+        assert!(s.success_rate() < 1.0);
+        assert_eq!(s.consecutive_failures(), 1);
+        assert_eq!(s.totals(), (2, 1, 0, 0));
+    }
+
+    #[test]
+    fn expiry_is_one_transition() {
+        let s = EndpointState::new(0);
+        assert!(!s.is_expired(1_000, 1_000));
+        assert!(s.is_expired(1_001, 1_000));
+        assert!(!s.is_expired(1_001_000, 0));
+        assert!(s.mark_expired());
+        assert!(!s.mark_expired());
+        assert!(s.touch(2_000));
+        assert!(!s.is_expired(2_500, 1_000));
+    }
+}

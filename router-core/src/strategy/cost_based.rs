@@ -1,0 +1,34 @@
+//! Cost based: the cheapest endpoint.
+//!
+//! Price = the endpoint's pricing if set, else its model's, blended as the mean of input and
+//! output per 1k tokens plus the per-request fee; divided by the health score, since a request
+//! that fails is paid for again elsewhere. Prices within `near_tie_tolerance` of the cheapest are
+//! chosen among at random. Applied to a request for a model type, this picks the cheapest model
+//! too (its candidates span every active model of the type).
+
+use rand::RngCore;
+
+use super::{Candidates, Detail, Pick, Strategy};
+use crate::health;
+
+/// Cost based.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CostBased;
+
+impl Strategy for CostBased {
+    fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
+        let tol = c.config.near_tie_tolerance;
+        let (i, value, f) = c.argmin(rng, tol, |i| {
+            let m = c.member(i);
+            m.cost_per_1k / health::divisor(&m.state)
+        })?;
+        Some(Pick::new(
+            i,
+            f,
+            Detail::Score {
+                metric: "price per 1k",
+                value,
+            },
+        ))
+    }
+}

@@ -1,0 +1,32 @@
+//! Latency based: the endpoint with the lowest expected latency.
+//!
+//! As LiteLLM's `latency-based-routing`, but over an EWMA (α = 0.2) of reported successful
+//! latencies instead of a list of recent samples, divided by the health score so an endpoint
+//! that fails fast (and so reports few latencies) does not look fast. Endpoints without a sample
+//! use `default_latency_ms`. Latencies within `near_tie_tolerance` (default 5%) of the best are
+//! treated as equal and chosen among at random, so the fastest of several near-equal endpoints
+//! is not flooded.
+
+use rand::RngCore;
+
+use super::{Candidates, Detail, Pick, Strategy};
+use crate::health;
+
+/// Latency based.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LatencyBased;
+
+impl Strategy for LatencyBased {
+    fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
+        let tol = c.config.near_tie_tolerance;
+        let (i, value, f) = c.argmin(rng, tol, |i| c.latency_ms(i) / health::divisor(&c.member(i).state))?;
+        Some(Pick::new(
+            i,
+            f,
+            Detail::Score {
+                metric: "latency ms",
+                value,
+            },
+        ))
+    }
+}

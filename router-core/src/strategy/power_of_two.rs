@@ -1,0 +1,97 @@
+//! Power of two choices over peak-EWMA latency and load.
+//!
+//! Mitzenmacher, "The Power of Two Choices in Randomized Load Balancing" (2001): sample two
+//! members at random and take the less loaded one; the maximum load drops from
+//! O(log n / log log n) to O(log log n) and, unlike a global argmin, instances acting on stale
+//! load do not all herd onto the same endpoint. The cost compared is Finagle's / tower's
+//! `PeakEwma` (`tower::load::PeakEwma`): peak-EWMA latency × (load + 1), here divided by
+//! capacity when set and by the health score, so an endpoint that fails fast costs more, not
+//! less. Endpoints without a latency sample use `default_latency_ms`.
+
+use rand::{Rng, RngCore};
+
+use super::{Candidates, Detail, Fallbacks, Pick, Strategy};
+use crate::health;
+
+/// Samples tried for each choice before scanning.
+const TRIES: usize = 4;
+
+/// Power of two choices.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PowerOfTwo;
+
+/// P2C's cost of member `i` (lower is better).
+pub(crate) fn p2c_cost(c: &Candidates<'_>, i: usize) -> f64 {
+    let m = c.member(i);
+    let rtt = m
+        .state
+        .peak_ewma_ms(c.now_ms)
+        .unwrap_or(c.config.default_latency_ms)
+        .max(0.001);
+    let cap = if m.capacity == 0 { 1.0 } else { f64::from(m.capacity) };
+    rtt * (f64::from(m.state.load()) + 1.0) / cap / health::divisor(&m.state)
+}
+
+fn sample_eligible(c: &Candidates<'_>, rng: &mut dyn RngCore, not: Option<usize>) -> Option<usize> {
+    let n = c.len();
+    (0..TRIES)
+        .map(|_| rng.random_range(0..n))
+        .find(|&i| Some(i) != not && c.eligible(i))
+}
+
+impl Strategy for PowerOfTwo {
+    fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
+        if c.is_empty() {
+            return None;
+        }
+        let Some(a) = sample_eligible(c, rng, None) else {
+            // Most members are ineligible: compare every eligible one instead.
+            let (i, value, f) = c.argmin(rng, 0.0, |i| p2c_cost(c, i))?;
+            return Some(Pick::new(
+                i,
+                f,
+                Detail::TwoChoices {
+                    chosen: value,
+                    other: None,
+                },
+            ));
+        };
+        let b = if c.len() > 1 {
+            sample_eligible(c, rng, Some(a))
+        } else {
+            None
+        };
+        let ca = p2c_cost(c, a);
+        let (chosen, cost, loser) = match b {
+            None => (a, ca, None),
+            Some(b) => {
+                let cb = p2c_cost(c, b);
+                if cb < ca || (cb == ca && rng.random::<bool>()) {
+                    (b, cb, Some((a, ca)))
+                } else {
+                    (a, ca, Some((b, cb)))
+                }
+            }
+        };
+        let mut f = Fallbacks::default();
+        if let Some((l, _)) = loser {
+            if !f.is_full(c.config.max_fallbacks) {
+                f.push(l);
+            }
+        }
+        while !f.is_full(c.config.max_fallbacks) {
+            match sample_eligible(c, rng, Some(chosen)) {
+                Some(i) if !f.contains(i) => f.push(i),
+                _ => break,
+            }
+        }
+        Some(Pick::new(
+            chosen,
+            f,
+            Detail::TwoChoices {
+                chosen: cost,
+                other: loser.map(|(_, c)| c),
+            },
+        ))
+    }
+}
