@@ -79,10 +79,14 @@ impl Strategy for PowerOfTwo {
                 f.push(l);
             }
         }
-        while !f.is_full(c.config.max_fallbacks) {
-            match sample_eligible(c, rng, Some(chosen)) {
-                Some(i) if !f.contains(i) => f.push(i),
-                _ => break,
+        for _ in 0..TRIES * super::MAX_FALLBACKS {
+            if f.is_full(c.config.max_fallbacks) {
+                break;
+            }
+            if let Some(i) = sample_eligible(c, rng, Some(chosen)) {
+                if !f.contains(i) {
+                    f.push(i);
+                }
             }
         }
         Some(Pick::new(
