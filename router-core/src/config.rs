@@ -22,6 +22,13 @@ pub struct RouterConfig {
     /// Latency assumed for an endpoint with no sample yet (P2C, latency, hybrid).
     #[serde(alias = "defaultLatencyMs")]
     pub default_latency_ms: f64,
+    /// Exponent of the peak-EWMA latency in the power-of-two cost, (load + 1) · latency^β:
+    /// 1 is Finagle's and tower's cost, 0 ignores latency. Default 0.25: LLM latencies are
+    /// heavy-tailed (they follow the output length), and the full factor turns that noise into
+    /// load imbalance between equal endpoints (docs/strategies.md has the figures), while load
+    /// already grows on a slow endpoint (Little's law) and health catches failing ones.
+    #[serde(alias = "p2cLatencyExponent")]
+    pub p2c_latency_exponent: f64,
     /// Relative difference under which two scores count as a tie, broken at random
     /// (latency, cost, hybrid).
     #[serde(alias = "nearTieTolerance")]
@@ -46,6 +53,7 @@ impl Default for RouterConfig {
             heartbeat_ttl_ms: 0,
             max_fallbacks: 2,
             default_latency_ms: 500.0,
+            p2c_latency_exponent: 0.25,
             near_tie_tolerance: 0.05,
             default_region: None,
             consistent_hash_vnodes: 160,
@@ -68,6 +76,12 @@ impl RouterConfig {
             return Err(Error::config(
                 "default_latency_ms",
                 format!("must be a finite number >= 0, got {}", self.default_latency_ms),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.p2c_latency_exponent) {
+            return Err(Error::config(
+                "p2c_latency_exponent",
+                format!("must be in [0, 1], got {}", self.p2c_latency_exponent),
             ));
         }
         if !(0.0..1.0).contains(&self.near_tie_tolerance) {

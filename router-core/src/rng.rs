@@ -48,6 +48,6 @@ impl TieBreaker {
     /// True with probability `1 / n` (n ≥ 1).
     #[inline]
     pub(crate) fn one_in(&mut self, n: u32) -> bool {
-        n <= 1 || (u128::from(self.next()) * u128::from(n) >> 64) == 0
+        n <= 1 || ((u128::from(self.next()) * u128::from(n)) >> 64) == 0
     }
 }

@@ -492,6 +492,7 @@ impl Router {
             s,
             self.inner.clock.now_ms(),
             snap.config.heartbeat_ttl_ms,
+            snap.config.default_latency_ms,
         ))
     }
 
@@ -501,7 +502,7 @@ impl Router {
         let now = self.inner.clock.now_ms();
         snap.slots
             .iter()
-            .map(|s| endpoint_status(s, now, snap.config.heartbeat_ttl_ms))
+            .map(|s| endpoint_status(s, now, snap.config.heartbeat_ttl_ms, snap.config.default_latency_ms))
             .collect()
     }
 
@@ -591,7 +592,7 @@ impl Inner {
             .slot(&update.head_id)
             .ok_or_else(|| Error::not_found("endpoint", update.head_id.as_str()))?;
         let ts = update.timestamp_ms().unwrap_or(now);
-        let Some(prev) = slot.state.set_status(update.status, update.current_load, ts) else {
+        let Some(prev) = slot.state.set_status(update.status, update.current_load, ts, now) else {
             return Ok(false);
         };
         if slot.state.touch(now) {
@@ -687,6 +688,8 @@ pub struct EndpointStatus {
     pub in_flight: u32,
     /// Load the head reported.
     pub reported_load: u32,
+    /// The load strategies use now (see [`EndpointState::load_at`](crate::state::EndpointState::load_at)).
+    pub load: u32,
     /// Latency EWMA, ms.
     pub latency_ewma_ms: Option<f64>,
     /// Peak-EWMA latency now, ms.
@@ -711,7 +714,7 @@ pub struct EndpointStatus {
     pub expired: bool,
 }
 
-fn endpoint_status(s: &crate::registry::Slot, now: u64, ttl: u64) -> EndpointStatus {
+fn endpoint_status(s: &crate::registry::Slot, now: u64, ttl: u64, default_latency_ms: f64) -> EndpointStatus {
     let st = &s.state;
     let (requests, failures, tokens_in, tokens_out) = st.totals();
     EndpointStatus {
@@ -721,6 +724,7 @@ fn endpoint_status(s: &crate::registry::Slot, now: u64, ttl: u64) -> EndpointSta
         health: health::score(st),
         in_flight: st.in_flight(),
         reported_load: st.reported_load(),
+        load: st.load_at(now, default_latency_ms),
         latency_ewma_ms: st.latency_ewma_ms(),
         peak_ewma_ms: st.peak_ewma_ms(now),
         ttft_ewma_ms: st.ttft_ewma_ms(),
@@ -871,7 +875,7 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
                 kept: v == Verdict::Eligible,
                 verdict: v,
                 reason: v.describe(),
-                status: endpoint_status(s, now_ms, snap.config.heartbeat_ttl_ms),
+                status: endpoint_status(s, now_ms, snap.config.heartbeat_ttl_ms, snap.config.default_latency_ms),
             }
         })
         .collect();

@@ -99,7 +99,7 @@ proptest! {
             let e = eps[i];
             let model_ok = !(e.4 && inactive_model);
             let status_ok = e.1 == 0 || (e.1 == 1 && degraded_ok);
-            e.0 > 0 && !e.2 && e.3 == false && model_ok && status_ok
+            e.0 > 0 && !e.2 && !e.3 && model_ok && status_ok
         };
         let any_healthy = (0..eps.len()).any(|i| ok(i, false));
         let any = (0..eps.len()).any(|i| ok(i, true));

@@ -39,7 +39,7 @@ mod tests {
             s.record(&Outcome::from_status(500, 1.0, None), 0);
         }
         assert!(score(&s) < 0.4);
-        s.set_status(HeadStatus::Unhealthy, None, 1);
+        s.set_status(HeadStatus::Unhealthy, None, 1, 1);
         assert_eq!(score(&s), 0.0);
         assert_eq!(divisor(&s), MIN_HEALTH);
     }

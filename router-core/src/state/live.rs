@@ -57,6 +57,8 @@ impl AtomicF64 {
 pub struct EndpointState {
     in_flight: AtomicU32,
     reported_load: AtomicU32,
+    in_flight_at_report: AtomicU32,
+    load_report_ms: AtomicU64,
     status: AtomicU8,
     status_ts_ms: AtomicU64,
     last_seen_ms: AtomicU64,
@@ -79,6 +81,8 @@ impl EndpointState {
         EndpointState {
             in_flight: AtomicU32::new(0),
             reported_load: AtomicU32::new(0),
+            in_flight_at_report: AtomicU32::new(0),
+            load_report_ms: AtomicU64::new(now_ms),
             status: AtomicU8::new(HeadStatus::Healthy.to_u8()),
             status_ts_ms: AtomicU64::new(0),
             last_seen_ms: AtomicU64::new(now_ms),
@@ -118,10 +122,32 @@ impl EndpointState {
         self.reported_load.load(Ordering::Relaxed)
     }
 
-    /// The load used by load-aware strategies: the larger of what this instance has in flight
-    /// and what the head reported (the head sees traffic from every instance).
-    pub fn load(&self) -> u32 {
-        self.in_flight().max(self.reported_load())
+    /// The load used by load-aware strategies at `now_ms`: this instance's own in-flight count,
+    /// plus the other instances' share of the head's last reported load, decayed with the age
+    /// of the report.
+    ///
+    /// A report of `current_load` R received when this instance had `own₀` in flight says the
+    /// other instances had R − own₀ there. Those requests finish at the endpoint's pace, so
+    /// their expected remainder after `age` ms is (R − own₀)·e^(−age/τ), τ being the endpoint's
+    /// latency EWMA (`default_latency_ms` before any sample). New requests from the other
+    /// instances are spread evenly and add the same to every endpoint, so they do not change
+    /// the comparison. Taking the stale report at face value instead makes every instance
+    /// chase the same endpoint until the next report: the herding of RELIABILITY 10.
+    pub fn load_at(&self, now_ms: u64, default_latency_ms: f64) -> u32 {
+        let own = self.in_flight();
+        let reported = self.reported_load();
+        if reported == 0 {
+            return own;
+        }
+        let others = f64::from(reported.saturating_sub(self.in_flight_at_report.load(Ordering::Relaxed)));
+        let age = now_ms.saturating_sub(self.load_report_ms.load(Ordering::Relaxed)) as f64;
+        let tau = self.latency_ewma_ms().unwrap_or(default_latency_ms).max(1.0);
+        let decayed = if age == 0.0 {
+            others
+        } else {
+            others * (-age / tau).exp()
+        };
+        own.saturating_add(decayed.round() as u32)
     }
 
     /// The reported status.
@@ -131,12 +157,20 @@ impl EndpointState {
 
     /// Apply a status report. Returns the previous status, or `None` when the report was older
     /// than the last applied one and was ignored.
-    pub(crate) fn set_status(&self, status: HeadStatus, load: Option<u32>, ts_ms: u64) -> Option<HeadStatus> {
+    pub(crate) fn set_status(
+        &self,
+        status: HeadStatus,
+        load: Option<u32>,
+        ts_ms: u64,
+        received_ms: u64,
+    ) -> Option<HeadStatus> {
         let prev_ts = self.status_ts_ms.fetch_max(ts_ms, Ordering::AcqRel);
         if ts_ms < prev_ts {
             return None;
         }
         if let Some(l) = load {
+            self.in_flight_at_report.store(self.in_flight(), Ordering::Relaxed);
+            self.load_report_ms.store(received_ms, Ordering::Relaxed);
             self.reported_load.store(l, Ordering::Relaxed);
         }
         Some(HeadStatus::from_u8(self.status.swap(status.to_u8(), Ordering::AcqRel)))
@@ -270,12 +304,16 @@ mod tests {
     fn stale_status_reports_are_ignored() {
         let s = EndpointState::new(0);
         assert_eq!(
-            s.set_status(HeadStatus::Degraded, Some(3), 2_000),
+            s.set_status(HeadStatus::Degraded, Some(3), 2_000, 0),
             Some(HeadStatus::Healthy)
         );
-        assert_eq!(s.set_status(HeadStatus::Unhealthy, Some(9), 1_000), None);
+        assert_eq!(s.set_status(HeadStatus::Unhealthy, Some(9), 1_000, 0), None);
         assert_eq!(s.status(), HeadStatus::Degraded);
         assert_eq!(s.reported_load(), 3);
+        assert_eq!(s.load_at(0, 500.0), 3);
+        assert_eq!(s.load_at(500, 500.0), 1, "3·e^-1 ≈ 1.1");
+        s.acquire();
+        assert_eq!(s.load_at(5_000, 500.0), 1, "own in-flight stays exact");
     }
 
     #[test]

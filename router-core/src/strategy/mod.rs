@@ -271,10 +271,17 @@ impl<'a> Candidates<'a> {
         self.verdict(i) == Verdict::Eligible
     }
 
+    /// Member `i`'s load now (see [`EndpointState::load_at`](crate::state::EndpointState::load_at)).
+    pub fn load(&self, i: usize) -> u32 {
+        self.pool.members[i]
+            .state
+            .load_at(self.now_ms, self.config.default_latency_ms)
+    }
+
     /// Member `i`'s utilisation: load / capacity, or the raw load when it has no capacity.
     pub fn utilization(&self, i: usize) -> f64 {
         let m = &self.pool.members[i];
-        let load = f64::from(m.state.load());
+        let load = f64::from(self.load(i));
         if m.capacity == 0 {
             load
         } else {

@@ -7,6 +7,15 @@
 //! `PeakEwma` (`tower::load::PeakEwma`): peak-EWMA latency × (load + 1), here divided by
 //! capacity when set and by the health score, so an endpoint that fails fast costs more, not
 //! less. Endpoints without a latency sample use `default_latency_ms`.
+//!
+//! The latency enters raised to `p2c_latency_exponent` (β, default 0.25; β = 1 is Finagle's
+//! cost exactly). LLM latencies follow the output length, so a peak-EWMA over them is mostly
+//! noise between equal endpoints, and at β = 1 that noise costs more balance than staleness
+//! does (docs/strategies.md: max/mean in flight 1.60 at β = 1 against 1.46 at β = 0.25, eight
+//! instances, one-second-old load). The load is [`EndpointState::load_at`]: own in-flight plus
+//! the other instances' reported share, decayed with its age.
+//!
+//! [`EndpointState::load_at`]: crate::state::EndpointState::load_at
 
 use rand::{Rng, RngCore};
 
@@ -29,7 +38,7 @@ pub(crate) fn p2c_cost(c: &Candidates<'_>, i: usize) -> f64 {
         .unwrap_or(c.config.default_latency_ms)
         .max(0.001);
     let cap = if m.capacity == 0 { 1.0 } else { f64::from(m.capacity) };
-    rtt * (f64::from(m.state.load()) + 1.0) / cap / health::divisor(&m.state)
+    rtt.powf(c.config.p2c_latency_exponent) * (f64::from(c.load(i)) + 1.0) / cap / health::divisor(&m.state)
 }
 
 fn sample_eligible(c: &Candidates<'_>, rng: &mut dyn RngCore, not: Option<usize>) -> Option<usize> {
