@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::BreakerConfig;
 use crate::error::{Error, Result};
+use crate::health::HealthConfig;
 use crate::strategy::{HybridWeights, StrategyKind, MAX_FALLBACKS};
 
 /// Settings that apply to every decision unless a request or model overrides them.
@@ -44,6 +46,56 @@ pub struct RouterConfig {
     pub consistent_hash_balance: f64,
     /// Weights of the hybrid score.
     pub hybrid: HybridWeights,
+    /// Circuit breakers, cooldowns and ejection.
+    pub breaker: BreakerConfig,
+    /// Health thresholds.
+    pub health: HealthConfig,
+    /// What happens when every endpoint of the candidates is open, ejected, cooling down or
+    /// unhealthy (a model's `panic_mode` overrides it).
+    #[serde(alias = "panicMode")]
+    pub panic_mode: PanicMode,
+    /// Retries through the fallback chain ([`Router::next_fallback`](crate::Router::next_fallback)).
+    pub failover: FailoverConfig,
+}
+
+/// What to do when no endpoint is eligible because of breakers, cooldowns or health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PanicMode {
+    /// Route to the least bad endpoint anyway (Envoy's panic routing); the reason says "panic".
+    #[default]
+    Route,
+    /// Fail with `NoHealthyEndpoint`.
+    Fail,
+}
+
+/// Bounds of the failover loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FailoverConfig {
+    /// Attempts in all, the first included.
+    #[serde(alias = "maxAttempts")]
+    pub max_attempts: u32,
+    /// Time from the first decision after which no more attempts are made, ms.
+    #[serde(alias = "deadlineMs")]
+    pub deadline_ms: u64,
+    /// Delay before the second attempt, ms; doubles with each attempt.
+    #[serde(alias = "backoffBaseMs")]
+    pub backoff_base_ms: u64,
+    /// Cap of the delay, ms.
+    #[serde(alias = "backoffMaxMs")]
+    pub backoff_max_ms: u64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            max_attempts: 3,
+            deadline_ms: 120_000,
+            backoff_base_ms: 100,
+            backoff_max_ms: 5_000,
+        }
+    }
 }
 
 impl Default for RouterConfig {
@@ -59,6 +111,10 @@ impl Default for RouterConfig {
             consistent_hash_vnodes: 160,
             consistent_hash_balance: 1.25,
             hybrid: HybridWeights::default(),
+            breaker: BreakerConfig::default(),
+            health: HealthConfig::default(),
+            panic_mode: PanicMode::default(),
+            failover: FailoverConfig::default(),
         }
     }
 }
@@ -102,6 +158,11 @@ impl RouterConfig {
                 format!("must be >= 1, got {}", self.consistent_hash_balance),
             ));
         }
+        if self.failover.max_attempts == 0 {
+            return Err(Error::config("failover.max_attempts", "must be > 0"));
+        }
+        self.breaker.validate().map_err(|e| e.at("breaker"))?;
+        self.health.validate().map_err(|e| e.at("health"))?;
         self.hybrid.validate().map_err(|e| e.at("hybrid"))
     }
 }

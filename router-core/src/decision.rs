@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::registry::Slot;
-use crate::strategy::{Detail, StrategyKind, MAX_FALLBACKS};
+use crate::strategy::{Detail, StrategyKind, Tier, MAX_FALLBACKS};
 
 /// A decision's id: 64 random bits, shown as 16 hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,7 +45,7 @@ pub enum StrategySource {
 pub(crate) struct Reason {
     pub(crate) choice: ModelChoice,
     pub(crate) source: StrategySource,
-    pub(crate) degraded: bool,
+    pub(crate) tier: Tier,
     pub(crate) detail: Detail,
     pub(crate) candidates: u32,
 }
@@ -65,6 +65,12 @@ pub struct Decision {
     pub(crate) generation: u64,
     pub(crate) routed_at_ms: u64,
     pub(crate) released: AtomicBool,
+    /// Whether the decision holds a half-open probe permit.
+    pub(crate) probe: bool,
+    /// 1 for the first attempt, +1 for each fallback.
+    pub(crate) attempt: u32,
+    /// No fallback after this, Unix ms.
+    pub(crate) deadline_ms: u64,
 }
 
 impl Decision {
@@ -92,9 +98,23 @@ impl Decision {
     pub fn region(&self) -> Option<&str> {
         self.slot.region.as_deref()
     }
-    /// Whether no healthy endpoint could take the request and a degraded one was chosen.
+    /// Whether no healthy endpoint could take the request and a degraded one was chosen
+    /// (panic decisions are degraded too).
     pub fn is_degraded(&self) -> bool {
-        self.reason.degraded
+        self.reason.tier != Tier::Healthy
+    }
+    /// Whether every candidate was open, ejected, cooling down or unhealthy and the least bad
+    /// was chosen anyway.
+    pub fn is_panic(&self) -> bool {
+        self.reason.tier == Tier::Panic
+    }
+    /// Whether this request is a half-open probe of its endpoint's breaker.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+    /// Which attempt this is: 1 for a decision of `route`, +1 for each `next_fallback`.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
     }
     /// The configuration generation the decision was made on.
     pub fn generation(&self) -> u64 {
@@ -125,9 +145,20 @@ impl Decision {
         self.released.load(Ordering::Acquire)
     }
 
-    /// Give the in-flight slot back without an outcome (a cancelled request). Returns whether
-    /// this call released it.
+    /// Give the in-flight slot back without an outcome (a cancelled request); a probe permit
+    /// held goes back too. Returns whether this call released it.
     pub fn release(&self) -> bool {
+        if !self.release_slot() {
+            return false;
+        }
+        if self.probe {
+            self.slot.state.breaker.release_probe();
+        }
+        true
+    }
+
+    /// Give back the in-flight slot only (a report settles the probe permit itself).
+    pub(crate) fn release_slot(&self) -> bool {
         if self.released.swap(true, Ordering::AcqRel) {
             return false;
         }
@@ -148,7 +179,9 @@ impl Decision {
             url: self.url().to_owned(),
             strategy: self.strategy,
             reason: self.reason(),
-            degraded: self.reason.degraded,
+            degraded: self.is_degraded(),
+            panic: self.is_panic(),
+            attempt: self.attempt,
             fallbacks: self.fallbacks().collect(),
             routed_at_ms: self.routed_at_ms,
         }
@@ -196,8 +229,18 @@ impl fmt::Display for ReasonText<'_> {
         if !matches!(r.detail, Detail::None) {
             write!(f, ": {}", r.detail)?;
         }
-        if r.degraded {
-            f.write_str("; degraded: no healthy endpoint could take the request")?;
+        match r.tier {
+            Tier::Healthy => {}
+            Tier::Degraded => f.write_str("; degraded: no healthy endpoint could take the request")?,
+            Tier::Panic => f.write_str(
+                "; panic: every candidate is open, ejected, cooling down or unhealthy, routing to the least bad",
+            )?,
+        }
+        if d.probe {
+            f.write_str("; half-open probe")?;
+        }
+        if d.attempt > 1 {
+            write!(f, "; attempt {}", d.attempt)?;
         }
         Ok(())
     }
@@ -231,8 +274,18 @@ pub struct DecisionRecord {
     pub reason: String,
     /// Whether a degraded endpoint was chosen for lack of a healthy one.
     pub degraded: bool,
+    /// Whether it was a panic decision.
+    #[serde(default)]
+    pub panic: bool,
+    /// 1 for the first attempt, +1 for each fallback.
+    #[serde(default = "one")]
+    pub attempt: u32,
     /// Endpoints to try next, best first.
     pub fallbacks: Vec<FallbackTarget>,
     /// When it was made, Unix ms.
     pub routed_at_ms: u64,
+}
+
+fn one() -> u32 {
+    1
 }

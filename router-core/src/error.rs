@@ -76,6 +76,14 @@ pub enum Error {
         /// The decision's id.
         decision_id: String,
     },
+    /// `next_fallback` has no further attempt to offer.
+    #[error("no further attempt after {attempts}: {reason}")]
+    FallbacksExhausted {
+        /// Attempts made so far.
+        attempts: u32,
+        /// Why none is left (max attempts, deadline, no eligible fallback).
+        reason: String,
+    },
     /// A shared-state store failed (e.g. Redis unreachable while a strict counter was checked).
     #[error("state store `{store}` failed: {reason}")]
     Store {
@@ -98,6 +106,7 @@ impl Error {
             Error::NoCandidateModel { .. } => "no_candidate_model",
             Error::NoHealthyEndpoint { .. } => "no_healthy_endpoint",
             Error::AlreadyReported { .. } => "already_reported",
+            Error::FallbacksExhausted { .. } => "fallbacks_exhausted",
             Error::Store { .. } => "store",
         }
     }

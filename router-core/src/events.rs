@@ -13,6 +13,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::breaker::TripReason;
 use crate::decision::DecisionRecord;
 use crate::endpoint::HeadStatus;
 use crate::model::ModelStatus;
@@ -95,6 +96,67 @@ pub enum Event {
         /// When, Unix ms.
         at_ms: u64,
     },
+    /// A breaker opened: the endpoint gets no traffic for `open_for_ms`.
+    BreakerOpened {
+        /// The endpoint.
+        endpoint_id: String,
+        /// Why.
+        reason: TripReason,
+        /// For how long, ms.
+        open_for_ms: u64,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
+    /// A breaker admits probes.
+    BreakerHalfOpen {
+        /// The endpoint.
+        endpoint_id: String,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
+    /// A breaker closed: normal traffic again.
+    BreakerClosed {
+        /// The endpoint.
+        endpoint_id: String,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
+    /// An endpoint was ejected for consecutive failures (its breaker opened for that reason).
+    EndpointEjected {
+        /// The endpoint.
+        endpoint_id: String,
+        /// Failures in a row.
+        consecutive_failures: u32,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
+    /// An ejected endpoint's breaker closed again.
+    EndpointRestored {
+        /// The endpoint.
+        endpoint_id: String,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
+    /// A 429 made the endpoint unroutable until `until_ms`.
+    EndpointCoolingDown {
+        /// The endpoint.
+        endpoint_id: String,
+        /// Until when, Unix ms.
+        until_ms: u64,
+    },
+    /// The status computed from health scores changed.
+    HealthChanged {
+        /// The endpoint.
+        endpoint_id: String,
+        /// Old status.
+        from: HeadStatus,
+        /// New status.
+        to: HeadStatus,
+        /// The score that moved it.
+        score: f64,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
     /// A decision was made.
     Decision(DecisionRecord),
 }
@@ -111,6 +173,13 @@ impl Event {
             Event::ModelRegistered { .. } => "model_registered",
             Event::ModelDeregistered { .. } => "model_deregistered",
             Event::ModelStatusChanged { .. } => "model_status_changed",
+            Event::BreakerOpened { .. } => "breaker_opened",
+            Event::BreakerHalfOpen { .. } => "breaker_half_open",
+            Event::BreakerClosed { .. } => "breaker_closed",
+            Event::EndpointEjected { .. } => "endpoint_ejected",
+            Event::EndpointRestored { .. } => "endpoint_restored",
+            Event::EndpointCoolingDown { .. } => "endpoint_cooling_down",
+            Event::HealthChanged { .. } => "health_changed",
             Event::Decision(_) => "decision",
         }
     }

@@ -39,6 +39,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
+pub mod breaker;
 mod clock;
 mod config;
 mod decision;
@@ -57,11 +58,12 @@ pub mod state;
 pub mod strategy;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::RouterConfig;
+pub use config::{FailoverConfig, PanicMode, RouterConfig};
 pub use decision::{Decision, DecisionId, DecisionRecord, FallbackTarget, ModelChoice, StrategySource};
 pub use endpoint::{Endpoint, EndpointKind, HeadStatus, HeadStatusUpdate};
 pub use error::{Error, Result};
 pub use events::{Event, EventBus, EventStream, SubscriptionId};
+pub use health::{HealthConfig, HealthReport, ProbeTarget};
 pub use model::{Capability, Model, ModelStatus, ModelType, Pricing};
 pub use outcome::{ErrorClass, Outcome};
 pub use policy::Policy;
@@ -69,10 +71,16 @@ pub use registry::{EndpointFilter, ModelFilter, ModelStatusUpdate, Slot};
 pub use request::{RouteRequest, MAX_REQUEST_FIELD_LEN};
 pub use rng::seed_thread;
 pub use router::{
-    EndpointStatus, ExplainedEndpoint, ExplainedError, ExplainedModel, Explanation, ModelVerdict, Router, RouterBuilder,
+    EndpointStatus, ExplainedEndpoint, ExplainedError, ExplainedModel, Explanation, ModelVerdict, Retry, Router,
+    RouterBuilder,
 };
 pub use state::{InMemoryStore, StateChange, StateSink, StateStore};
-pub use strategy::{Detail, StrategyKind, Verdict};
+pub use strategy::{Detail, StrategyKind, Tier, Verdict};
+
+/// The repository README's Rust example, compiled and run as a doctest.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// Parse JSON into `T`, naming the path of the offending field on error.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(json: &str, what: &'static str) -> Result<T> {

@@ -48,6 +48,9 @@ pub struct Model {
         skip_serializing_if = "Option::is_none"
     )]
     pub routing_strategy: Option<StrategyKind>,
+    /// Overrides the router's `panic_mode` for this model.
+    #[serde(alias = "panicMode", skip_serializing_if = "Option::is_none")]
+    pub panic_mode: Option<crate::PanicMode>,
 }
 
 impl Model {

@@ -3,21 +3,24 @@
 use serde::Serialize;
 use std::sync::{Arc, Weak};
 
+use crate::breaker::{Admission, Transition, TripReason};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::{Decision, DecisionId, ModelChoice, Reason, StrategySource};
 use crate::endpoint::{Endpoint, HeadStatus, HeadStatusUpdate};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus};
+use crate::health::{HealthReport, ProbeTarget};
 use crate::model::{Model, ModelStatus};
-use crate::outcome::Outcome;
+use crate::outcome::{ErrorClass, Outcome};
 use crate::policy::Policy;
 use crate::registry::snapshot::{ModelEntry, ModelMask, Pool, Snapshot};
+use crate::registry::Slot;
 use crate::registry::{EndpointFilter, ModelFilter, ModelStatusUpdate, Registry, Upsert};
 use crate::request::RouteRequest;
 use crate::rng::with_rng;
 use crate::state::{InMemoryStore, StateChange, StateSink, StateStore};
-use crate::strategy::{Candidates, Pick, StrategyKind, Verdict, MAX_FALLBACKS};
-use crate::{health, RouterConfig};
+use crate::strategy::{slot_verdict, Candidates, Pick, StrategyKind, Tier, Verdict, MAX_FALLBACKS};
+use crate::{health, PanicMode, RouterConfig};
 
 /// Builds a [`Router`] with a clock, a state store and a policy of your choice.
 #[derive(Debug, Default)]
@@ -150,6 +153,7 @@ struct Scope<'s> {
     pool: &'s Pool,
     choice: ModelChoice,
     model_strategy: Option<StrategyKind>,
+    panic_mode: Option<PanicMode>,
     mask: Option<ModelMask>,
     label: String,
 }
@@ -173,6 +177,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
             pool: &snap.pools[entry.pool as usize],
             choice: ModelChoice::Explicit,
             model_strategy: m.routing_strategy,
+            panic_mode: m.panic_mode,
             mask: None,
             label: id.to_owned(),
         });
@@ -206,6 +211,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
         pool,
         choice: ModelChoice::ByType,
         model_strategy,
+        panic_mode: None,
         mask,
         label: format!("type {t}"),
     })
@@ -219,15 +225,39 @@ fn strategy_for(req: &RouteRequest, scope: &Scope<'_>, config: &RouterConfig) ->
     }
 }
 
-/// Run the strategy on healthy endpoints, then on degraded ones too.
-fn pick(kind: StrategyKind, c: &mut Candidates<'_>) -> Option<(Pick, bool)> {
-    with_rng(|rng| {
-        if let Some(p) = kind.pick(c, rng) {
-            return Some((p, false));
+/// Run the strategy on healthy endpoints, then on degraded ones, then (unless the panic mode
+/// is `fail`) in panic. A pick of a breaker that admits probes takes a permit; when another
+/// thread took the last one first, the strategy runs again. Returns the pick, its tier, whether
+/// it holds a probe permit, and the half-open transition the permit caused, if any.
+fn pick(
+    kind: StrategyKind,
+    c: &mut Candidates<'_>,
+    panic: PanicMode,
+    take_probes: bool,
+) -> Option<(Pick, Tier, bool, Option<Transition>)> {
+    for tier in [Tier::Healthy, Tier::Degraded, Tier::Panic] {
+        if tier == Tier::Panic && panic == PanicMode::Fail {
+            break;
         }
-        c.allow_degraded = true;
-        kind.pick(c, rng).map(|p| (p, true))
-    })
+        c.tier = tier;
+        for _ in 0..4 {
+            let Some(p) = with_rng(|rng| kind.pick(c, rng)) else {
+                break;
+            };
+            let state = &c.member(p.member).state;
+            if tier == Tier::Panic || state.breaker.admission(c.now_ms, &c.config.breaker) != Admission::Probe {
+                return Some((p, tier, false, None));
+            }
+            if !take_probes {
+                return Some((p, tier, true, None));
+            }
+            let (took, transition) = state.breaker.try_probe(c.now_ms, &c.config.breaker);
+            if took {
+                return Some((p, tier, true, transition));
+            }
+        }
+    }
+    None
 }
 
 fn no_healthy(c: &Candidates<'_>, label: String) -> Error {
@@ -294,14 +324,19 @@ impl Router {
             config: &snap.config,
             request: req,
             now_ms,
-            allow_degraded: false,
+            tier: Tier::Healthy,
             mask: scope.mask.as_ref(),
             dry_run: false,
         };
-        let Some((p, degraded)) = pick(kind, &mut c) else {
+        let panic = scope.panic_mode.unwrap_or(snap.config.panic_mode);
+        let Some((p, tier, probe, transition)) = pick(kind, &mut c, panic, true) else {
+            c.tier = Tier::Healthy;
             return Err(no_healthy(&c, scope.label));
         };
         let slot = scope.pool.members[p.member].clone();
+        if let Some(t) = transition {
+            self.inner.breaker_event(&slot, t, now_ms);
+        }
         slot.state.acquire();
         let mut fallbacks: [Option<Arc<_>>; MAX_FALLBACKS] = Default::default();
         for (k, i) in p.fallbacks.iter().enumerate() {
@@ -315,13 +350,16 @@ impl Router {
             reason: Reason {
                 choice: scope.choice,
                 source,
-                degraded,
+                tier,
                 detail: p.detail,
                 candidates: c.len() as u32,
             },
             generation: snap.generation,
             routed_at_ms: now_ms,
             released: Default::default(),
+            probe,
+            attempt: 1,
+            deadline_ms: now_ms.saturating_add(snap.config.failover.deadline_ms),
         };
         if self.inner.events.wants_decisions() {
             self.inner.events.emit(&Event::Decision(d.record()));
@@ -335,13 +373,96 @@ impl Router {
     /// and leaves the slot held.
     pub fn report(&self, decision: &Decision, outcome: Outcome) -> Result<()> {
         outcome.validate()?;
-        if !decision.release() {
+        if !decision.release_slot() {
             return Err(Error::AlreadyReported {
                 decision_id: decision.id().to_string(),
             });
         }
-        decision.slot().state.record(&outcome, self.inner.clock.now_ms());
+        self.inner.record_outcome(decision.slot(), &outcome, decision.probe);
         Ok(())
+    }
+
+    /// Report a failed attempt and get the next one: the first fallback of `failed` that can
+    /// take traffic now, as a new decision (attempt + 1) whose fallbacks are the rest of the
+    /// chain, with the delay to wait before sending it (exponential backoff with jitter).
+    /// Every failed attempt is recorded on its endpoint's breaker and health (LiteLLM #32574);
+    /// an endpoint that answered 429 cools down for its Retry-After and is skipped. Fails with
+    /// [`Error::FallbacksExhausted`] past `failover.max_attempts`, past the deadline, or when
+    /// no fallback is eligible.
+    pub fn next_fallback(&self, failed: &Decision, outcome: Outcome) -> Result<Retry> {
+        match self.report(failed, outcome) {
+            Ok(()) | Err(Error::AlreadyReported { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let snap = self.inner.registry.load();
+        let cfg = &snap.config;
+        let now = self.inner.clock.now_ms();
+        let exhausted = |reason: &str| Error::FallbacksExhausted {
+            attempts: failed.attempt,
+            reason: reason.to_owned(),
+        };
+        if failed.attempt >= cfg.failover.max_attempts {
+            return Err(exhausted("max attempts reached"));
+        }
+        let exp = failed.attempt.saturating_sub(1).min(30);
+        let base = cfg
+            .failover
+            .backoff_base_ms
+            .saturating_mul(1 << exp)
+            .min(cfg.failover.backoff_max_ms);
+        let delay_ms = (base as f64 * with_rng(|r| 0.5 + 0.5 * rand::Rng::random::<f64>(r))) as u64;
+        if now.saturating_add(delay_ms) >= failed.deadline_ms {
+            return Err(exhausted("deadline passed"));
+        }
+        let chain: Vec<&Arc<Slot>> = failed.fallbacks.iter().flatten().collect();
+        for (k, slot) in chain.iter().enumerate() {
+            let tier = if failed.is_panic() { Tier::Panic } else { Tier::Degraded };
+            if slot_verdict(slot, now, cfg, tier) != Verdict::Eligible {
+                continue;
+            }
+            let mut probe = false;
+            if tier != Tier::Panic && slot.state.breaker.admission(now, &cfg.breaker) == Admission::Probe {
+                let (took, t) = slot.state.breaker.try_probe(now, &cfg.breaker);
+                if let Some(t) = t {
+                    self.inner.breaker_event(slot, t, now);
+                }
+                if !took {
+                    continue;
+                }
+                probe = true;
+            }
+            slot.state.acquire();
+            let mut fallbacks: [Option<Arc<Slot>>; MAX_FALLBACKS] = Default::default();
+            for (j, rest) in chain[k + 1..].iter().enumerate() {
+                fallbacks[j] = Some(Arc::clone(rest));
+            }
+            let degraded =
+                slot.state.status() != HeadStatus::Healthy || slot.state.health_status() != HeadStatus::Healthy;
+            let decision = Decision {
+                id: DecisionId(with_rng(|r| r.next_u64())),
+                slot: Arc::clone(slot),
+                fallbacks,
+                strategy: failed.strategy,
+                reason: Reason {
+                    tier: if failed.is_panic() {
+                        Tier::Panic
+                    } else if degraded {
+                        Tier::Degraded
+                    } else {
+                        Tier::Healthy
+                    },
+                    ..failed.reason
+                },
+                generation: snap.generation,
+                routed_at_ms: now,
+                released: Default::default(),
+                probe,
+                attempt: failed.attempt + 1,
+                deadline_ms: failed.deadline_ms,
+            };
+            return Ok(Retry { decision, delay_ms });
+        }
+        Err(exhausted("no fallback can take traffic"))
     }
 
     /// Report an outcome against an endpoint by id, for hosts that do not keep the decision
@@ -488,12 +609,7 @@ impl Router {
     pub fn endpoint_status(&self, id: &str) -> Result<EndpointStatus> {
         let snap = self.inner.registry.load();
         let s = snap.slot(id).ok_or_else(|| Error::not_found("endpoint", id))?;
-        Ok(endpoint_status(
-            s,
-            self.inner.clock.now_ms(),
-            snap.config.heartbeat_ttl_ms,
-            snap.config.default_latency_ms,
-        ))
+        Ok(endpoint_status(s, self.inner.clock.now_ms(), &snap.config))
     }
 
     /// Live state of every endpoint.
@@ -502,7 +618,7 @@ impl Router {
         let now = self.inner.clock.now_ms();
         snap.slots
             .iter()
-            .map(|s| endpoint_status(s, now, snap.config.heartbeat_ttl_ms, snap.config.default_latency_ms))
+            .map(|s| endpoint_status(s, now, &snap.config))
             .collect()
     }
 
@@ -512,6 +628,84 @@ impl Router {
     /// was older than one already applied and was ignored. A report is also a sign of life.
     pub fn update_head_status(&self, update: &HeadStatusUpdate) -> Result<bool> {
         self.inner.head_status(update, true)
+    }
+
+    /// Apply a pushed health report to an endpoint, or to every endpoint of a model when
+    /// `target` is a model id. Returns how many endpoints it updated.
+    pub fn report_health(&self, target: &str, report: &HealthReport) -> Result<usize> {
+        report.validate()?;
+        let snap = self.inner.registry.load();
+        let slots: Vec<Arc<Slot>> = match snap.slot(target) {
+            Some(s) => vec![s.clone()],
+            None => {
+                let (_, entry) = snap
+                    .model(target)
+                    .ok_or_else(|| Error::not_found("endpoint or model", target))?;
+                snap.pools[entry.pool as usize].members.to_vec()
+            }
+        };
+        drop(snap);
+        let now = self.inner.clock.now_ms();
+        for s in &slots {
+            if let Some(status) = report.status {
+                let update = HeadStatusUpdate::new(s.id.to_string(), status);
+                self.inner.head_status(&update, true)?;
+            }
+            if let Some(t) = report.response_time {
+                s.state.latency_sample(t, now);
+            }
+            if let Some(r) = report.success_rate() {
+                s.state.set_success_rate(r, now);
+            }
+            self.inner.update_health(s, now);
+        }
+        Ok(slots.len())
+    }
+
+    /// Endpoints with a `health_check_url` due for an active probe (every
+    /// `health.probe_interval_ms`). Each is handed out once per interval; the host probes it
+    /// and reports with [`record_probe`](Self::record_probe).
+    pub fn probe_targets(&self) -> Vec<ProbeTarget> {
+        let snap = self.inner.registry.load();
+        let interval = snap.config.health.probe_interval_ms;
+        if interval == 0 {
+            return Vec::new();
+        }
+        let now = self.inner.clock.now_ms();
+        snap.slots
+            .iter()
+            .filter_map(|s| {
+                let url = s.endpoint().health_check_url.as_ref()?;
+                s.state.claim_probe(now, interval).then(|| ProbeTarget {
+                    endpoint_id: s.id.to_string(),
+                    url: url.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Record the result of an active probe: a health sample, and a latency sample when it
+    /// succeeded. Probes do not move breakers (only real traffic and half-open probes do).
+    pub fn record_probe(&self, endpoint_id: &str, ok: bool, latency_ms: f64) -> Result<()> {
+        if !latency_ms.is_finite() || latency_ms < 0.0 {
+            return Err(Error::request(
+                "latency_ms",
+                format!("must be a finite number >= 0, got {latency_ms}"),
+            ));
+        }
+        let snap = self.inner.registry.load();
+        let slot = snap
+            .slot(endpoint_id)
+            .ok_or_else(|| Error::not_found("endpoint", endpoint_id))?
+            .clone();
+        drop(snap);
+        let now = self.inner.clock.now_ms();
+        slot.state.health_sample(ok, now);
+        if ok {
+            slot.state.latency_sample(latency_ms, now);
+        }
+        self.inner.update_health(&slot, now);
+        Ok(())
     }
 
     /// Record a heartbeat from a head.
@@ -546,6 +740,112 @@ impl Router {
 }
 
 impl Inner {
+    /// Fold an outcome into the endpoint's statistics, cooldown, breaker and health, and emit
+    /// the events that follow.
+    fn record_outcome(&self, slot: &Slot, outcome: &Outcome, probe: bool) {
+        let now = self.clock.now_ms();
+        let snap = self.registry.load();
+        let cfg = &snap.config;
+        let st = &slot.state;
+        st.record(outcome, now);
+        if let Some(ErrorClass::RateLimited { retry_after_ms }) = &outcome.error {
+            let until = now.saturating_add(retry_after_ms.unwrap_or(cfg.breaker.default_retry_after_ms));
+            if until > st.breaker.cooldown_until_ms() {
+                st.breaker.cool_down(until);
+                self.events.emit(&Event::EndpointCoolingDown {
+                    endpoint_id: slot.id.to_string(),
+                    until_ms: until,
+                });
+            }
+        }
+        let breaker_failure = matches!(
+            outcome.error,
+            Some(ErrorClass::Timeout | ErrorClass::Connection | ErrorClass::Server { .. })
+        );
+        let counts = outcome.is_success() || breaker_failure;
+        let transition = if counts || (probe && outcome.is_endpoint_failure()) {
+            let failed = !outcome.is_success();
+            let may_open = || ejection_allowed(&snap, slot);
+            let jitter = with_rng(|r| rand::Rng::random::<f64>(r));
+            st.breaker.on_call(
+                failed,
+                outcome.latency_ms,
+                probe,
+                st.consecutive_failures(),
+                now,
+                &cfg.breaker,
+                may_open,
+                jitter,
+            )
+        } else {
+            if probe {
+                // A client error says nothing about the endpoint: the permit goes back.
+                st.breaker.release_probe();
+            }
+            None
+        };
+        if let Some(t) = transition {
+            self.breaker_event(slot, t, now);
+        }
+        drop(snap);
+        self.update_health(slot, now);
+    }
+
+    /// Move the computed health status after a new sample, with hysteresis.
+    fn update_health(&self, slot: &Slot, now: u64) {
+        let snap = self.registry.load();
+        let cfg = &snap.config.health;
+        let st = &slot.state;
+        let score = health::score_at(st, now, cfg);
+        let next = health::next_status(st.health_status(), score, st.samples(), cfg);
+        if let Some(from) = st.set_health_status(next) {
+            self.events.emit(&Event::HealthChanged {
+                endpoint_id: slot.id.to_string(),
+                from,
+                to: next,
+                score,
+                at_ms: now,
+            });
+        }
+    }
+
+    fn breaker_event(&self, slot: &Slot, t: Transition, now: u64) {
+        let endpoint_id = slot.id.to_string();
+        match t {
+            Transition::Opened { reason, open_for_ms } => {
+                self.events.emit(&Event::BreakerOpened {
+                    endpoint_id: endpoint_id.clone(),
+                    reason,
+                    open_for_ms,
+                    at_ms: now,
+                });
+                if reason == TripReason::ConsecutiveFailures {
+                    self.events.emit(&Event::EndpointEjected {
+                        endpoint_id,
+                        consecutive_failures: slot.state.consecutive_failures(),
+                        at_ms: now,
+                    });
+                }
+            }
+            Transition::HalfOpened => self.events.emit(&Event::BreakerHalfOpen {
+                endpoint_id,
+                at_ms: now,
+            }),
+            Transition::Closed { after } => {
+                self.events.emit(&Event::BreakerClosed {
+                    endpoint_id: endpoint_id.clone(),
+                    at_ms: now,
+                });
+                if after == TripReason::ConsecutiveFailures {
+                    self.events.emit(&Event::EndpointRestored {
+                        endpoint_id,
+                        at_ms: now,
+                    });
+                }
+            }
+        }
+    }
+
     fn commit<T>(&self, f: impl FnOnce(&mut crate::registry::Draft) -> Result<T>, publish: bool) -> Result<T> {
         let now = self.clock.now_ms();
         let (out, events, changes) = self.registry.mutate(now, f)?;
@@ -659,6 +959,30 @@ impl StateSink for Inner {
     }
 }
 
+/// The next attempt of a failed request: [`Router::next_fallback`]'s answer.
+#[derive(Debug)]
+pub struct Retry {
+    /// Where to send it.
+    pub decision: Decision,
+    /// How long to wait first, ms.
+    pub delay_ms: u64,
+}
+
+/// Whether the ejection cap lets `slot` open its breaker: at most `max_ejection_percent` of its
+/// model's endpoints open or half-open at once, and always at least one.
+fn ejection_allowed(snap: &Snapshot, slot: &Slot) -> bool {
+    let Some((_, entry)) = snap.model(&slot.model_id) else {
+        return true;
+    };
+    let members = &snap.pools[entry.pool as usize].members;
+    let n = members.len();
+    let open = members
+        .iter()
+        .filter(|m| m.state.breaker.state() != crate::breaker::BreakerState::Closed)
+        .count();
+    open == 0 || (open + 1) as f64 * 100.0 <= snap.config.breaker.max_ejection_percent * n as f64
+}
+
 fn model_matches(snap: &Snapshot, e: &ModelEntry, f: &ModelFilter) -> bool {
     let m = &e.model;
     f.provider.as_deref().is_none_or(|p| m.provider == p)
@@ -684,6 +1008,12 @@ pub struct EndpointStatus {
     pub status: HeadStatus,
     /// Health score in [0, 1].
     pub health: f64,
+    /// Status computed from the health score, with hysteresis.
+    pub health_status: HeadStatus,
+    /// Circuit breaker state.
+    pub breaker: crate::breaker::BreakerState,
+    /// End of a 429 cooldown, Unix ms (0: none).
+    pub cooldown_until_ms: u64,
     /// Requests in flight from this instance.
     pub in_flight: u32,
     /// Load the head reported.
@@ -714,14 +1044,18 @@ pub struct EndpointStatus {
     pub expired: bool,
 }
 
-fn endpoint_status(s: &crate::registry::Slot, now: u64, ttl: u64, default_latency_ms: f64) -> EndpointStatus {
+fn endpoint_status(s: &Slot, now: u64, cfg: &RouterConfig) -> EndpointStatus {
+    let (ttl, default_latency_ms) = (cfg.heartbeat_ttl_ms, cfg.default_latency_ms);
     let st = &s.state;
     let (requests, failures, tokens_in, tokens_out) = st.totals();
     EndpointStatus {
         endpoint_id: s.id.to_string(),
         model_id: s.model_id.to_string(),
         status: st.status(),
-        health: health::score(st),
+        health: health::score_at(st, now, &cfg.health),
+        health_status: st.health_status(),
+        breaker: st.breaker.state(),
+        cooldown_until_ms: st.breaker.cooldown_until_ms(),
         in_flight: st.in_flight(),
         reported_load: st.reported_load(),
         load: st.load_at(now, default_latency_ms),
@@ -858,12 +1192,19 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
         config: &snap.config,
         request: req,
         now_ms,
-        allow_degraded: false,
+        tier: Tier::Healthy,
         mask: scope.mask.as_ref(),
         dry_run: true,
     };
-    if !(0..c.len()).any(|i| c.eligible(i)) {
-        c.allow_degraded = true;
+    let panic = scope.panic_mode.unwrap_or(snap.config.panic_mode);
+    for tier in [Tier::Healthy, Tier::Degraded, Tier::Panic] {
+        if tier == Tier::Panic && panic == PanicMode::Fail {
+            break;
+        }
+        c.tier = tier;
+        if (0..c.len()).any(|i| c.eligible(i)) {
+            break;
+        }
     }
     out.endpoints = (0..c.len())
         .map(|i| {
@@ -875,14 +1216,16 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
                 kept: v == Verdict::Eligible,
                 verdict: v,
                 reason: v.describe(),
-                status: endpoint_status(s, now_ms, snap.config.heartbeat_ttl_ms, snap.config.default_latency_ms),
+                status: endpoint_status(s, now_ms, &snap.config),
             }
         })
         .collect();
-    c.allow_degraded = false;
-    match pick(kind, &mut c) {
-        None => fail(&mut out, no_healthy(&c, scope.label)),
-        Some((p, degraded)) => {
+    match pick(kind, &mut c, panic, false) {
+        None => {
+            c.tier = Tier::Healthy;
+            fail(&mut out, no_healthy(&c, scope.label))
+        }
+        Some((p, tier, probe, _)) => {
             let mut fallbacks: [Option<Arc<_>>; MAX_FALLBACKS] = Default::default();
             for (k, i) in p.fallbacks.iter().enumerate() {
                 fallbacks[k] = Some(scope.pool.members[i].clone());
@@ -896,13 +1239,16 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
                 reason: Reason {
                     choice: scope.choice,
                     source,
-                    degraded,
+                    tier,
                     detail: p.detail,
                     candidates: c.len() as u32,
                 },
                 generation: snap.generation,
                 routed_at_ms: now_ms,
                 released: true.into(),
+                probe,
+                attempt: 1,
+                deadline_ms: now_ms.saturating_add(snap.config.failover.deadline_ms),
             };
             out.decision = Some(d.record());
         }

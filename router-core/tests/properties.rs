@@ -95,28 +95,30 @@ proptest! {
             }
         }
         clk.advance(600);
-        let ok = |i: usize, degraded_ok: bool| {
+        // Tiers: 0 healthy only, 1 degraded too, 2 panic (reported unhealthy too).
+        let ok = |i: usize, tier: u8| {
             let e = eps[i];
             let model_ok = !(e.4 && inactive_model);
-            let status_ok = e.1 == 0 || (e.1 == 1 && degraded_ok);
+            let status_ok = e.1 == 0 || (e.1 == 1 && tier >= 1) || (e.1 == 2 && tier == 2);
             e.0 > 0 && !e.2 && !e.3 && model_ok && status_ok
         };
-        let any_healthy = (0..eps.len()).any(|i| ok(i, false));
-        let any = (0..eps.len()).any(|i| ok(i, true));
+        let tier = (0..3u8).find(|&t| (0..eps.len()).any(|i| ok(i, t)));
         for _ in 0..20 {
             let rq = RouteRequest { user_id: Some(format!("u{seed}")), strategy: Some(kind), ..Default::default() };
-            match r.route(&rq) {
-                Ok(d) => {
+            match (r.route(&rq), tier) {
+                (Ok(d), Some(t)) => {
                     let i: usize = d.endpoint_id()[1..].parse().unwrap();
-                    prop_assert!(ok(i, !any_healthy), "{} picked {} ({:?})", kind, d.endpoint_id(), eps[i]);
-                    prop_assert_eq!(d.is_degraded(), !any_healthy);
+                    prop_assert!(ok(i, t), "{} picked {} ({:?})", kind, d.endpoint_id(), eps[i]);
+                    prop_assert_eq!(d.is_degraded(), t > 0);
+                    prop_assert_eq!(d.is_panic(), t == 2);
                     for f in d.fallbacks() {
                         let j: usize = f.endpoint_id[1..].parse().unwrap();
-                        prop_assert!(ok(j, !any_healthy), "fallback {} ineligible", f.endpoint_id);
+                        prop_assert!(ok(j, t), "fallback {} ineligible", f.endpoint_id);
                     }
                 }
-                Err(e) => {
-                    prop_assert!(!any, "{} failed with {} although an endpoint was eligible", kind, e);
+                (Ok(d), None) => prop_assert!(false, "{} picked {} although nothing was eligible", kind, d.endpoint_id()),
+                (Err(e), Some(_)) => prop_assert!(false, "{} failed with {} although an endpoint was eligible", kind, e),
+                (Err(e), None) => {
                     prop_assert!(matches!(e.kind(), "no_healthy_endpoint" | "no_candidate_model"), "{}", e);
                 }
             }

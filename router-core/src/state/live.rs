@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
+use crate::breaker::Breaker;
 use crate::endpoint::HeadStatus;
 
 /// Smoothing factor of the latency EWMA: each sample has this weight.
@@ -73,6 +74,11 @@ pub struct EndpointState {
     failures: AtomicU64,
     tokens_in: AtomicU64,
     tokens_out: AtomicU64,
+    last_sample_ms: AtomicU64,
+    health_status: AtomicU8,
+    samples: AtomicU64,
+    last_probe_ms: AtomicU64,
+    pub(crate) breaker: Breaker,
 }
 
 impl EndpointState {
@@ -97,7 +103,88 @@ impl EndpointState {
             failures: AtomicU64::new(0),
             tokens_in: AtomicU64::new(0),
             tokens_out: AtomicU64::new(0),
+            last_sample_ms: AtomicU64::new(now_ms),
+            health_status: AtomicU8::new(HeadStatus::Healthy.to_u8()),
+            samples: AtomicU64::new(0),
+            last_probe_ms: AtomicU64::new(0),
+            breaker: Breaker::default(),
         }
+    }
+
+    /// The endpoint's circuit breaker.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// The status computed from health scores (healthy, degraded or unhealthy).
+    pub fn health_status(&self) -> HeadStatus {
+        HeadStatus::from_u8(self.health_status.load(Ordering::Relaxed))
+    }
+
+    /// Set the computed status; returns the previous one when it changed.
+    pub(crate) fn set_health_status(&self, s: HeadStatus) -> Option<HeadStatus> {
+        let prev = HeadStatus::from_u8(self.health_status.swap(s.to_u8(), Ordering::AcqRel));
+        (prev != s).then_some(prev)
+    }
+
+    /// Claim the probe due at `now_ms` if the last one is at least `interval_ms` old.
+    pub(crate) fn claim_probe(&self, now_ms: u64, interval_ms: u64) -> bool {
+        let last = self.last_probe_ms.load(Ordering::Relaxed);
+        (last == 0 || now_ms.saturating_sub(last) >= interval_ms)
+            && self
+                .last_probe_ms
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Health samples recorded (calls, probes, pushed reports).
+    pub fn samples(&self) -> u64 {
+        self.samples.load(Ordering::Relaxed)
+    }
+
+    /// The success rate at `now_ms`: the EWMA's deficit halves every `half_life_ms` without
+    /// a new sample.
+    pub fn success_rate_at(&self, now_ms: u64, half_life_ms: f64) -> f64 {
+        let r = self.success_rate();
+        let age = now_ms.saturating_sub(self.last_sample_ms.load(Ordering::Relaxed)) as f64;
+        1.0 - (1.0 - r) * (-age * std::f64::consts::LN_2 / half_life_ms).exp()
+    }
+
+    /// Fold one health sample (success or endpoint failure) into the success-rate EWMA.
+    pub(crate) fn health_sample(&self, ok: bool, now_ms: u64) {
+        let s = if ok { 1.0 } else { 0.0 };
+        self.success_ewma.update(|old| {
+            let old = old.unwrap_or(1.0);
+            old + SUCCESS_EWMA_ALPHA * (s - old)
+        });
+        self.last_sample_ms.fetch_max(now_ms, Ordering::Relaxed);
+        self.samples.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Overwrite the success rate (a pushed health report's error rate).
+    pub(crate) fn set_success_rate(&self, rate: f64, now_ms: u64) {
+        self.success_ewma.update(|_| rate.clamp(0.0, 1.0));
+        self.last_sample_ms.fetch_max(now_ms, Ordering::Relaxed);
+        self.samples.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Fold a latency sample (successful call or probe) into the EWMAs.
+    pub(crate) fn latency_sample(&self, rtt: f64, now_ms: u64) {
+        self.latency_ewma.update(|old| match old {
+            None => rtt,
+            Some(o) => o + LATENCY_EWMA_ALPHA * (rtt - o),
+        });
+        let decayed = self.peak_ewma_ms(now_ms);
+        let next = match decayed {
+            Some(d) if rtt <= d => {
+                let elapsed = now_ms.saturating_sub(self.peak_ts_ms.load(Ordering::Relaxed));
+                let w = (-(elapsed.max(1) as f64) / PEAK_EWMA_DECAY_MS).exp();
+                d * w + rtt * (1.0 - w)
+            }
+            _ => rtt,
+        };
+        self.peak_ewma.update(|_| next);
+        self.peak_ts_ms.fetch_max(now_ms, Ordering::Relaxed);
     }
 
     /// Requests routed here and not yet reported or dropped.
@@ -251,35 +338,16 @@ impl EndpointState {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
         if outcome.error.is_none() || failed {
-            let s = if failed { 0.0 } else { 1.0 };
-            self.success_ewma.update(|old| {
-                let old = old.unwrap_or(1.0);
-                old + SUCCESS_EWMA_ALPHA * (s - old)
-            });
+            self.health_sample(!failed, now_ms);
         }
         if outcome.is_success() {
-            let rtt = outcome.latency_ms;
-            self.latency_ewma.update(|old| match old {
-                None => rtt,
-                Some(o) => o + LATENCY_EWMA_ALPHA * (rtt - o),
-            });
+            self.latency_sample(outcome.latency_ms, now_ms);
             if let Some(t) = outcome.ttft_ms {
                 self.ttft_ewma.update(|old| match old {
                     None => t,
                     Some(o) => o + LATENCY_EWMA_ALPHA * (t - o),
                 });
             }
-            let decayed = self.peak_ewma_ms(now_ms);
-            let next = match decayed {
-                Some(d) if rtt <= d => {
-                    let elapsed = now_ms.saturating_sub(self.peak_ts_ms.load(Ordering::Relaxed));
-                    let w = (-(elapsed.max(1) as f64) / PEAK_EWMA_DECAY_MS).exp();
-                    d * w + rtt * (1.0 - w)
-                }
-                _ => rtt,
-            };
-            self.peak_ewma.update(|_| next);
-            self.peak_ts_ms.fetch_max(now_ms, Ordering::Relaxed);
         }
     }
 }

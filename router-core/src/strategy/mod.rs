@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+use crate::breaker::Admission;
 use crate::endpoint::HeadStatus;
 use crate::registry::snapshot::{ModelMask, Pool, Slot};
 use crate::request::RouteRequest;
@@ -187,6 +188,10 @@ pub enum Verdict {
     Expired,
     /// It has as many requests in flight as its capacity.
     AtCapacity,
+    /// Its circuit breaker is open (or half-open with every probe taken).
+    BreakerOpen,
+    /// A 429 cooldown runs.
+    CoolingDown,
 }
 
 impl Verdict {
@@ -202,8 +207,52 @@ impl Verdict {
             Verdict::NotServing(_) => "status offline",
             Verdict::Expired => "missed its heartbeat deadline",
             Verdict::AtCapacity => "at capacity",
+            Verdict::BreakerOpen => "circuit breaker open",
+            Verdict::CoolingDown => "cooling down after a 429",
         }
     }
+}
+
+/// Which endpoints a pass of the strategy may pick, from strictest to loosest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// Healthy endpoints with a closed (or probing) breaker.
+    Healthy,
+    /// Degraded ones too (reported degraded, or computed degraded or unhealthy).
+    Degraded,
+    /// Panic: open breakers, cooldowns and unhealthy reports are ignored; the least bad wins.
+    Panic,
+}
+
+/// Why `slot` can or cannot take a request in `tier` (everything but the model filter).
+pub(crate) fn slot_verdict(m: &Slot, now_ms: u64, config: &RouterConfig, tier: Tier) -> Verdict {
+    if m.weight <= 0.0 {
+        return Verdict::ZeroWeight;
+    }
+    let status = m.state.status();
+    match status {
+        HeadStatus::Draining | HeadStatus::Offline => return Verdict::NotServing(status),
+        HeadStatus::Unhealthy if tier != Tier::Panic => return Verdict::NotServing(status),
+        _ => {}
+    }
+    if config.heartbeat_ttl_ms != 0 && m.state.is_expired(now_ms, config.heartbeat_ttl_ms) {
+        return Verdict::Expired;
+    }
+    if m.capacity != 0 && m.state.in_flight() >= m.capacity {
+        return Verdict::AtCapacity;
+    }
+    if tier != Tier::Panic {
+        match m.state.breaker.admission(now_ms, &config.breaker) {
+            Admission::Open => return Verdict::BreakerOpen,
+            Admission::CoolingDown => return Verdict::CoolingDown,
+            Admission::Closed | Admission::Probe => {}
+        }
+        if tier == Tier::Healthy && (status == HeadStatus::Degraded || m.state.health_status() != HeadStatus::Healthy) {
+            return Verdict::DegradedHeldBack;
+        }
+    }
+    Verdict::Eligible
 }
 
 /// The candidate endpoints of one request, with the rules that decide which may be picked.
@@ -213,7 +262,7 @@ pub struct Candidates<'a> {
     pub(crate) config: &'a RouterConfig,
     pub(crate) request: &'a RouteRequest,
     pub(crate) now_ms: u64,
-    pub(crate) allow_degraded: bool,
+    pub(crate) tier: Tier,
     pub(crate) mask: Option<&'a ModelMask>,
     pub(crate) dry_run: bool,
 }
@@ -242,27 +291,19 @@ impl<'a> Candidates<'a> {
     /// Why member `i` can or cannot be picked.
     pub fn verdict(&self, i: usize) -> Verdict {
         let m = &self.pool.members[i];
-        if m.weight <= 0.0 {
-            return Verdict::ZeroWeight;
-        }
-        if let Some(mask) = self.mask {
-            if !mask.contains(m.model_idx) {
-                return Verdict::ModelFiltered;
+        if m.weight > 0.0 {
+            if let Some(mask) = self.mask {
+                if !mask.contains(m.model_idx) {
+                    return Verdict::ModelFiltered;
+                }
             }
         }
-        match m.state.status() {
-            HeadStatus::Healthy => {}
-            HeadStatus::Degraded if self.allow_degraded => {}
-            HeadStatus::Degraded => return Verdict::DegradedHeldBack,
-            other => return Verdict::NotServing(other),
-        }
-        if self.config.heartbeat_ttl_ms != 0 && m.state.is_expired(self.now_ms, self.config.heartbeat_ttl_ms) {
-            return Verdict::Expired;
-        }
-        if m.capacity != 0 && m.state.in_flight() >= m.capacity {
-            return Verdict::AtCapacity;
-        }
-        Verdict::Eligible
+        slot_verdict(m, self.now_ms, self.config, self.tier)
+    }
+
+    /// The pass being run.
+    pub fn tier(&self) -> Tier {
+        self.tier
     }
 
     /// Whether member `i` may be picked.

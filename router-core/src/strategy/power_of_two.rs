@@ -11,7 +11,7 @@
 //! The latency enters raised to `p2c_latency_exponent` (β, default 0.25; β = 1 is Finagle's
 //! cost exactly). LLM latencies follow the output length, so a peak-EWMA over them is mostly
 //! noise between equal endpoints, and at β = 1 that noise costs more balance than staleness
-//! does (docs/strategies.md: max/mean in flight 1.60 at β = 1 against 1.46 at β = 0.25, eight
+//! does (docs/strategies.md: max/mean in flight 1.66 at β = 1 against 1.46 at β = 0.25, eight
 //! instances, one-second-old load). The load is [`EndpointState::load_at`]: own in-flight plus
 //! the other instances' reported share, decayed with its age.
 //!
