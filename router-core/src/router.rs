@@ -472,8 +472,10 @@ impl Router {
         let snap = self.inner.registry.load();
         let slot = snap
             .slot(endpoint_id)
-            .ok_or_else(|| Error::not_found("endpoint", endpoint_id))?;
-        slot.state.record(&outcome, self.inner.clock.now_ms());
+            .ok_or_else(|| Error::not_found("endpoint", endpoint_id))?
+            .clone();
+        drop(snap);
+        self.inner.record_outcome(&slot, &outcome, false);
         Ok(())
     }
 

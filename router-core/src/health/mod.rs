@@ -120,7 +120,7 @@ impl Default for HealthConfig {
             unhealthy_below: 0.5,
             hysteresis: 0.1,
             min_samples: 5,
-            recovery_half_life_ms: 30_000.0,
+            recovery_half_life_ms: 10_000.0,
             probe_interval_ms: 10_000,
         }
     }
@@ -167,9 +167,19 @@ pub fn score(state: &EndpointState) -> f64 {
     status * state.success_rate()
 }
 
-/// The score, floored at [`MIN_HEALTH`], for dividing by.
-pub(crate) fn divisor(state: &EndpointState) -> f64 {
-    score(state).max(MIN_HEALTH)
+/// The score at `now_ms`, floored at [`MIN_HEALTH`], for dividing by.
+pub(crate) fn divisor(state: &EndpointState, now_ms: u64, cfg: &HealthConfig) -> f64 {
+    score_at(state, now_ms, cfg).max(MIN_HEALTH)
+}
+
+/// The computed status at `now_ms`: the stored one, moved by the time-decayed score (so an
+/// endpoint held back for failing earns traffic back as its failures age, even with no new
+/// sample to move the stored status).
+pub(crate) fn status_at(state: &EndpointState, now_ms: u64, cfg: &HealthConfig) -> HeadStatus {
+    match state.health_status() {
+        HeadStatus::Healthy => HeadStatus::Healthy,
+        stored => next_status(stored, score_at(state, now_ms, cfg), u64::MAX, cfg),
+    }
 }
 
 /// The computed status after a new score, with hysteresis.
@@ -207,7 +217,7 @@ mod tests {
         assert!(later > score(&s) && later < 1.0, "the deficit fades: {later}");
         s.set_status(HeadStatus::Unhealthy, None, 1, 1);
         assert_eq!(score(&s), 0.0);
-        assert_eq!(divisor(&s), MIN_HEALTH);
+        assert_eq!(divisor(&s, 1, &cfg), MIN_HEALTH);
     }
 
     #[test]

@@ -146,6 +146,9 @@ impl EndpointState {
     /// a new sample.
     pub fn success_rate_at(&self, now_ms: u64, half_life_ms: f64) -> f64 {
         let r = self.success_rate();
+        if r >= 1.0 {
+            return 1.0;
+        }
         let age = now_ms.saturating_sub(self.last_sample_ms.load(Ordering::Relaxed)) as f64;
         1.0 - (1.0 - r) * (-age * std::f64::consts::LN_2 / half_life_ms).exp()
     }

@@ -20,7 +20,7 @@ impl Strategy for CostBased {
         let tol = c.config.near_tie_tolerance;
         let (i, value, f) = c.argmin(rng, tol, |i| {
             let m = c.member(i);
-            m.cost_per_1k / health::divisor(&m.state)
+            m.cost_per_1k / health::divisor(&m.state, c.now_ms, &c.config.health)
         })?;
         Some(Pick::new(
             i,

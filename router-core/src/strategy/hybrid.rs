@@ -108,7 +108,7 @@ pub(crate) fn hybrid_score(c: &Candidates<'_>, i: usize) -> f64 {
     };
     w.load * u / (1.0 + u)
         + w.latency * l / (l + w.latency_ref_ms)
-        + w.health * (1.0 - health::score(&m.state))
+        + w.health * (1.0 - health::score_at(&m.state, c.now_ms, &c.config.health))
         + w.cost * m.cost_per_1k / (m.cost_per_1k + w.cost_ref_per_1k)
         + w.region * off_region
 }

@@ -19,7 +19,9 @@ pub struct LatencyBased;
 impl Strategy for LatencyBased {
     fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
         let tol = c.config.near_tie_tolerance;
-        let (i, value, f) = c.argmin(rng, tol, |i| c.latency_ms(i) / health::divisor(&c.member(i).state))?;
+        let (i, value, f) = c.argmin(rng, tol, |i| {
+            c.latency_ms(i) / health::divisor(&c.member(i).state, c.now_ms, &c.config.health)
+        })?;
         Some(Pick::new(
             i,
             f,

@@ -20,7 +20,7 @@ pub struct LeastLoaded;
 pub(crate) fn load_score(c: &Candidates<'_>, i: usize) -> f64 {
     let m = c.member(i);
     let cap = if m.capacity == 0 { 1.0 } else { f64::from(m.capacity) };
-    (f64::from(c.load(i)) + 1.0) / cap / health::divisor(&m.state)
+    (f64::from(c.load(i)) + 1.0) / cap / health::divisor(&m.state, c.now_ms, &c.config.health)
 }
 
 impl Strategy for LeastLoaded {

@@ -243,12 +243,19 @@ pub(crate) fn slot_verdict(m: &Slot, now_ms: u64, config: &RouterConfig, tier: T
         return Verdict::AtCapacity;
     }
     if tier != Tier::Panic {
-        match m.state.breaker.admission(now_ms, &config.breaker) {
+        let admission = m.state.breaker.admission(now_ms, &config.breaker);
+        match admission {
             Admission::Open => return Verdict::BreakerOpen,
             Admission::CoolingDown => return Verdict::CoolingDown,
             Admission::Closed | Admission::Probe => {}
         }
-        if tier == Tier::Healthy && (status == HeadStatus::Degraded || m.state.health_status() != HeadStatus::Healthy) {
+        // A breaker admitting probes is how a failing endpoint proves itself: its computed
+        // health does not hold the probe back.
+        if tier == Tier::Healthy
+            && (status == HeadStatus::Degraded
+                || (admission == Admission::Closed
+                    && crate::health::status_at(&m.state, now_ms, &config.health) != HeadStatus::Healthy))
+        {
             return Verdict::DegradedHeldBack;
         }
     }

@@ -38,7 +38,9 @@ pub(crate) fn p2c_cost(c: &Candidates<'_>, i: usize) -> f64 {
         .unwrap_or(c.config.default_latency_ms)
         .max(0.001);
     let cap = if m.capacity == 0 { 1.0 } else { f64::from(m.capacity) };
-    rtt.powf(c.config.p2c_latency_exponent) * (f64::from(c.load(i)) + 1.0) / cap / health::divisor(&m.state)
+    rtt.powf(c.config.p2c_latency_exponent) * (f64::from(c.load(i)) + 1.0)
+        / cap
+        / health::divisor(&m.state, c.now_ms, &c.config.health)
 }
 
 fn sample_eligible(c: &Candidates<'_>, rng: &mut dyn RngCore, not: Option<usize>) -> Option<usize> {
