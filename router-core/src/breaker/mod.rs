@@ -605,3 +605,176 @@ mod tests {
         assert!(BreakerConfig::default().validate().is_ok());
     }
 }
+
+/// RELIABILITY 20: the breaker against a plain reference model over random sequences of calls,
+/// probes, dropped probes and time, 10,000 cases.
+#[cfg(test)]
+mod state_machine {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Call { failed: bool, slow: bool },
+        Advance(u64),
+        Probe { ok: bool },
+        DropProbe,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (any::<bool>(), prop::bool::weighted(0.2)).prop_map(|(failed, slow)| Op::Call { failed, slow }),
+            2 => prop_oneof![Just(1_000u64), Just(29_999), Just(30_000), Just(70_000)].prop_map(Op::Advance),
+            2 => any::<bool>().prop_map(|ok| Op::Probe { ok }),
+            1 => Just(Op::DropProbe),
+        ]
+    }
+
+    #[derive(Debug, PartialEq, Clone, Copy)]
+    enum S {
+        Closed,
+        Open { until: u64 },
+        HalfOpen { permits: u32, ok: u32, bad: u32 },
+    }
+
+    /// The reference: a closed window in a `VecDeque`, open durations from the formula.
+    struct Reference {
+        s: S,
+        window: VecDeque<(bool, bool)>,
+        trips: u32,
+    }
+
+    impl Reference {
+        fn open(&mut self, now: u64, c: &BreakerConfig) {
+            self.trips += 1;
+            self.s = S::Open {
+                until: now + c.open_duration(self.trips),
+            };
+            self.window.clear();
+        }
+
+        fn call(&mut self, failed: bool, slow: bool, now: u64, c: &BreakerConfig) {
+            if self.s != S::Closed {
+                return;
+            }
+            if self.window.len() == c.window_size as usize {
+                self.window.pop_front();
+            }
+            self.window.push_back((failed, slow));
+            let n = self.window.len() as f64;
+            let f = self.window.iter().filter(|x| x.0).count() as f64;
+            let sl = self.window.iter().filter(|x| x.1).count() as f64;
+            if self.window.len() >= c.min_calls as usize
+                && ((f > 0.0 && f / n >= c.failure_rate_threshold)
+                    || (sl > 0.0 && sl / n >= c.slow_call_rate_threshold))
+            {
+                self.open(now, c);
+            }
+        }
+
+        fn take_probe(&mut self, now: u64, c: &BreakerConfig) -> bool {
+            if let S::Open { until } = self.s {
+                if now < until {
+                    return false;
+                }
+                self.s = S::HalfOpen {
+                    permits: c.half_open_permits,
+                    ok: 0,
+                    bad: 0,
+                };
+            }
+            match &mut self.s {
+                S::HalfOpen { permits, .. } if *permits > 0 => {
+                    *permits -= 1;
+                    true
+                }
+                _ => false,
+            }
+        }
+
+        fn probe_result(&mut self, good: bool, now: u64, c: &BreakerConfig) {
+            if let S::HalfOpen { ok, bad, .. } = &mut self.s {
+                if good {
+                    *ok += 1
+                } else {
+                    *bad += 1
+                }
+                let (o, b) = (*ok, *bad);
+                if o + b >= c.half_open_permits {
+                    if f64::from(b) / f64::from(o + b) >= c.failure_rate_threshold {
+                        self.open(now, c);
+                    } else {
+                        self.s = S::Closed;
+                        self.trips = 0;
+                        self.window.clear();
+                    }
+                }
+            }
+        }
+
+        fn give_back(&mut self) {
+            if let S::HalfOpen { permits, .. } = &mut self.s {
+                *permits += 1;
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn breaker_matches_reference(ops in prop::collection::vec(op(), 1..60), slow_thr in prop::sample::select(vec![0.5, 1.0])) {
+            let c = BreakerConfig {
+                window_size: 5,
+                min_calls: 3,
+                consecutive_failures: 0,
+                jitter: 0.0,
+                half_open_permits: 2,
+                slow_call_duration_ms: 1_000.0,
+                slow_call_rate_threshold: slow_thr,
+                ..BreakerConfig::default()
+            };
+            let b = Breaker::default();
+            let mut m = Reference { s: S::Closed, window: VecDeque::new(), trips: 0 };
+            let mut now = 1_000_000u64;
+            for op in ops {
+                match op {
+                    Op::Call { failed, slow } => {
+                        let lat = if slow { 2_000.0 } else { 10.0 };
+                        b.on_call(failed, lat, false, 0, now, &c, || true, 0.5);
+                        m.call(failed, slow, now, &c);
+                    }
+                    Op::Advance(ms) => now += ms,
+                    Op::Probe { ok } => {
+                        let (took, _) = b.try_probe(now, &c);
+                        prop_assert_eq!(took, m.take_probe(now, &c));
+                        if took {
+                            b.on_call(!ok, 10.0, true, 0, now, &c, || true, 0.5);
+                            m.probe_result(ok, now, &c);
+                        }
+                    }
+                    Op::DropProbe => {
+                        let (took, _) = b.try_probe(now, &c);
+                        prop_assert_eq!(took, m.take_probe(now, &c));
+                        if took {
+                            b.release_probe();
+                            m.give_back();
+                        }
+                    }
+                }
+                let real = match b.state() {
+                    BreakerState::Closed => S::Closed,
+                    BreakerState::Open => S::Open { until: b.open_until_ms() },
+                    // Compared by state below; permits separately.
+                    BreakerState::HalfOpen if matches!(m.s, S::HalfOpen { .. }) => m.s,
+                    BreakerState::HalfOpen => S::HalfOpen { permits: u32::MAX, ok: 0, bad: 0 },
+                };
+                prop_assert_eq!(real, m.s);
+                if let S::HalfOpen { permits, .. } = m.s {
+                    prop_assert_eq!(b.permits.load(Ordering::Relaxed), permits);
+                }
+            }
+        }
+    }
+}
