@@ -13,10 +13,10 @@
 //! - each decision stays in flight until its endpoint would have answered (per-endpoint base
 //!   latency with jitter), so capacities and in-flight counts matter; then it is reported with a
 //!   synthetic [`Outcome`];
-//! - `llama-eu-west` is fast and cheap but fails half of its requests with a quick 503. The
-//!   health-aware strategies (least loaded, P2C, latency, cost, geo, hybrid) divide by or add a
-//!   health score learnt from those reports; the `failures` column shows how much each still
-//!   sends there (a fast failure also frees capacity quickly, which pulls the other way).
+//! - `llama-eu-west` is fast and cheap but fails half of its requests with a quick 503 (a fast
+//!   failure also frees capacity quickly, so it looks idle). The router learns that from the
+//!   reports (health score and status, circuit breaker; docs/health.md) and holds it back
+//!   whatever the strategy; the `share` and `failures` columns show how much still reaches it.
 //!
 //! For each strategy it prints every endpoint's share of the traffic, its failures, and the
 //! p50 / p99 of the wall time of the `route()` call itself, measured with

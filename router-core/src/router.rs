@@ -155,7 +155,24 @@ struct Scope<'s> {
     model_strategy: Option<StrategyKind>,
     panic_mode: Option<PanicMode>,
     mask: Option<ModelMask>,
-    label: String,
+    /// What the request asked for, for errors: formatted only when one is returned.
+    label: Label<'s>,
+}
+
+/// What a request asked for, worded lazily (the decision path must not allocate).
+#[derive(Debug, Clone)]
+enum Label<'s> {
+    Model(&'s str),
+    Type(crate::model::ModelType),
+}
+
+impl std::fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Label::Model(id) => f.write_str(id),
+            Label::Type(t) => write!(f, "type {t}"),
+        }
+    }
 }
 
 fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
@@ -179,7 +196,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
             model_strategy: m.routing_strategy,
             panic_mode: m.panic_mode,
             mask: None,
-            label: id.to_owned(),
+            label: Label::Model(&entry.id),
         });
     }
     let t = req.model_type.clone().unwrap_or_default();
@@ -213,7 +230,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
         model_strategy,
         panic_mode: None,
         mask,
-        label: format!("type {t}"),
+        label: Label::Type(t),
     })
 }
 
@@ -260,7 +277,7 @@ fn pick(
     None
 }
 
-fn no_healthy(c: &Candidates<'_>, label: String) -> Error {
+fn no_healthy(c: &Candidates<'_>, label: Label<'_>) -> Error {
     let mut counts: Vec<(&'static str, usize)> = Vec::new();
     for i in 0..c.len() {
         let v = c.verdict(i).describe();
@@ -275,7 +292,10 @@ fn no_healthy(c: &Candidates<'_>, label: String) -> Error {
         let parts: Vec<String> = counts.iter().map(|(d, n)| format!("{n} {d}")).collect();
         format!("{} endpoints: {}", c.len(), parts.join(", "))
     };
-    Error::NoHealthyEndpoint { model: label, reason }
+    Error::NoHealthyEndpoint {
+        model: label.to_string(),
+        reason,
+    }
 }
 
 impl Router {
@@ -331,7 +351,7 @@ impl Router {
         let panic = scope.panic_mode.unwrap_or(snap.config.panic_mode);
         let Some((p, tier, probe, transition)) = pick(kind, &mut c, panic, true) else {
             c.tier = Tier::Healthy;
-            return Err(no_healthy(&c, scope.label));
+            return Err(no_healthy(&c, scope.label.clone()));
         };
         let slot = scope.pool.members[p.member].clone();
         if let Some(t) = transition {
@@ -1225,7 +1245,7 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
     match pick(kind, &mut c, panic, false) {
         None => {
             c.tier = Tier::Healthy;
-            fail(&mut out, no_healthy(&c, scope.label))
+            fail(&mut out, no_healthy(&c, scope.label.clone()))
         }
         Some((p, tier, probe, _)) => {
             let mut fallbacks: [Option<Arc<_>>; MAX_FALLBACKS] = Default::default();

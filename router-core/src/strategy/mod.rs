@@ -367,6 +367,21 @@ impl<'a> Candidates<'a> {
         f
     }
 
+    /// Top `f` up to `max_fallbacks` with eligible members after `chosen` in cyclic order (the
+    /// sampling strategies' last resort when their samples kept repeating).
+    pub(crate) fn fill_fallbacks(&self, chosen: usize, f: &mut Fallbacks) {
+        let n = self.len();
+        for k in 1..n {
+            if f.is_full(self.config.max_fallbacks) {
+                return;
+            }
+            let i = (chosen + k) % n;
+            if !f.contains(i) && self.eligible(i) {
+                f.push(i);
+            }
+        }
+    }
+
     /// Weighted random among eligible members, by scanning (the slow path of the sampling
     /// strategies when samples keep hitting ineligible members).
     pub(crate) fn weighted_scan(&self, rng: &mut dyn RngCore) -> Option<usize> {
@@ -544,6 +559,7 @@ impl TopK {
         }
     }
 
+    #[inline]
     fn near(&self, a: f64, b: f64) -> bool {
         (a - b).abs() <= self.tolerance * a.abs().max(b.abs()) + 1e-12
     }
@@ -563,7 +579,13 @@ impl TopK {
         self.len = (self.len + 1).min(cap);
     }
 
+    #[inline]
     pub(crate) fn offer(&mut self, score: f64, i: usize) {
+        // Fast reject: the list is full and the score is no better than its last entry and
+        // not a near-tie for first place: nothing changes (the common case in a long scan).
+        if self.len == self.items.len() && score >= self.items[self.len - 1].0 && !self.near(score, self.items[0].0) {
+            return;
+        }
         let item = (score, i as u32);
         if self.len == 0 {
             self.insert_at(0, item);

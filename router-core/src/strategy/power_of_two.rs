@@ -100,6 +100,7 @@ impl Strategy for PowerOfTwo {
                 }
             }
         }
+        c.fill_fallbacks(chosen, &mut f);
         Some(Pick::new(
             chosen,
             f,

@@ -48,6 +48,7 @@ impl Strategy for WeightedRandom {
                 }
             }
         }
+        c.fill_fallbacks(chosen, &mut f);
         Some(Pick::new(chosen, f, Detail::None))
     }
 }
