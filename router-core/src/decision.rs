@@ -26,6 +26,8 @@ pub enum ModelChoice {
     Explicit,
     /// Every active model of the requested type was a candidate.
     ByType,
+    /// A routing rule's target models were the candidates.
+    Rule,
 }
 
 /// Where the strategy came from.
@@ -34,6 +36,8 @@ pub enum ModelChoice {
 pub enum StrategySource {
     /// The request's override.
     Request,
+    /// The matched rule's setting.
+    Rule,
     /// The model's setting.
     Model,
     /// The router's default.
@@ -71,6 +75,8 @@ pub struct Decision {
     pub(crate) attempt: u32,
     /// No fallback after this, Unix ms.
     pub(crate) deadline_ms: u64,
+    /// The rule that chose the candidates, if one did.
+    pub(crate) rule: Option<Arc<str>>,
 }
 
 impl Decision {
@@ -111,6 +117,10 @@ impl Decision {
     /// Whether this request is a half-open probe of its endpoint's breaker.
     pub fn is_probe(&self) -> bool {
         self.probe
+    }
+    /// The id of the rule whose targets were the candidates, if a rule matched.
+    pub fn rule_id(&self) -> Option<&str> {
+        self.rule.as_deref()
     }
     /// Which attempt this is: 1 for a decision of `route`, +1 for each `next_fallback`.
     pub fn attempt(&self) -> u32 {
@@ -182,6 +192,7 @@ impl Decision {
             degraded: self.is_degraded(),
             panic: self.is_panic(),
             attempt: self.attempt,
+            rule_id: self.rule.as_deref().map(str::to_owned),
             fallbacks: self.fallbacks().collect(),
             routed_at_ms: self.routed_at_ms,
         }
@@ -213,9 +224,16 @@ impl fmt::Display for ReasonText<'_> {
                 "model `{}` chosen among active models of the requested type",
                 d.model_id()
             )?,
+            ModelChoice::Rule => write!(
+                f,
+                "rule `{}` matched; model `{}` chosen among its targets",
+                d.rule.as_deref().unwrap_or(""),
+                d.model_id()
+            )?,
         }
         let source = match r.source {
             StrategySource::Request => "request override",
+            StrategySource::Rule => "rule setting",
             StrategySource::Model => "model setting",
             StrategySource::Default => "router default",
         };
@@ -280,6 +298,9 @@ pub struct DecisionRecord {
     /// 1 for the first attempt, +1 for each fallback.
     #[serde(default = "one")]
     pub attempt: u32,
+    /// The rule that matched, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<String>,
     /// Endpoints to try next, best first.
     pub fallbacks: Vec<FallbackTarget>,
     /// When it was made, Unix ms.

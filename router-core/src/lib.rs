@@ -54,6 +54,7 @@ mod registry;
 mod request;
 mod rng;
 mod router;
+pub mod rules;
 pub mod state;
 pub mod strategy;
 
@@ -71,9 +72,10 @@ pub use registry::{EndpointFilter, ModelFilter, ModelStatusUpdate, Slot};
 pub use request::{RouteRequest, MAX_REQUEST_FIELD_LEN};
 pub use rng::seed_thread;
 pub use router::{
-    EndpointStatus, ExplainedEndpoint, ExplainedError, ExplainedModel, Explanation, ModelVerdict, Retry, Router,
-    RouterBuilder,
+    EndpointStatus, ExplainedEndpoint, ExplainedError, ExplainedModel, ExplainedRule, Explanation, ModelVerdict, Retry,
+    Router, RouterBuilder,
 };
+pub use rules::{Rule, TargetModel, TrafficSplit};
 pub use state::{InMemoryStore, StateChange, StateSink, StateStore};
 pub use strategy::{Detail, StrategyKind, Tier, Verdict};
 

@@ -13,11 +13,12 @@ use crate::health::{HealthReport, ProbeTarget};
 use crate::model::{Model, ModelStatus};
 use crate::outcome::{ErrorClass, Outcome};
 use crate::policy::Policy;
-use crate::registry::snapshot::{ModelEntry, ModelMask, Pool, Snapshot};
+use crate::registry::snapshot::{CompiledRule, ModelEntry, ModelMask, Pool, Snapshot};
 use crate::registry::Slot;
 use crate::registry::{EndpointFilter, ModelFilter, ModelStatusUpdate, Registry, Upsert};
 use crate::request::RouteRequest;
 use crate::rng::with_rng;
+use crate::rules::Rule;
 use crate::state::{InMemoryStore, StateChange, StateSink, StateStore};
 use crate::strategy::{slot_verdict, Candidates, Pick, StrategyKind, Tier, Verdict, MAX_FALLBACKS};
 use crate::{health, PanicMode, RouterConfig};
@@ -153,6 +154,7 @@ struct Scope<'s> {
     pool: &'s Pool,
     choice: ModelChoice,
     model_strategy: Option<StrategyKind>,
+    rule: Option<&'s CompiledRule>,
     panic_mode: Option<PanicMode>,
     mask: Option<ModelMask>,
     /// What the request asked for, for errors: formatted only when one is returned.
@@ -163,6 +165,7 @@ struct Scope<'s> {
 #[derive(Debug, Clone)]
 enum Label<'s> {
     Model(&'s str),
+    Rule(&'s str),
     Type(crate::model::ModelType),
 }
 
@@ -170,6 +173,7 @@ impl std::fmt::Display for Label<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Label::Model(id) => f.write_str(id),
+            Label::Rule(id) => write!(f, "targets of rule {id}"),
             Label::Type(t) => write!(f, "type {t}"),
         }
     }
@@ -194,31 +198,45 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
             pool: &snap.pools[entry.pool as usize],
             choice: ModelChoice::Explicit,
             model_strategy: m.routing_strategy,
+            rule: None,
             panic_mode: m.panic_mode,
             mask: None,
             label: Label::Model(&entry.id),
+        });
+    }
+    for &ri in snap.rules.candidates(req.agent_type.as_deref()) {
+        let r = &snap.rules.rules[ri as usize];
+        if r.condition.mismatch(req).is_some() {
+            continue;
+        }
+        let pool_idx = match r.canary {
+            Some(c) if with_rng(|g| rand::Rng::random::<f64>(g)) * 100.0 < r.canary_percent => c,
+            _ => r.primary,
+        };
+        let pool = &snap.pools[pool_idx as usize];
+        let mask = mask_for(snap, pool, req, || {
+            format!(
+                "no target of rule `{}` has the required capabilities and token limit",
+                r.id
+            )
+        })?;
+        return Ok(Scope {
+            pool,
+            choice: ModelChoice::Rule,
+            model_strategy: None,
+            rule: Some(r),
+            panic_mode: None,
+            mask,
+            label: Label::Rule(&r.id),
         });
     }
     let t = req.model_type.clone().unwrap_or_default();
     let pool = snap.type_pool(&t).ok_or_else(|| Error::NoCandidateModel {
         reason: format!("no active model of type `{t}`"),
     })?;
-    let mask = if req.required_capabilities.is_empty() && req.token_estimate().is_none() {
-        None
-    } else {
-        let mut mask = ModelMask::empty(snap.models.len());
-        for &mi in pool.models.iter() {
-            if fits(&snap.models[mi as usize].model, req) == ModelVerdict::Kept {
-                mask.insert(mi);
-            }
-        }
-        if mask.is_empty() {
-            return Err(Error::NoCandidateModel {
-                reason: format!("no active model of type `{t}` has the required capabilities and token limit"),
-            });
-        }
-        Some(mask)
-    };
+    let mask = mask_for(snap, pool, req, || {
+        format!("no active model of type `{t}` has the required capabilities and token limit")
+    })?;
     // A model's strategy applies when the type has a single model.
     let model_strategy = match &*pool.models {
         [only] => snap.models[*only as usize].model.routing_strategy,
@@ -228,17 +246,43 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
         pool,
         choice: ModelChoice::ByType,
         model_strategy,
+        rule: None,
         panic_mode: None,
         mask,
         label: Label::Type(t),
     })
 }
 
+/// The models of `pool` that fit the request's capabilities and token estimate, or `None` when
+/// the request asks for neither (no work on the common path).
+fn mask_for(
+    snap: &Snapshot,
+    pool: &Pool,
+    req: &RouteRequest,
+    none: impl FnOnce() -> String,
+) -> Result<Option<ModelMask>> {
+    if req.required_capabilities.is_empty() && req.token_estimate().is_none() {
+        return Ok(None);
+    }
+    let mut mask = ModelMask::empty(snap.models.len());
+    for &mi in pool.models.iter() {
+        if fits(&snap.models[mi as usize].model, req) == ModelVerdict::Kept {
+            mask.insert(mi);
+        }
+    }
+    if mask.is_empty() {
+        return Err(Error::NoCandidateModel { reason: none() });
+    }
+    Ok(Some(mask))
+}
+
 fn strategy_for(req: &RouteRequest, scope: &Scope<'_>, config: &RouterConfig) -> (StrategyKind, StrategySource) {
-    match (req.strategy, scope.model_strategy) {
-        (Some(k), _) => (k, StrategySource::Request),
-        (None, Some(k)) => (k, StrategySource::Model),
-        (None, None) => (config.default_strategy, StrategySource::Default),
+    let rule = scope.rule.and_then(|r| r.strategy);
+    match (req.strategy, rule, scope.model_strategy) {
+        (Some(k), _, _) => (k, StrategySource::Request),
+        (None, Some(k), _) => (k, StrategySource::Rule),
+        (None, None, Some(k)) => (k, StrategySource::Model),
+        (None, None, None) => (config.default_strategy, StrategySource::Default),
     }
 }
 
@@ -380,6 +424,7 @@ impl Router {
             probe,
             attempt: 1,
             deadline_ms: now_ms.saturating_add(snap.config.failover.deadline_ms),
+            rule: scope.rule.map(|r| r.id.clone()),
         };
         if self.inner.events.wants_decisions() {
             self.inner.events.emit(&Event::Decision(d.record()));
@@ -479,6 +524,7 @@ impl Router {
                 probe,
                 attempt: failed.attempt + 1,
                 deadline_ms: failed.deadline_ms,
+                rule: failed.rule.clone(),
             };
             return Ok(Retry { decision, delay_ms });
         }
@@ -562,6 +608,33 @@ impl Router {
         self.commit(|d| d.remove_endpoint(endpoint_id))
     }
 
+    /// Add a routing rule (its id must be new; an empty id is assigned). Its target models
+    /// must be registered.
+    pub fn add_rule(&self, rule: Rule) -> Result<String> {
+        self.commit(|d| d.put_rule(rule, Upsert::Insert))
+    }
+
+    /// Replace an existing rule.
+    pub fn update_rule(&self, rule: Rule) -> Result<String> {
+        self.commit(|d| d.put_rule(rule, Upsert::Update))
+    }
+
+    /// Delete a rule.
+    pub fn delete_rule(&self, rule_id: &str) -> Result<()> {
+        self.commit(|d| d.remove_rule(rule_id))
+    }
+
+    /// Every rule, in the order they were added.
+    pub fn rules(&self) -> Vec<Rule> {
+        self.inner
+            .registry
+            .contents()
+            .rules
+            .iter()
+            .map(|r| (**r).clone())
+            .collect()
+    }
+
     /// Replace the router settings.
     pub fn set_config(&self, config: RouterConfig) -> Result<()> {
         self.commit(|d| d.set_config(config))
@@ -575,10 +648,16 @@ impl Router {
 
     /// The current configuration as a policy document.
     pub fn policy(&self) -> Policy {
-        let (models, endpoints, config) = self.inner.registry.contents();
+        let crate::registry::Contents {
+            models,
+            endpoints,
+            rules,
+            config,
+        } = self.inner.registry.contents();
         Policy {
             models: models.iter().map(|m| (**m).clone()).collect(),
             endpoints: endpoints.iter().map(|e| (**e).clone()).collect(),
+            rules: rules.iter().map(|r| (**r).clone()).collect(),
             settings: (*config).clone(),
         }
     }
@@ -886,6 +965,7 @@ impl Inner {
         policy.settings.validate().map_err(|e| e.at("settings"))?;
         self.commit(
             |d| {
+                d.rules.clear();
                 let keep: Vec<String> = d.models.iter().map(|m| m.id.clone()).collect();
                 for id in keep {
                     d.remove_model(&id)?;
@@ -898,6 +978,10 @@ impl Inner {
                 for (i, e) in policy.endpoints.into_iter().enumerate() {
                     d.put_endpoint(e, Upsert::Insert)
                         .map_err(|e| e.at(&format!("endpoints[{i}]")))?;
+                }
+                for (i, r) in policy.rules.into_iter().enumerate() {
+                    d.put_rule(r, Upsert::Insert)
+                        .map_err(|e| e.at(&format!("rules[{i}]")))?;
                 }
                 // Models and endpoints that survive keep their live state; report only the net change.
                 d.events.clear();
@@ -1134,12 +1218,30 @@ pub struct Explanation {
     pub model_choice: Option<ModelChoice>,
     /// Every model, kept or dropped.
     pub models: Vec<ExplainedModel>,
+    /// Every enabled rule that could apply to the request's agent type, in match order: the
+    /// first with no mismatch is the one that matched.
+    pub rules: Vec<ExplainedRule>,
+    /// The rule that matched, if any.
+    pub matched_rule: Option<String>,
     /// Every endpoint of the kept models, kept or dropped.
     pub endpoints: Vec<ExplainedEndpoint>,
     /// What route would decide now.
     pub decision: Option<crate::DecisionRecord>,
     /// Or the error it would return.
     pub error: Option<ExplainedError>,
+}
+
+/// A rule in an [`Explanation`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExplainedRule {
+    /// The rule.
+    pub rule_id: String,
+    /// Its priority.
+    pub priority: i64,
+    /// Whether its condition matched.
+    pub matched: bool,
+    /// The first field that did not match.
+    pub mismatch: Option<crate::rules::Mismatch>,
 }
 
 /// An error in an [`Explanation`].
@@ -1184,6 +1286,8 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
         strategy_source: StrategySource::Default,
         model_choice: None,
         models,
+        rules: Vec::new(),
+        matched_rule: None,
         endpoints: Vec::new(),
         decision: None,
         error: None,
@@ -1205,6 +1309,24 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
             return out;
         }
     };
+    if req.model.is_none() {
+        out.rules = snap
+            .rules
+            .candidates(req.agent_type.as_deref())
+            .iter()
+            .map(|&i| {
+                let r = &snap.rules.rules[i as usize];
+                let mismatch = r.condition.mismatch(req);
+                ExplainedRule {
+                    rule_id: r.id.to_string(),
+                    priority: r.rule.priority,
+                    matched: mismatch.is_none(),
+                    mismatch,
+                }
+            })
+            .collect();
+    }
+    out.matched_rule = scope.rule.map(|r| r.id.to_string());
     let (kind, source) = strategy_for(req, &scope, &snap.config);
     out.strategy = kind;
     out.strategy_source = source;
@@ -1271,6 +1393,7 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
                 probe,
                 attempt: 1,
                 deadline_ms: now_ms.saturating_add(snap.config.failover.deadline_ms),
+                rule: scope.rule.map(|r| r.id.clone()),
             };
             out.decision = Some(d.record());
         }

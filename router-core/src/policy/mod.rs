@@ -13,6 +13,7 @@ use std::path::Path;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::rules::Rule;
 use crate::RouterConfig;
 
 /// Every model, endpoint and router setting.
@@ -24,6 +25,9 @@ pub struct Policy {
     /// Their endpoints; each names its model with `model_id`.
     #[serde(default, alias = "heads")]
     pub endpoints: Vec<Endpoint>,
+    /// Routing rules; the highest-priority enabled match wins.
+    #[serde(default, alias = "routingRules", skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
     /// Router-wide settings.
     #[serde(flatten)]
     pub settings: RouterConfig,

@@ -16,6 +16,7 @@ use crate::endpoint::{Endpoint, EndpointKind, HeadStatus};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::model::{Model, ModelStatus, ModelType};
+use crate::rules::{CompiledCondition, Rule};
 use crate::state::{EndpointState, StateChange};
 use crate::RouterConfig;
 pub use snapshot::Slot;
@@ -81,6 +82,7 @@ pub(crate) enum Upsert {
 pub(crate) struct Draft {
     pub(crate) models: Vec<Arc<Model>>,
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    pub(crate) rules: Vec<(Arc<Rule>, Arc<CompiledCondition>)>,
     pub(crate) config: Arc<RouterConfig>,
     generation: u64,
     states: FxHashMap<Arc<str>, Arc<EndpointState>>,
@@ -228,12 +230,71 @@ impl Draft {
         Ok(())
     }
 
+    /// Add or update a rule (checked against the models now registered).
+    pub(crate) fn put_rule(&mut self, mut rule: Rule, mode: Upsert) -> Result<String> {
+        if rule.id.trim().is_empty() {
+            rule.id = (self.rules.len() + 1..)
+                .map(|k| format!("rule-{k}"))
+                .find(|c| !self.rules.iter().any(|(r, _)| &r.id == c))
+                .expect("unbounded");
+        }
+        crate::model::check_id(&rule.id, "id")?;
+        let compiled = rule.compile(|m| self.model_pos(m).is_some())?;
+        let id = rule.id.clone();
+        let pos = self.rules.iter().position(|(r, _)| r.id == id);
+        match (pos, mode) {
+            (Some(_), Upsert::Insert) => return Err(Error::AlreadyExists { kind: "rule", id }),
+            (None, Upsert::Update) => return Err(Error::not_found("rule", id)),
+            (Some(p), _) => self.rules[p] = (Arc::new(rule), Arc::new(compiled)),
+            (None, _) => self.rules.push((Arc::new(rule), Arc::new(compiled))),
+        }
+        Ok(id)
+    }
+
+    /// Remove a rule.
+    pub(crate) fn remove_rule(&mut self, id: &str) -> Result<()> {
+        let p = self
+            .rules
+            .iter()
+            .position(|(r, _)| r.id == id)
+            .ok_or_else(|| Error::not_found("rule", id))?;
+        self.rules.remove(p);
+        Ok(())
+    }
+
+    /// Every rule must still name known models (a model removal must not strand a rule).
+    fn check_rules(&self) -> Result<()> {
+        for (i, (rule, _)) in self.rules.iter().enumerate() {
+            for (j, t) in rule.target_models.iter().enumerate() {
+                if self.model_pos(&t.model_id).is_none() {
+                    return Err(Error::config(
+                        format!("rules[{i}].target_models[{j}].model_id"),
+                        format!(
+                            "rule `{}` targets model `{}`, which is not registered",
+                            rule.id, t.model_id
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Replace the router settings.
     pub(crate) fn set_config(&mut self, config: RouterConfig) -> Result<()> {
         config.validate()?;
         self.config = Arc::new(config);
         Ok(())
     }
+}
+
+/// A copy of the committed configuration.
+#[derive(Debug)]
+pub(crate) struct Contents {
+    pub(crate) models: Vec<Arc<Model>>,
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    pub(crate) rules: Vec<Arc<Rule>>,
+    pub(crate) config: Arc<RouterConfig>,
 }
 
 /// The registry.
@@ -249,6 +310,7 @@ impl Registry {
         let draft = Draft {
             models: Vec::new(),
             endpoints: Vec::new(),
+            rules: Vec::new(),
             config: Arc::new(config),
             generation: 0,
             states: FxHashMap::default(),
@@ -256,7 +318,7 @@ impl Registry {
             changes: Vec::new(),
             now_ms: 0,
         };
-        let snap = Snapshot::build(0, draft.config.clone(), &[], &[], &draft.states);
+        let snap = Snapshot::build(0, draft.config.clone(), &[], &[], &draft.states, &[]);
         Ok(Registry {
             committed: Mutex::new(draft),
             snapshot: ArcSwap::from_pointee(snap),
@@ -285,6 +347,7 @@ impl Registry {
         let mut draft = committed.clone();
         draft.now_ms = now_ms;
         let out = f(&mut draft)?;
+        draft.check_rules()?;
         draft.generation += 1;
         let live: rustc_hash::FxHashSet<&str> = draft.endpoints.iter().map(|e| e.id.as_str()).collect();
         draft.states.retain(|id, _| live.contains(&**id));
@@ -301,6 +364,7 @@ impl Registry {
             &draft.models,
             &draft.endpoints,
             &draft.states,
+            &draft.rules,
         );
         self.snapshot.store(Arc::new(snap));
         let events = std::mem::take(&mut draft.events);
@@ -310,8 +374,13 @@ impl Registry {
     }
 
     /// A copy of the committed models, endpoints and settings.
-    pub(crate) fn contents(&self) -> (Vec<Arc<Model>>, Vec<Arc<Endpoint>>, Arc<RouterConfig>) {
+    pub(crate) fn contents(&self) -> Contents {
         let c = self.committed.lock();
-        (c.models.clone(), c.endpoints.clone(), c.config.clone())
+        Contents {
+            models: c.models.clone(),
+            endpoints: c.endpoints.clone(),
+            rules: c.rules.iter().map(|(r, _)| r.clone()).collect(),
+            config: c.config.clone(),
+        }
     }
 }

@@ -10,9 +10,12 @@ use rustc_hash::FxHashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 
+use crate::endpoint::EndpointKind as Kind;
 use crate::endpoint::{Endpoint, EndpointKind};
 use crate::model::{Model, ModelStatus, ModelType};
+use crate::rules::{CompiledCondition, Rule};
 use crate::state::EndpointState;
+use crate::strategy::StrategyKind;
 use crate::strategy::{smooth_sequence, Ring};
 use crate::RouterConfig;
 
@@ -93,6 +96,8 @@ impl std::ops::Deref for Cursor {
 #[derive(Debug)]
 pub(crate) struct Pool {
     pub(crate) members: Box<[Arc<Slot>]>,
+    /// Each member's weight in this pool (a rule scales its targets' endpoint weights).
+    pub(crate) weights: Box<[f64]>,
     pub(crate) cum_weights: Box<[f64]>,
     pub(crate) total_weight: f64,
     /// Distinct model indices of the members.
@@ -105,11 +110,16 @@ pub(crate) struct Pool {
 
 impl Pool {
     fn new(members: Vec<Arc<Slot>>) -> Pool {
+        let weights = members.iter().map(|m| m.weight).collect();
+        Pool::with_weights(members, weights)
+    }
+
+    fn with_weights(members: Vec<Arc<Slot>>, weights: Vec<f64>) -> Pool {
         let mut total = 0.0;
-        let cum_weights = members
+        let cum_weights = weights
             .iter()
-            .map(|m| {
-                total += m.weight;
+            .map(|w| {
+                total += w;
                 total
             })
             .collect();
@@ -118,6 +128,7 @@ impl Pool {
         models.dedup();
         Pool {
             members: members.into_boxed_slice(),
+            weights: weights.into_boxed_slice(),
             cum_weights,
             total_weight: total,
             models: models.into_boxed_slice(),
@@ -130,15 +141,14 @@ impl Pool {
 
     /// One period of smooth WRR, computed on first use.
     pub(crate) fn wrr_sequence(&self) -> &[u32] {
-        self.wrr.get_or_init(|| {
-            let w: Vec<f64> = self.members.iter().map(|m| m.weight).collect();
-            smooth_sequence(&w).into_boxed_slice()
-        })
+        self.wrr
+            .get_or_init(|| smooth_sequence(&self.weights).into_boxed_slice())
     }
 
     /// The consistent-hash ring, built on first use.
     pub(crate) fn ring(&self, vnodes: u32) -> &Ring {
-        self.ring.get_or_init(|| Ring::build(&self.members, vnodes))
+        self.ring
+            .get_or_init(|| Ring::build(&self.members, &self.weights, vnodes))
     }
 }
 
@@ -193,6 +203,41 @@ pub(crate) struct ModelEntry {
     pub(crate) pool: u32,
 }
 
+/// A rule ready for the decision path.
+#[derive(Debug)]
+pub(crate) struct CompiledRule {
+    pub(crate) id: Arc<str>,
+    pub(crate) rule: Arc<Rule>,
+    pub(crate) condition: Arc<CompiledCondition>,
+    /// Pool of the primary targets (every target when there is no canary).
+    pub(crate) primary: u32,
+    /// Pool of the canaries, when the rule splits traffic and has some.
+    pub(crate) canary: Option<u32>,
+    /// Percent of traffic to the canary pool.
+    pub(crate) canary_percent: f64,
+    pub(crate) strategy: Option<StrategyKind>,
+}
+
+/// Rules in match order, indexed by agent type.
+#[derive(Debug, Default)]
+pub(crate) struct RuleSet {
+    pub(crate) rules: Vec<CompiledRule>,
+    /// For each agent type named by some rule: that type's rules and the rules naming no agent
+    /// type, by priority (then id).
+    by_agent: FxHashMap<String, Vec<u32>>,
+    /// The rules naming no agent type, by priority (then id).
+    any_agent: Vec<u32>,
+}
+
+impl RuleSet {
+    /// The enabled rules that can match a request of this agent type, in match order.
+    pub(crate) fn candidates(&self, agent_type: Option<&str>) -> &[u32] {
+        agent_type
+            .and_then(|a| self.by_agent.get(a))
+            .map_or(&self.any_agent, |v| v)
+    }
+}
+
 /// Everything the decision path reads, immutable.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
@@ -201,6 +246,7 @@ pub(crate) struct Snapshot {
     pub(crate) models: Vec<ModelEntry>,
     pub(crate) slots: Vec<Arc<Slot>>,
     pub(crate) pools: Vec<Pool>,
+    pub(crate) rules: RuleSet,
     model_index: FxHashMap<Arc<str>, u32>,
     endpoint_index: FxHashMap<Arc<str>, u32>,
     type_pools: FxHashMap<ModelType, u32>,
@@ -215,6 +261,7 @@ impl Snapshot {
         models: &[Arc<Model>],
         endpoints: &[Arc<Endpoint>],
         states: &FxHashMap<Arc<str>, Arc<EndpointState>>,
+        rules: &[(Arc<Rule>, Arc<CompiledCondition>)],
     ) -> Snapshot {
         let mut model_index = FxHashMap::default();
         let model_ids: Vec<Arc<str>> = models.iter().map(|m| Arc::from(m.id.as_str())).collect();
@@ -272,12 +319,14 @@ impl Snapshot {
             type_pools.insert(t, pools.len() as u32);
             pools.push(Pool::new(members));
         }
+        let rules = compile_rules(rules, &model_index, &entries, &mut pools);
         Snapshot {
             generation,
             config,
             models: entries,
             slots,
             pools,
+            rules,
             model_index,
             endpoint_index,
             type_pools,
@@ -295,4 +344,86 @@ impl Snapshot {
     pub(crate) fn type_pool(&self, t: &ModelType) -> Option<&Pool> {
         self.type_pools.get(t).map(|&i| &self.pools[i as usize])
     }
+}
+
+/// Build each enabled rule's pools (targets' endpoints, weighted by target weight × the
+/// endpoint's share of its model) and the agent-type index.
+fn compile_rules(
+    rules: &[(Arc<Rule>, Arc<CompiledCondition>)],
+    model_index: &FxHashMap<Arc<str>, u32>,
+    models: &[ModelEntry],
+    pools: &mut Vec<Pool>,
+) -> RuleSet {
+    let mut set = RuleSet::default();
+    for (rule, condition) in rules {
+        if !rule.enabled {
+            continue;
+        }
+        let split = rule.traffic_split.filter(|s| s.canary > 0.0);
+        let mut primary: Vec<(Arc<Slot>, f64)> = Vec::new();
+        let mut canary: Vec<(Arc<Slot>, f64)> = Vec::new();
+        for t in &rule.target_models {
+            let Some(&mi) = model_index.get(t.model_id.as_str()) else {
+                continue;
+            };
+            let members = &pools[models[mi as usize].pool as usize].members;
+            let is_canary = |m: &Slot| split.is_some() && (t.canary || m.kind == Kind::Canary);
+            // The target's weight is spread over its endpoints within each pool separately.
+            for (want_canary, out) in [(false, &mut primary), (true, &mut canary)] {
+                let side: Vec<&Arc<Slot>> = members.iter().filter(|m| is_canary(m) == want_canary).collect();
+                let total: f64 = side.iter().map(|m| m.weight).sum();
+                for m in side {
+                    let w = if total > 0.0 { t.weight * m.weight / total } else { 0.0 };
+                    out.push((m.clone(), w));
+                }
+            }
+        }
+        let mut pool_of = |v: Vec<(Arc<Slot>, f64)>| {
+            let (members, weights): (Vec<_>, Vec<_>) = v.into_iter().unzip();
+            pools.push(Pool::with_weights(members, weights));
+            (pools.len() - 1) as u32
+        };
+        let has_canary = !canary.is_empty();
+        let primary = pool_of(primary);
+        let canary_pool = has_canary.then(|| pool_of(canary));
+        set.rules.push(CompiledRule {
+            id: Arc::from(rule.id.as_str()),
+            rule: rule.clone(),
+            condition: condition.clone(),
+            primary,
+            canary: canary_pool,
+            canary_percent: if has_canary {
+                split.map_or(0.0, |s| s.canary)
+            } else {
+                0.0
+            },
+            strategy: rule.strategy,
+        });
+    }
+    let mut any_agent: Vec<u32> = Vec::new();
+    let mut by_agent: FxHashMap<String, Vec<u32>> = FxHashMap::default();
+    for (i, r) in set.rules.iter().enumerate() {
+        if r.condition.agent_types().is_empty() {
+            any_agent.push(i as u32);
+        } else {
+            for a in r.condition.agent_types() {
+                by_agent.entry(a.clone()).or_default().push(i as u32);
+            }
+        }
+    }
+    let rules = &set.rules;
+    let order = |v: &mut Vec<u32>| {
+        v.sort_by(|&a, &b| {
+            let (ra, rb) = (&rules[a as usize], &rules[b as usize]);
+            rb.rule.priority.cmp(&ra.rule.priority).then_with(|| ra.id.cmp(&rb.id))
+        })
+    };
+    for v in by_agent.values_mut() {
+        v.extend(&any_agent);
+        order(v);
+    }
+    order(&mut any_agent);
+    set.by_agent = by_agent;
+    set.any_agent = any_agent;
+    set
 }

@@ -298,6 +298,9 @@ impl<'a> Candidates<'a> {
     /// Why member `i` can or cannot be picked.
     pub fn verdict(&self, i: usize) -> Verdict {
         let m = &self.pool.members[i];
+        if self.pool.weights[i] <= 0.0 {
+            return Verdict::ZeroWeight;
+        }
         if m.weight > 0.0 {
             if let Some(mask) = self.mask {
                 if !mask.contains(m.model_idx) {
@@ -393,7 +396,7 @@ impl<'a> Candidates<'a> {
             if !self.eligible(i) {
                 continue;
             }
-            let w = self.pool.members[i].weight;
+            let w = self.pool.weights[i];
             total += w;
             let r = tb.next_f64() * total;
             if r < w {
