@@ -867,7 +867,7 @@ impl Inner {
         let transition = if counts || (probe && outcome.is_endpoint_failure()) {
             let failed = !outcome.is_success();
             let may_open = || ejection_allowed(&snap, slot);
-            let jitter = with_rng(|r| rand::Rng::random::<f64>(r));
+            let jitter = || with_rng(|r| rand::Rng::random::<f64>(r));
             st.breaker.on_call(
                 failed,
                 outcome.latency_ms,
@@ -888,14 +888,16 @@ impl Inner {
         if let Some(t) = transition {
             self.breaker_event(slot, t, now);
         }
-        drop(snap);
-        self.update_health(slot, now);
+        self.update_health_with(slot, now, &cfg.health);
     }
 
     /// Move the computed health status after a new sample, with hysteresis.
     fn update_health(&self, slot: &Slot, now: u64) {
         let snap = self.registry.load();
-        let cfg = &snap.config.health;
+        self.update_health_with(slot, now, &snap.config.health);
+    }
+
+    fn update_health_with(&self, slot: &Slot, now: u64, cfg: &crate::health::HealthConfig) {
         let st = &slot.state;
         let score = health::score_at(st, now, cfg);
         let next = health::next_status(st.health_status(), score, st.samples(), cfg);

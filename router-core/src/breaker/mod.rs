@@ -247,6 +247,12 @@ pub struct Breaker {
     probe_ok: AtomicU32,
     probe_failed: AtomicU32,
     probe_epoch_ms: AtomicU64,
+    /// Whether the window holds neither failures nor slow calls (count windows).
+    clean: std::sync::atomic::AtomicBool,
+    /// Successes recorded while the window was clean, not yet pushed into it: a success added
+    /// to a clean window changes no decision, so it skips the lock and is flushed, in order,
+    /// before the next call that takes the lock.
+    pending_ok: AtomicU32,
     window: Mutex<Option<Window>>,
 }
 
@@ -263,6 +269,8 @@ impl Default for Breaker {
             probe_ok: AtomicU32::new(0),
             probe_failed: AtomicU32::new(0),
             probe_epoch_ms: AtomicU64::new(0),
+            clean: std::sync::atomic::AtomicBool::new(true),
+            pending_ok: AtomicU32::new(0),
             window: Mutex::new(None),
         }
     }
@@ -300,6 +308,7 @@ impl Breaker {
     }
 
     /// What the decision path may do now. Side-effect free (explain and scans call it).
+    #[inline]
     pub(crate) fn admission(&self, now_ms: u64, cfg: &BreakerConfig) -> Admission {
         if now_ms < self.cooldown_until_ms.load(Ordering::Relaxed) {
             return Admission::CoolingDown;
@@ -383,7 +392,7 @@ impl Breaker {
         reason: TripReason,
         now_ms: u64,
         cfg: &BreakerConfig,
-        jitter01: f64,
+        jitter01: impl FnOnce() -> f64,
     ) -> Option<Transition> {
         if self
             .state
@@ -394,16 +403,23 @@ impl Breaker {
         }
         let trips = self.trips.fetch_add(1, Ordering::AcqRel) + 1;
         let base = cfg.open_duration(trips) as f64;
-        let open_for = (base * (1.0 + cfg.jitter * (2.0 * jitter01 - 1.0))).max(1.0) as u64;
+        let open_for = (base * (1.0 + cfg.jitter * (2.0 * jitter01() - 1.0))).max(1.0) as u64;
         self.open_until_ms.store(now_ms + open_for, Ordering::Release);
         self.reason.store(reason.to_u8(), Ordering::Relaxed);
-        if let Some(w) = self.window.lock().as_mut() {
-            w.reset();
-        }
+        self.reset_window();
         Some(Transition::Opened {
             reason,
             open_for_ms: open_for,
         })
+    }
+
+    fn reset_window(&self) {
+        let mut w = self.window.lock();
+        if let Some(w) = w.as_mut() {
+            w.reset();
+        }
+        self.pending_ok.store(0, Ordering::Release);
+        self.clean.store(true, Ordering::Release);
     }
 
     /// Fold a reported call in. `probe` says whether the call held a half-open permit;
@@ -419,7 +435,7 @@ impl Breaker {
         now_ms: u64,
         cfg: &BreakerConfig,
         may_open: impl FnOnce() -> bool,
-        jitter01: f64,
+        jitter01: impl FnOnce() -> f64,
     ) -> Option<Transition> {
         if !cfg.enabled {
             return None;
@@ -457,9 +473,7 @@ impl Breaker {
             {
                 let after = self.last_reason();
                 self.trips.store(0, Ordering::Release);
-                if let Some(w) = self.window.lock().as_mut() {
-                    w.reset();
-                }
+                self.reset_window();
                 Some(Transition::Closed { after })
             } else {
                 None
@@ -469,13 +483,29 @@ impl Breaker {
             // A call routed before the breaker opened: it tells nothing about the probes.
             return None;
         }
+        let count_window = cfg.window == WindowKind::Count;
+        if count_window && !failed && !slow && self.clean.load(Ordering::Acquire) {
+            let _ = self.pending_ok.fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                (p < cfg.window_size).then_some(p + 1)
+            });
+            return None;
+        }
         let totals = {
             let mut w = self.window.lock();
             let w = w.get_or_insert_with(|| match cfg.window {
                 WindowKind::Count => Window::count(cfg.window_size),
                 WindowKind::Time => Window::time(cfg.window_size),
             });
-            w.record(Sample { failed, slow }, now_ms)
+            let ok = Sample {
+                failed: false,
+                slow: false,
+            };
+            for _ in 0..self.pending_ok.swap(0, Ordering::AcqRel) {
+                w.record(ok, now_ms);
+            }
+            let t = w.record(Sample { failed, slow }, now_ms);
+            self.clean.store(t.failures == 0 && t.slow == 0, Ordering::Release);
+            t
         };
         let reason = if cfg.consecutive_failures > 0 && failed && consecutive >= cfg.consecutive_failures {
             Some(TripReason::ConsecutiveFailures)
@@ -515,7 +545,7 @@ mod tests {
     fn feed(b: &Breaker, c: &BreakerConfig, pattern: &[(bool, f64)]) -> Option<Transition> {
         let mut last = None;
         for &(failed, lat) in pattern {
-            if let Some(t) = b.on_call(failed, lat, false, 0, 0, c, || true, 0.5) {
+            if let Some(t) = b.on_call(failed, lat, false, 0, 0, c, || true, || 0.5) {
                 last = Some(t);
             }
         }
@@ -742,7 +772,7 @@ mod state_machine {
                 match op {
                     Op::Call { failed, slow } => {
                         let lat = if slow { 2_000.0 } else { 10.0 };
-                        b.on_call(failed, lat, false, 0, now, &c, || true, 0.5);
+                        b.on_call(failed, lat, false, 0, now, &c, || true, || 0.5);
                         m.call(failed, slow, now, &c);
                     }
                     Op::Advance(ms) => now += ms,
@@ -750,7 +780,7 @@ mod state_machine {
                         let (took, _) = b.try_probe(now, &c);
                         prop_assert_eq!(took, m.take_probe(now, &c));
                         if took {
-                            b.on_call(!ok, 10.0, true, 0, now, &c, || true, 0.5);
+                            b.on_call(!ok, 10.0, true, 0, now, &c, || true, || 0.5);
                             m.probe_result(ok, now, &c);
                         }
                     }

@@ -148,6 +148,7 @@ impl HealthConfig {
 }
 
 /// The health score of an endpoint in [0, 1] at `now_ms`.
+#[inline]
 pub fn score_at(state: &EndpointState, now_ms: u64, cfg: &HealthConfig) -> f64 {
     let status = match state.status() {
         HeadStatus::Healthy => 1.0,
@@ -158,6 +159,7 @@ pub fn score_at(state: &EndpointState, now_ms: u64, cfg: &HealthConfig) -> f64 {
 }
 
 /// The health score without time decay (the success-rate EWMA as last updated).
+#[inline]
 pub fn score(state: &EndpointState) -> f64 {
     let status = match state.status() {
         HeadStatus::Healthy => 1.0,
@@ -168,6 +170,7 @@ pub fn score(state: &EndpointState) -> f64 {
 }
 
 /// The score at `now_ms`, floored at [`MIN_HEALTH`], for dividing by.
+#[inline]
 pub(crate) fn divisor(state: &EndpointState, now_ms: u64, cfg: &HealthConfig) -> f64 {
     score_at(state, now_ms, cfg).max(MIN_HEALTH)
 }
@@ -175,6 +178,7 @@ pub(crate) fn divisor(state: &EndpointState, now_ms: u64, cfg: &HealthConfig) ->
 /// The computed status at `now_ms`: the stored one, moved by the time-decayed score (so an
 /// endpoint held back for failing earns traffic back as its failures age, even with no new
 /// sample to move the stored status).
+#[inline]
 pub(crate) fn status_at(state: &EndpointState, now_ms: u64, cfg: &HealthConfig) -> HeadStatus {
     match state.health_status() {
         HeadStatus::Healthy => HeadStatus::Healthy,

@@ -117,12 +117,16 @@ impl EndpointState {
     }
 
     /// The status computed from health scores (healthy, degraded or unhealthy).
+    #[inline]
     pub fn health_status(&self) -> HeadStatus {
         HeadStatus::from_u8(self.health_status.load(Ordering::Relaxed))
     }
 
     /// Set the computed status; returns the previous one when it changed.
     pub(crate) fn set_health_status(&self, s: HeadStatus) -> Option<HeadStatus> {
+        if self.health_status.load(Ordering::Relaxed) == s.to_u8() {
+            return None;
+        }
         let prev = HeadStatus::from_u8(self.health_status.swap(s.to_u8(), Ordering::AcqRel));
         (prev != s).then_some(prev)
     }
@@ -144,6 +148,7 @@ impl EndpointState {
 
     /// The success rate at `now_ms`: the EWMA's deficit halves every `half_life_ms` without
     /// a new sample.
+    #[inline]
     pub fn success_rate_at(&self, now_ms: u64, half_life_ms: f64) -> f64 {
         let r = self.success_rate();
         if r >= 1.0 {
@@ -191,6 +196,7 @@ impl EndpointState {
     }
 
     /// Requests routed here and not yet reported or dropped.
+    #[inline]
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -208,6 +214,7 @@ impl EndpointState {
     }
 
     /// The load the head last reported (`current_load`).
+    #[inline]
     pub fn reported_load(&self) -> u32 {
         self.reported_load.load(Ordering::Relaxed)
     }
@@ -223,6 +230,7 @@ impl EndpointState {
     /// instances are spread evenly and add the same to every endpoint, so they do not change
     /// the comparison. Taking the stale report at face value instead makes every instance
     /// chase the same endpoint until the next report: the herding of RELIABILITY 10.
+    #[inline]
     pub fn load_at(&self, now_ms: u64, default_latency_ms: f64) -> u32 {
         let own = self.in_flight();
         let reported = self.reported_load();
@@ -241,6 +249,7 @@ impl EndpointState {
     }
 
     /// The reported status.
+    #[inline]
     pub fn status(&self) -> HeadStatus {
         HeadStatus::from_u8(self.status.load(Ordering::Relaxed))
     }
@@ -278,6 +287,7 @@ impl EndpointState {
     }
 
     /// Whether the heartbeat deadline has passed (`ttl_ms` 0 disables heartbeats).
+    #[inline]
     pub fn is_expired(&self, now_ms: u64, ttl_ms: u64) -> bool {
         ttl_ms != 0 && now_ms.saturating_sub(self.last_seen_ms()) > ttl_ms
     }
@@ -288,6 +298,7 @@ impl EndpointState {
     }
 
     /// Latency EWMA in ms, if any success was reported.
+    #[inline]
     pub fn latency_ewma_ms(&self) -> Option<f64> {
         self.latency_ewma.get()
     }
@@ -309,6 +320,7 @@ impl EndpointState {
     }
 
     /// Success-rate EWMA in [0, 1] (endpoint failures only; client errors do not count).
+    #[inline]
     pub fn success_rate(&self) -> f64 {
         self.success_ewma.get().unwrap_or(1.0)
     }

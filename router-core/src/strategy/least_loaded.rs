@@ -17,6 +17,7 @@ use crate::health;
 pub struct LeastLoaded;
 
 /// The least-loaded score of member `i` (lower is better).
+#[inline]
 pub(crate) fn load_score(c: &Candidates<'_>, i: usize) -> f64 {
     let m = c.member(i);
     let cap = if m.capacity == 0 { 1.0 } else { f64::from(m.capacity) };

@@ -226,6 +226,7 @@ pub enum Tier {
 }
 
 /// Why `slot` can or cannot take a request in `tier` (everything but the model filter).
+#[inline]
 pub(crate) fn slot_verdict(m: &Slot, now_ms: u64, config: &RouterConfig, tier: Tier) -> Verdict {
     if m.weight <= 0.0 {
         return Verdict::ZeroWeight;
@@ -296,6 +297,7 @@ impl<'a> Candidates<'a> {
     }
 
     /// Why member `i` can or cannot be picked.
+    #[inline]
     pub fn verdict(&self, i: usize) -> Verdict {
         let m = &self.pool.members[i];
         if self.pool.weights[i] <= 0.0 {
@@ -323,6 +325,7 @@ impl<'a> Candidates<'a> {
     }
 
     /// Member `i`'s load now (see [`EndpointState::load_at`](crate::state::EndpointState::load_at)).
+    #[inline]
     pub fn load(&self, i: usize) -> u32 {
         self.pool.members[i]
             .state
@@ -330,6 +333,7 @@ impl<'a> Candidates<'a> {
     }
 
     /// Member `i`'s utilisation: load / capacity, or the raw load when it has no capacity.
+    #[inline]
     pub fn utilization(&self, i: usize) -> f64 {
         let m = &self.pool.members[i];
         let load = f64::from(self.load(i));
