@@ -1,1 +1,230 @@
-fn main() {}
+//! The decision loop, timed: `route` a request, then `report` the decision with a success.
+//!
+//! For 10, 100 and 1,000 endpoints and each of the ten strategies:
+//!
+//! - `route_report_1t/<strategy>/<n>`: one thread, one route + report per iteration;
+//! - `route_1t/<strategy>/<n>`: one thread, `route` alone (the decision is dropped, which gives
+//!   its in-flight slot back without recording an outcome), to split the cost of `report` out;
+//! - `route_report_2t/<strategy>/<n>`: two threads sharing one router, each doing `iters`
+//!   route + report (the two threads live for the whole benchmark and are woken for each
+//!   sample, so spawning and placing them is not timed); the time reported per iteration is
+//!   wall time / (2 · iters), from the first thread's start to the last one's finish, i.e. the
+//!   inverse of the combined throughput. Two threads scale perfectly when this is half the
+//!   one-thread figure; "two threads ≥ 1.8× one thread" means `1t / 2t ≥ 1.8`.
+//!
+//! The fleet: `n` endpoints spread over four chat models (different prices), alternating between
+//! the regions `us-east` and `eu-west`, weights 1, 2 and 3 in turn, capacity 1,000 (checked on
+//! every pick, never reached), each with a latency EWMA seeded from a distinct sample. Requests
+//! ask for model type chat, prefer `eu-west`, name the strategy, and carry an affinity key from
+//! a pre-built set of 256 (no allocation in the timed loop apart from what `route` itself does).
+//!
+//! ```text
+//! cargo bench -p router-benches --bench route                      # everything, ~4-5 min
+//! cargo bench -p router-benches --bench route -- route_report_1t   # one thread only
+//! cargo bench -p router-benches --bench route -- 'hybrid/1000'     # one strategy and size
+//! ```
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use router_core::{Endpoint, Model, ModelType, Outcome, Policy, RouteRequest, Router, StrategyKind};
+
+/// Fleet sizes.
+const SIZES: [usize; 3] = [10, 100, 1_000];
+/// Distinct requests (affinity keys) and latencies cycled through; a power of two.
+const KEYS: usize = 256;
+
+/// A router with `n` endpoints over four chat models, each endpoint with a latency sample.
+fn router(n: usize) -> Router {
+    let models = (0..4)
+        .map(|k| {
+            Model::new(format!("model-{k}"), format!("provider-{k}"))
+                .with_type(ModelType::Chat)
+                .with_pricing(0.001 * (k + 1) as f64, 0.002 * (k + 1) as f64)
+        })
+        .collect();
+    let endpoints = (0..n)
+        .map(|i| {
+            Endpoint::new(
+                format!("ep-{i}"),
+                format!("model-{}", i % 4),
+                format!("http://10.{}.{}.{}/v1", i / 65_536, (i / 256) % 256, i % 256),
+            )
+            .with_region(if i % 2 == 0 { "us-east" } else { "eu-west" })
+            .with_weight((1 + i % 3) as f64)
+            .with_capacity(1_000)
+        })
+        .collect();
+    let router = Router::new(Policy {
+        models,
+        endpoints,
+        ..Default::default()
+    })
+    .expect("valid bench policy");
+    for i in 0..n {
+        let ms = 50.0 + ((i * 37) % 400) as f64;
+        router
+            .report_endpoint(&format!("ep-{i}"), Outcome::success(ms))
+            .expect("endpoint exists");
+    }
+    router
+}
+
+/// The requests cycled through for one strategy.
+fn requests(kind: StrategyKind) -> Vec<RouteRequest> {
+    (0..KEYS)
+        .map(|k| RouteRequest {
+            model_type: Some(ModelType::Chat),
+            region_preference: Some("eu-west".into()),
+            affinity_key: Some(format!("user-{k}")),
+            strategy: Some(kind),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Latencies reported, cycled through (50-450 ms).
+fn latencies() -> Vec<f64> {
+    (0..KEYS).map(|k| 50.0 + ((k * 97) % 400) as f64).collect()
+}
+
+/// One route + report.
+#[inline]
+fn step(router: &Router, reqs: &[RouteRequest], lats: &[f64], k: usize) {
+    let d = router.route(black_box(&reqs[k % KEYS])).expect("route");
+    router.report(&d, Outcome::success(lats[k % KEYS])).expect("report");
+}
+
+fn one_thread(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_report_1t");
+    g.throughput(Throughput::Elements(1));
+    let lats = latencies();
+    for n in SIZES {
+        let router = router(n);
+        for kind in StrategyKind::ALL {
+            let reqs = requests(kind);
+            g.bench_with_input(BenchmarkId::new(kind.as_str(), n), &n, |b, _| {
+                let mut k = 0usize;
+                b.iter(|| {
+                    step(&router, &reqs, &lats, k);
+                    k = k.wrapping_add(1);
+                });
+            });
+        }
+    }
+    g.finish();
+}
+
+fn route_only(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_1t");
+    g.throughput(Throughput::Elements(1));
+    for n in SIZES {
+        let router = router(n);
+        for kind in StrategyKind::ALL {
+            let reqs = requests(kind);
+            g.bench_with_input(BenchmarkId::new(kind.as_str(), n), &n, |b, _| {
+                let mut k = 0usize;
+                b.iter(|| {
+                    // Dropping the decision gives its in-flight slot back (no outcome recorded).
+                    drop(black_box(router.route(black_box(&reqs[k % KEYS])).expect("route")));
+                    k = k.wrapping_add(1);
+                });
+            });
+        }
+    }
+    g.finish();
+}
+
+/// Two worker threads that live as long as one benchmark, so thread start-up and placement
+/// are not timed: each [`Pair::run`] wakes both, lets each do `iters` steps, and returns the
+/// wall time from the first start to the last finish.
+struct Pair<'a> {
+    iters: &'a AtomicU64,
+    start: &'a Barrier,
+    done: &'a Barrier,
+    spans: &'a Mutex<Vec<(Instant, Instant)>>,
+}
+
+impl Pair<'_> {
+    fn run(&self, iters: u64) -> Duration {
+        self.spans.lock().expect("spans").clear();
+        self.iters.store(iters, Ordering::SeqCst);
+        self.start.wait();
+        self.done.wait();
+        let spans = self.spans.lock().expect("spans");
+        let first = spans.iter().map(|s| s.0).min().expect("two spans");
+        let last = spans.iter().map(|s| s.1).max().expect("two spans");
+        last - first
+    }
+}
+
+fn two_threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_report_2t");
+    g.throughput(Throughput::Elements(1));
+    let lats = latencies();
+    for n in SIZES {
+        let router = router(n);
+        for kind in StrategyKind::ALL {
+            let reqs = requests(kind);
+            let (iters, start, done) = (AtomicU64::new(0), Barrier::new(3), Barrier::new(3));
+            let spans = Mutex::new(Vec::with_capacity(2));
+            let quit = AtomicBool::new(false);
+            std::thread::scope(|s| {
+                for t in 0..2usize {
+                    let (router, reqs, lats) = (&router, &reqs, &lats);
+                    let (iters, start, done, spans, quit) = (&iters, &start, &done, &spans, &quit);
+                    s.spawn(move || {
+                        // The two threads walk the keys from different offsets.
+                        let mut k = t * (KEYS / 2);
+                        loop {
+                            start.wait();
+                            if quit.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            let n = iters.load(Ordering::SeqCst);
+                            let t0 = Instant::now();
+                            for _ in 0..n {
+                                step(router, reqs, lats, k);
+                                k = k.wrapping_add(1);
+                            }
+                            let t1 = Instant::now();
+                            spans.lock().expect("spans").push((t0, t1));
+                            done.wait();
+                        }
+                    });
+                }
+                let pair = Pair {
+                    iters: &iters,
+                    start: &start,
+                    done: &done,
+                    spans: &spans,
+                };
+                g.bench_with_input(BenchmarkId::new(kind.as_str(), n), &n, |b, _| {
+                    // 2 · iters operations in the wall time: report the pair's time per operation.
+                    b.iter_custom(|iters| pair.run(iters) / 2);
+                });
+                quit.store(true, Ordering::SeqCst);
+                start.wait();
+            });
+        }
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_millis(1_500))
+        .sample_size(25)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = one_thread, route_only, two_threads
+}
+criterion_main!(benches);
