@@ -67,7 +67,9 @@ pub use events::{Event, EventBus, EventStream, SubscriptionId};
 pub use health::{HealthConfig, HealthReport, ProbeTarget};
 pub use model::{Capability, Model, ModelStatus, ModelType, Pricing};
 pub use outcome::{ErrorClass, Outcome};
-pub use policy::Policy;
+pub use policy::{
+    AgentPreferences, BudgetLimits, PerformanceRequirements, Policy, QualityRequirements, WorkspaceConfig,
+};
 pub use registry::{EndpointFilter, ModelFilter, ModelStatusUpdate, Slot};
 pub use request::{RouteRequest, MAX_REQUEST_FIELD_LEN};
 pub use rng::seed_thread;

@@ -12,7 +12,7 @@ use crate::events::{Event, EventBus};
 use crate::health::{HealthReport, ProbeTarget};
 use crate::model::{Model, ModelStatus};
 use crate::outcome::{ErrorClass, Outcome};
-use crate::policy::Policy;
+use crate::policy::{model_filter, quality, AgentPreferences, Policy, Quality, TenancyDrop, WorkspaceConfig};
 use crate::registry::snapshot::{CompiledRule, ModelEntry, ModelMask, Pool, Snapshot};
 use crate::registry::Slot;
 use crate::registry::{EndpointFilter, ModelFilter, ModelStatusUpdate, Registry, Upsert};
@@ -118,6 +118,14 @@ pub enum ModelVerdict {
     TooManyTokens,
     /// Has no endpoint.
     NoEndpoints,
+    /// Not among the workspace's allowed models.
+    RestrictedByWorkspace,
+    /// Lacks a compliance label the workspace requires.
+    MissingCompliance,
+    /// Dearer per token than the agent allows.
+    TooCostly,
+    /// Not among the agent's preferred (or, failing those, fallback) models.
+    NotPreferred,
 }
 
 impl ModelVerdict {
@@ -132,7 +140,57 @@ impl ModelVerdict {
             ModelVerdict::MissingCapability => "lacks a required capability",
             ModelVerdict::TooManyTokens => "token limit below the request's estimate",
             ModelVerdict::NoEndpoints => "has no endpoint",
+            ModelVerdict::RestrictedByWorkspace => "restricted by the workspace",
+            ModelVerdict::MissingCompliance => "lacks a compliance label the workspace requires",
+            ModelVerdict::TooCostly => "dearer per token than the agent allows",
+            ModelVerdict::NotPreferred => "not among the agent's preferred or fallback models",
         }
+    }
+}
+
+/// The agent's and the workspace's settings for a request.
+#[derive(Clone, Copy, Default)]
+struct Tenant<'s> {
+    agent: Option<&'s AgentPreferences>,
+    workspace: Option<&'s WorkspaceConfig>,
+}
+
+impl<'s> Tenant<'s> {
+    fn of(snap: &'s Snapshot, req: &RouteRequest) -> Self {
+        Tenant {
+            agent: req.agent_type.as_deref().and_then(|a| snap.agents.get(a)),
+            workspace: req.workspace_id.as_deref().and_then(|w| snap.workspaces.get(w)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.agent.is_none() && self.workspace.is_none()
+    }
+
+    fn verdict(&self, model: &Model) -> ModelVerdict {
+        match model_filter(model, self.agent, self.workspace) {
+            None => ModelVerdict::Kept,
+            Some(TenancyDrop::Restricted) => ModelVerdict::RestrictedByWorkspace,
+            Some(TenancyDrop::MissingCompliance) => ModelVerdict::MissingCompliance,
+            Some(TenancyDrop::MissingCapability) => ModelVerdict::MissingCapability,
+            Some(TenancyDrop::TooCostly) => ModelVerdict::TooCostly,
+        }
+    }
+
+    /// The agent's preferred models, then its fallback models, as lists to try in turn.
+    fn preference_lists(&self) -> Option<[&'s [String]; 2]> {
+        self.agent
+            .filter(|a| !a.preferred_models.is_empty() || !a.fallback_models.is_empty())
+            .map(|a| [&a.preferred_models[..], &a.fallback_models[..]])
+    }
+}
+
+/// Whether `model` can serve `req` on the grounds of capabilities, tokens and the tenant's
+/// filters.
+fn fits_for(model: &Model, req: &RouteRequest, tenant: Tenant<'_>) -> ModelVerdict {
+    match fits(model, req) {
+        ModelVerdict::Kept => tenant.verdict(model),
+        other => other,
     }
 }
 
@@ -155,6 +213,7 @@ struct Scope<'s> {
     choice: ModelChoice,
     model_strategy: Option<StrategyKind>,
     rule: Option<&'s CompiledRule>,
+    quality: Option<Quality>,
     panic_mode: Option<PanicMode>,
     mask: Option<ModelMask>,
     /// What the request asked for, for errors: formatted only when one is returned.
@@ -180,6 +239,8 @@ impl std::fmt::Display for Label<'_> {
 }
 
 fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
+    let tenant = Tenant::of(snap, req);
+    let quality = quality(tenant.agent, tenant.workspace);
     if let Some(id) = req.model.as_deref() {
         let (_, entry) = snap.model(id).ok_or_else(|| Error::not_found("model", id))?;
         let m = &entry.model;
@@ -188,7 +249,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
                 reason: format!("model `{id}` is inactive"),
             });
         }
-        let v = fits(m, req);
+        let v = fits_for(m, req, tenant);
         if v != ModelVerdict::Kept {
             return Err(Error::NoCandidateModel {
                 reason: format!("model `{id}` {}", v.describe()),
@@ -199,6 +260,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
             choice: ModelChoice::Explicit,
             model_strategy: m.routing_strategy,
             rule: None,
+            quality,
             panic_mode: m.panic_mode,
             mask: None,
             label: Label::Model(&entry.id),
@@ -214,17 +276,21 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
             _ => r.primary,
         };
         let pool = &snap.pools[pool_idx as usize];
-        let mask = mask_for(snap, pool, req, || {
-            format!(
-                "no target of rule `{}` has the required capabilities and token limit",
-                r.id
-            )
-        })?;
+        let mask = build_mask(snap, pool, req, tenant, None);
+        if mask.as_ref().is_some_and(ModelMask::is_empty) {
+            return Err(Error::NoCandidateModel {
+                reason: format!(
+                    "no target of rule `{}` passes the request's, agent's and workspace's filters",
+                    r.id
+                ),
+            });
+        }
         return Ok(Scope {
             pool,
             choice: ModelChoice::Rule,
             model_strategy: None,
             rule: Some(r),
+            quality,
             panic_mode: None,
             mask,
             label: Label::Rule(&r.id),
@@ -234,9 +300,27 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
     let pool = snap.type_pool(&t).ok_or_else(|| Error::NoCandidateModel {
         reason: format!("no active model of type `{t}`"),
     })?;
-    let mask = mask_for(snap, pool, req, || {
-        format!("no active model of type `{t}` has the required capabilities and token limit")
-    })?;
+    let mask = match tenant.preference_lists() {
+        // Agent preferences: the preferred models, else the fallback models.
+        Some(lists) => Some(
+            lists
+                .iter()
+                .filter(|l| !l.is_empty())
+                .filter_map(|l| build_mask(snap, pool, req, tenant, Some(l)))
+                .find(|m| !m.is_empty())
+                .ok_or_else(|| Error::NoCandidateModel {
+                    reason: format!(
+                        "none of the agent's preferred or fallback models is an active `{t}` model passing the filters"
+                    ),
+                })?,
+        ),
+        None => build_mask(snap, pool, req, tenant, None),
+    };
+    if mask.as_ref().is_some_and(ModelMask::is_empty) {
+        return Err(Error::NoCandidateModel {
+            reason: format!("no active model of type `{t}` passes the request's, agent's and workspace's filters"),
+        });
+    }
     // A model's strategy applies when the type has a single model.
     let model_strategy = match &*pool.models {
         [only] => snap.models[*only as usize].model.routing_strategy,
@@ -247,33 +331,37 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
         choice: ModelChoice::ByType,
         model_strategy,
         rule: None,
+        quality,
         panic_mode: None,
         mask,
         label: Label::Type(t),
     })
 }
 
-/// The models of `pool` that fit the request's capabilities and token estimate, or `None` when
-/// the request asks for neither (no work on the common path).
-fn mask_for(
+/// The models of `pool` that fit the request (capabilities, token estimate), the tenant's
+/// filters and, when given, the list `only`; `None` when nothing filters (no work on the common
+/// path).
+fn build_mask(
     snap: &Snapshot,
     pool: &Pool,
     req: &RouteRequest,
-    none: impl FnOnce() -> String,
-) -> Result<Option<ModelMask>> {
-    if req.required_capabilities.is_empty() && req.token_estimate().is_none() {
-        return Ok(None);
+    tenant: Tenant<'_>,
+    only: Option<&[String]>,
+) -> Option<ModelMask> {
+    if req.required_capabilities.is_empty() && req.token_estimate().is_none() && tenant.is_empty() && only.is_none() {
+        return None;
     }
     let mut mask = ModelMask::empty(snap.models.len());
     for &mi in pool.models.iter() {
-        if fits(&snap.models[mi as usize].model, req) == ModelVerdict::Kept {
+        let m = &snap.models[mi as usize].model;
+        if only.is_some_and(|l| !l.iter().any(|id| *id == m.id)) {
+            continue;
+        }
+        if fits_for(m, req, tenant) == ModelVerdict::Kept {
             mask.insert(mi);
         }
     }
-    if mask.is_empty() {
-        return Err(Error::NoCandidateModel { reason: none() });
-    }
-    Ok(Some(mask))
+    Some(mask)
 }
 
 fn strategy_for(req: &RouteRequest, scope: &Scope<'_>, config: &RouterConfig) -> (StrategyKind, StrategySource) {
@@ -390,6 +478,7 @@ impl Router {
             now_ms,
             tier: Tier::Healthy,
             mask: scope.mask.as_ref(),
+            quality: scope.quality,
             dry_run: false,
         };
         let panic = scope.panic_mode.unwrap_or(snap.config.panic_mode);
@@ -652,13 +741,78 @@ impl Router {
             models,
             endpoints,
             rules,
+            agents,
+            workspaces,
             config,
         } = self.inner.registry.contents();
         Policy {
             models: models.iter().map(|m| (**m).clone()).collect(),
             endpoints: endpoints.iter().map(|e| (**e).clone()).collect(),
             rules: rules.iter().map(|r| (**r).clone()).collect(),
+            agents: (*agents).clone(),
+            workspaces: (*workspaces).clone(),
             settings: (*config).clone(),
+        }
+    }
+
+    /// Set an agent type's preferences (the seed's "Set Agent Preferences" body).
+    pub fn set_agent_preferences(&self, agent_type: &str, prefs: AgentPreferences) -> Result<()> {
+        self.commit(|d| d.set_agent(agent_type, Some(prefs)))
+    }
+
+    /// Remove an agent type's preferences.
+    pub fn remove_agent_preferences(&self, agent_type: &str) -> Result<()> {
+        self.commit(|d| d.set_agent(agent_type, None))
+    }
+
+    /// An agent type's preferences.
+    pub fn agent_preferences(&self, agent_type: &str) -> Option<AgentPreferences> {
+        self.inner.registry.load().agents.get(agent_type).cloned()
+    }
+
+    /// Set a workspace's configuration (the seed's "Set Workspace Config" body).
+    pub fn set_workspace_config(&self, workspace_id: &str, config: WorkspaceConfig) -> Result<()> {
+        self.commit(|d| d.set_workspace(workspace_id, Some(config)))
+    }
+
+    /// Remove a workspace's configuration.
+    pub fn remove_workspace_config(&self, workspace_id: &str) -> Result<()> {
+        self.commit(|d| d.set_workspace(workspace_id, None))
+    }
+
+    /// A workspace's configuration.
+    pub fn workspace_config(&self, workspace_id: &str) -> Option<WorkspaceConfig> {
+        self.inner.registry.load().workspaces.get(workspace_id).cloned()
+    }
+
+    /// The active models an agent type can be routed to: its preferred models (else its fallback
+    /// models) that pass its filters, or every active model that does when it names none.
+    pub fn models_for_agent(&self, agent_type: &str) -> Vec<Model> {
+        let snap = self.inner.registry.load();
+        let agent = snap.agents.get(agent_type);
+        let ok = |m: &Model| m.status == ModelStatus::Active && model_filter(m, agent, None).is_none();
+        let pick = |ids: &[String]| -> Vec<Model> {
+            ids.iter()
+                .filter_map(|id| snap.model(id))
+                .map(|(_, e)| (*e.model).clone())
+                .filter(|m| ok(m))
+                .collect()
+        };
+        match agent {
+            Some(a) if !a.preferred_models.is_empty() || !a.fallback_models.is_empty() => {
+                let preferred = pick(&a.preferred_models);
+                if preferred.is_empty() {
+                    pick(&a.fallback_models)
+                } else {
+                    preferred
+                }
+            }
+            _ => snap
+                .models
+                .iter()
+                .map(|e| (*e.model).clone())
+                .filter(|m| ok(m))
+                .collect(),
         }
     }
 
@@ -968,6 +1122,8 @@ impl Inner {
         self.commit(
             |d| {
                 d.rules.clear();
+                d.agents = Default::default();
+                d.workspaces = Default::default();
                 let keep: Vec<String> = d.models.iter().map(|m| m.id.clone()).collect();
                 for id in keep {
                     d.remove_model(&id)?;
@@ -984,6 +1140,14 @@ impl Inner {
                 for (i, r) in policy.rules.into_iter().enumerate() {
                     d.put_rule(r, Upsert::Insert)
                         .map_err(|e| e.at(&format!("rules[{i}]")))?;
+                }
+                for (a, p) in policy.agents {
+                    let path = format!("agents.{a}");
+                    d.set_agent(&a, Some(p)).map_err(|e| e.at(&path))?;
+                }
+                for (w, c) in policy.workspaces {
+                    let path = format!("workspaces.{w}");
+                    d.set_workspace(&w, Some(c)).map_err(|e| e.at(&path))?;
                 }
                 // Models and endpoints that survive keep their live state; report only the net change.
                 d.events.clear();
@@ -1256,6 +1420,7 @@ pub struct ExplainedError {
 }
 
 fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
+    let tenant = Tenant::of(snap, req);
     let requested_type = req.model_type.clone().unwrap_or_default();
     let models = snap
         .models
@@ -1265,11 +1430,11 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
             let verdict = match req.model.as_deref() {
                 Some(id) if id != &*e.id => ModelVerdict::NotRequested,
                 Some(_) if m.status == ModelStatus::Inactive => ModelVerdict::Inactive,
-                Some(_) => fits(m, req),
+                Some(_) => fits_for(m, req, tenant),
                 None if m.model_type != requested_type => ModelVerdict::WrongType,
                 None if m.status == ModelStatus::Inactive => ModelVerdict::Inactive,
                 None if m.status == ModelStatus::Deprecated => ModelVerdict::Deprecated,
-                None => fits(m, req),
+                None => fits_for(m, req, tenant),
             };
             let verdict = if verdict == ModelVerdict::Kept && snap.pools[e.pool as usize].members.is_empty() {
                 ModelVerdict::NoEndpoints
@@ -1340,6 +1505,7 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
         now_ms,
         tier: Tier::Healthy,
         mask: scope.mask.as_ref(),
+        quality: scope.quality,
         dry_run: true,
     };
     let panic = scope.panic_mode.unwrap_or(snap.config.panic_mode);

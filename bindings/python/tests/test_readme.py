@@ -29,4 +29,6 @@ def test_readme_example_runs() -> None:
     assert "gpt4-east False status draining" in lines
     assert any(line.startswith("retry on gpt4-") for line in lines)
     assert "event: head_registered claude-west" in lines
-    assert lines[-1] == "no_candidate_model no active model of type `chat` has the required capabilities and token limit"
+    assert lines[-1] == (
+        "no_candidate_model no active model of type `chat` passes the request's, agent's and workspace's filters"
+    )

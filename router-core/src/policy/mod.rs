@@ -15,6 +15,12 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::rules::Rule;
 use crate::RouterConfig;
+use std::collections::BTreeMap;
+
+mod tenancy;
+
+pub(crate) use tenancy::{model_filter, quality, Quality, TenancyDrop};
+pub use tenancy::{AgentPreferences, BudgetLimits, PerformanceRequirements, QualityRequirements, WorkspaceConfig};
 
 /// Every model, endpoint and router setting.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -28,6 +34,12 @@ pub struct Policy {
     /// Routing rules; the highest-priority enabled match wins.
     #[serde(default, alias = "routingRules", skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
+    /// Preferences per agent type.
+    #[serde(default, alias = "agentPreferences", skip_serializing_if = "BTreeMap::is_empty")]
+    pub agents: BTreeMap<String, AgentPreferences>,
+    /// Configuration per workspace id.
+    #[serde(default, alias = "workspaceConfigs", skip_serializing_if = "BTreeMap::is_empty")]
+    pub workspaces: BTreeMap<String, WorkspaceConfig>,
     /// Router-wide settings.
     #[serde(flatten)]
     pub settings: RouterConfig,

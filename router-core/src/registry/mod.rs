@@ -16,11 +16,13 @@ use crate::endpoint::{Endpoint, EndpointKind, HeadStatus};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::model::{Model, ModelStatus, ModelType};
+use crate::policy::{AgentPreferences, WorkspaceConfig};
 use crate::rules::{CompiledCondition, Rule};
 use crate::state::{EndpointState, StateChange};
 use crate::RouterConfig;
 pub use snapshot::Slot;
 pub(crate) use snapshot::Snapshot;
+use std::collections::BTreeMap;
 
 /// Which models to list; every field set must match.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -83,6 +85,8 @@ pub(crate) struct Draft {
     pub(crate) models: Vec<Arc<Model>>,
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     pub(crate) rules: Vec<(Arc<Rule>, Arc<CompiledCondition>)>,
+    pub(crate) agents: Arc<BTreeMap<String, AgentPreferences>>,
+    pub(crate) workspaces: Arc<BTreeMap<String, WorkspaceConfig>>,
     pub(crate) config: Arc<RouterConfig>,
     generation: u64,
     states: FxHashMap<Arc<str>, Arc<EndpointState>>,
@@ -280,6 +284,42 @@ impl Draft {
         Ok(())
     }
 
+    /// Set (or with `None` remove) an agent type's preferences.
+    pub(crate) fn set_agent(&mut self, agent_type: &str, prefs: Option<AgentPreferences>) -> Result<()> {
+        crate::model::check_id(agent_type, "agent_type")?;
+        let mut m = (*self.agents).clone();
+        match prefs {
+            Some(p) => {
+                p.validate()?;
+                m.insert(agent_type.to_owned(), p);
+            }
+            None => {
+                m.remove(agent_type)
+                    .ok_or_else(|| Error::not_found("agent preferences", agent_type))?;
+            }
+        }
+        self.agents = Arc::new(m);
+        Ok(())
+    }
+
+    /// Set (or with `None` remove) a workspace's configuration.
+    pub(crate) fn set_workspace(&mut self, workspace_id: &str, cfg: Option<WorkspaceConfig>) -> Result<()> {
+        crate::model::check_id(workspace_id, "workspace_id")?;
+        let mut m = (*self.workspaces).clone();
+        match cfg {
+            Some(c) => {
+                c.validate()?;
+                m.insert(workspace_id.to_owned(), c);
+            }
+            None => {
+                m.remove(workspace_id)
+                    .ok_or_else(|| Error::not_found("workspace config", workspace_id))?;
+            }
+        }
+        self.workspaces = Arc::new(m);
+        Ok(())
+    }
+
     /// Replace the router settings.
     pub(crate) fn set_config(&mut self, config: RouterConfig) -> Result<()> {
         config.validate()?;
@@ -294,6 +334,8 @@ pub(crate) struct Contents {
     pub(crate) models: Vec<Arc<Model>>,
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     pub(crate) rules: Vec<Arc<Rule>>,
+    pub(crate) agents: Arc<BTreeMap<String, AgentPreferences>>,
+    pub(crate) workspaces: Arc<BTreeMap<String, WorkspaceConfig>>,
     pub(crate) config: Arc<RouterConfig>,
 }
 
@@ -311,6 +353,8 @@ impl Registry {
             models: Vec::new(),
             endpoints: Vec::new(),
             rules: Vec::new(),
+            agents: Arc::default(),
+            workspaces: Arc::default(),
             config: Arc::new(config),
             generation: 0,
             states: FxHashMap::default(),
@@ -318,7 +362,15 @@ impl Registry {
             changes: Vec::new(),
             now_ms: 0,
         };
-        let snap = Snapshot::build(0, draft.config.clone(), &[], &[], &draft.states, &[]);
+        let snap = Snapshot::build(
+            0,
+            draft.config.clone(),
+            &[],
+            &[],
+            &draft.states,
+            &[],
+            Default::default(),
+        );
         Ok(Registry {
             committed: Mutex::new(draft),
             snapshot: ArcSwap::from_pointee(snap),
@@ -365,6 +417,7 @@ impl Registry {
             &draft.endpoints,
             &draft.states,
             &draft.rules,
+            (draft.agents.clone(), draft.workspaces.clone()),
         );
         self.snapshot.store(Arc::new(snap));
         let events = std::mem::take(&mut draft.events);
@@ -380,6 +433,8 @@ impl Registry {
             models: c.models.clone(),
             endpoints: c.endpoints.clone(),
             rules: c.rules.iter().map(|(r, _)| r.clone()).collect(),
+            agents: c.agents.clone(),
+            workspaces: c.workspaces.clone(),
             config: c.config.clone(),
         }
     }

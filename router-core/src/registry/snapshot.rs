@@ -13,7 +13,15 @@ use std::sync::{Arc, OnceLock};
 use crate::endpoint::EndpointKind as Kind;
 use crate::endpoint::{Endpoint, EndpointKind};
 use crate::model::{Model, ModelStatus, ModelType};
+use crate::policy::{AgentPreferences, WorkspaceConfig};
 use crate::rules::{CompiledCondition, Rule};
+use std::collections::BTreeMap;
+
+/// Agent preferences and workspace configs, shared between snapshots.
+pub(crate) type Tenancy = (
+    Arc<BTreeMap<String, AgentPreferences>>,
+    Arc<BTreeMap<String, WorkspaceConfig>>,
+);
 use crate::state::EndpointState;
 use crate::strategy::StrategyKind;
 use crate::strategy::{smooth_sequence, Ring};
@@ -247,6 +255,8 @@ pub(crate) struct Snapshot {
     pub(crate) slots: Vec<Arc<Slot>>,
     pub(crate) pools: Vec<Pool>,
     pub(crate) rules: RuleSet,
+    pub(crate) agents: Arc<BTreeMap<String, AgentPreferences>>,
+    pub(crate) workspaces: Arc<BTreeMap<String, WorkspaceConfig>>,
     model_index: FxHashMap<Arc<str>, u32>,
     endpoint_index: FxHashMap<Arc<str>, u32>,
     type_pools: FxHashMap<ModelType, u32>,
@@ -262,6 +272,7 @@ impl Snapshot {
         endpoints: &[Arc<Endpoint>],
         states: &FxHashMap<Arc<str>, Arc<EndpointState>>,
         rules: &[(Arc<Rule>, Arc<CompiledCondition>)],
+        tenancy: Tenancy,
     ) -> Snapshot {
         let mut model_index = FxHashMap::default();
         let model_ids: Vec<Arc<str>> = models.iter().map(|m| Arc::from(m.id.as_str())).collect();
@@ -327,6 +338,8 @@ impl Snapshot {
             slots,
             pools,
             rules,
+            agents: tenancy.0,
+            workspaces: tenancy.1,
             model_index,
             endpoint_index,
             type_pools,

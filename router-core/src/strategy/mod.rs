@@ -192,6 +192,8 @@ pub enum Verdict {
     BreakerOpen,
     /// A 429 cooldown runs.
     CoolingDown,
+    /// Below the agent's or workspace's quality floor (success rate, latency).
+    BelowQuality,
 }
 
 impl Verdict {
@@ -209,6 +211,7 @@ impl Verdict {
             Verdict::AtCapacity => "at capacity",
             Verdict::BreakerOpen => "circuit breaker open",
             Verdict::CoolingDown => "cooling down after a 429",
+            Verdict::BelowQuality => "below the agent's or workspace's quality floor",
         }
     }
 }
@@ -272,6 +275,8 @@ pub struct Candidates<'a> {
     pub(crate) now_ms: u64,
     pub(crate) tier: Tier,
     pub(crate) mask: Option<&'a ModelMask>,
+    /// The agent's and workspace's quality floor, if any.
+    pub(crate) quality: Option<crate::policy::Quality>,
     pub(crate) dry_run: bool,
 }
 
@@ -310,7 +315,19 @@ impl<'a> Candidates<'a> {
                 }
             }
         }
-        slot_verdict(m, self.now_ms, self.config, self.tier)
+        let v = slot_verdict(m, self.now_ms, self.config, self.tier);
+        if let (Verdict::Eligible, Some(q)) = (v, self.quality) {
+            if self.tier != Tier::Panic {
+                let rate = m
+                    .state
+                    .success_rate_at(self.now_ms, self.config.health.recovery_half_life_ms);
+                let slow = m.state.latency_ewma_ms().is_some_and(|l| l > q.max_latency_ms);
+                if rate < q.min_success_rate || slow {
+                    return Verdict::BelowQuality;
+                }
+            }
+        }
+        v
     }
 
     /// The pass being run.

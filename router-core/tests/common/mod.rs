@@ -20,8 +20,8 @@ pub fn weighted(weights: &[f64]) -> Policy {
             .enumerate()
             .map(|(i, &w)| Endpoint::new(format!("e{i}"), "m", format!("http://e{i}")).with_weight(w))
             .collect(),
-        rules: Vec::new(),
         settings: RouterConfig::default(),
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,195 @@
+//! Agent preferences and workspace configuration: filters applied to every decision.
+//!
+//! The seed's "Set Agent Preferences" and "Set Workspace Config" bodies parse as written
+//! (`router-core/tests/fixtures/`). Budgets are stored here and enforced by the cost module.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+
+/// What an agent type prefers and requires.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentPreferences {
+    /// Models tried first when no rule matches (in the requested type).
+    #[serde(alias = "preferredModels", skip_serializing_if = "Vec::is_empty")]
+    pub preferred_models: Vec<String>,
+    /// Models used when no preferred model can serve.
+    #[serde(alias = "fallbackModels", skip_serializing_if = "Vec::is_empty")]
+    pub fallback_models: Vec<String>,
+    /// Capabilities every candidate model must declare.
+    #[serde(alias = "requiredCapabilities", skip_serializing_if = "Vec::is_empty")]
+    pub required_capabilities: Vec<String>,
+    /// Quality and price bounds.
+    #[serde(alias = "performanceRequirements", skip_serializing_if = "Option::is_none")]
+    pub performance_requirements: Option<PerformanceRequirements>,
+}
+
+/// An agent's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PerformanceRequirements {
+    /// Endpoints slower than this (latency EWMA, ms) are left out.
+    #[serde(alias = "maxLatency", skip_serializing_if = "Option::is_none")]
+    pub max_latency: Option<f64>,
+    /// Endpoints with a lower success rate are left out.
+    #[serde(alias = "minSuccessRate", skip_serializing_if = "Option::is_none")]
+    pub min_success_rate: Option<f64>,
+    /// Models dearer than this per token (blended price per 1k / 1,000) are left out.
+    #[serde(alias = "maxCostPerToken", skip_serializing_if = "Option::is_none")]
+    pub max_cost_per_token: Option<f64>,
+}
+
+/// A workspace's configuration.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkspaceConfig {
+    /// The only models the workspace may use (empty: any).
+    #[serde(alias = "modelRestrictions", skip_serializing_if = "Vec::is_empty")]
+    pub model_restrictions: Vec<String>,
+    /// Spending limits (enforced by the cost module).
+    #[serde(alias = "budgetLimits", skip_serializing_if = "Option::is_none")]
+    pub budget_limits: Option<BudgetLimits>,
+    /// Quality floor for the endpoints it uses.
+    #[serde(alias = "qualityRequirements", skip_serializing_if = "Option::is_none")]
+    pub quality_requirements: Option<QualityRequirements>,
+    /// Labels every model it uses must carry (e.g. `gdpr`, `hipaa`).
+    #[serde(alias = "complianceRequirements", skip_serializing_if = "Vec::is_empty")]
+    pub compliance_requirements: Vec<String>,
+}
+
+/// Budgets per UTC calendar window, in the pricing currency.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BudgetLimits {
+    /// Per day.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily: Option<f64>,
+    /// Per week.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weekly: Option<f64>,
+    /// Per month.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<f64>,
+}
+
+/// A workspace's quality floor.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QualityRequirements {
+    /// Endpoints with a lower success rate are left out.
+    #[serde(alias = "minSuccessRate", skip_serializing_if = "Option::is_none")]
+    pub min_success_rate: Option<f64>,
+    /// Endpoints slower than this (latency EWMA, ms) are left out.
+    #[serde(alias = "maxLatency", skip_serializing_if = "Option::is_none")]
+    pub max_latency: Option<f64>,
+}
+
+fn check(field: &str, v: Option<f64>, unit: bool) -> Result<()> {
+    match v {
+        Some(x) if !x.is_finite() || x < 0.0 || (unit && x > 1.0) => Err(Error::config(
+            field.to_owned(),
+            if unit {
+                format!("must be in [0, 1], got {x}")
+            } else {
+                format!("must be a finite number >= 0, got {x}")
+            },
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl AgentPreferences {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if let Some(p) = &self.performance_requirements {
+            check("performance_requirements.max_latency", p.max_latency, false)?;
+            check("performance_requirements.min_success_rate", p.min_success_rate, true)?;
+            check(
+                "performance_requirements.max_cost_per_token",
+                p.max_cost_per_token,
+                false,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl WorkspaceConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if let Some(b) = &self.budget_limits {
+            check("budget_limits.daily", b.daily, false)?;
+            check("budget_limits.weekly", b.weekly, false)?;
+            check("budget_limits.monthly", b.monthly, false)?;
+        }
+        if let Some(q) = &self.quality_requirements {
+            check("quality_requirements.min_success_rate", q.min_success_rate, true)?;
+            check("quality_requirements.max_latency", q.max_latency, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a model is filtered out for a request's agent and workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TenancyDrop {
+    Restricted,
+    MissingCompliance,
+    MissingCapability,
+    TooCostly,
+}
+
+/// Whether `model` passes the agent's and the workspace's model-level filters.
+pub(crate) fn model_filter(
+    model: &Model,
+    agent: Option<&AgentPreferences>,
+    ws: Option<&WorkspaceConfig>,
+) -> Option<TenancyDrop> {
+    if let Some(ws) = ws {
+        if !ws.model_restrictions.is_empty() && !ws.model_restrictions.contains(&model.id) {
+            return Some(TenancyDrop::Restricted);
+        }
+        if !ws
+            .compliance_requirements
+            .iter()
+            .all(|c| model.compliance_labels.iter().any(|l| l == c))
+        {
+            return Some(TenancyDrop::MissingCompliance);
+        }
+    }
+    if let Some(a) = agent {
+        if !a.required_capabilities.iter().all(|c| model.has_capability(c)) {
+            return Some(TenancyDrop::MissingCapability);
+        }
+        if let Some(max) = a.performance_requirements.and_then(|p| p.max_cost_per_token) {
+            if model.pricing.blended_per_1k() / 1000.0 > max {
+                return Some(TenancyDrop::TooCostly);
+            }
+        }
+    }
+    None
+}
+
+/// The quality floor for endpoints: the stricter of the agent's and the workspace's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Quality {
+    pub(crate) min_success_rate: f64,
+    pub(crate) max_latency_ms: f64,
+}
+
+pub(crate) fn quality(agent: Option<&AgentPreferences>, ws: Option<&WorkspaceConfig>) -> Option<Quality> {
+    let a = agent.and_then(|a| a.performance_requirements);
+    let w = ws.and_then(|w| w.quality_requirements);
+    let min = [a.and_then(|p| p.min_success_rate), w.and_then(|q| q.min_success_rate)]
+        .into_iter()
+        .flatten()
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let max = [a.and_then(|p| p.max_latency), w.and_then(|q| q.max_latency)]
+        .into_iter()
+        .flatten()
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))));
+    (min.is_some() || max.is_some()).then(|| Quality {
+        min_success_rate: min.unwrap_or(0.0),
+        max_latency_ms: max.unwrap_or(f64::INFINITY),
+    })
+}
