@@ -15,8 +15,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use router_core::{
-    Endpoint, EndpointFilter, HeadStatusUpdate, HealthReport, Model, ModelFilter, ModelStatusUpdate, Policy,
-    RouteRequest, RouterConfig, Rule, SubscriptionId,
+    AgentPreferences, Endpoint, EndpointFilter, HeadStatusUpdate, HealthReport, Model, ModelFilter, ModelStatusUpdate,
+    Policy, RouteRequest, RouterConfig, Rule, SubscriptionId, WorkspaceConfig,
 };
 
 use crate::clock::ManualClock;
@@ -447,6 +447,56 @@ impl Router {
     fn rules<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let r = py.detach(|| self.core.rules());
         convert::to_py(py, &r)
+    }
+
+    // ---- agents and workspaces --------------------------------------------------------
+
+    /// Set an agent type's preferences (a dict or JSON text: ``preferred_models``,
+    /// ``fallback_models``, ``required_capabilities``, ``performance_requirements``; the routing
+    /// service's "Set Agent Preferences" body is valid as written).
+    fn set_agent_preferences(&self, py: Python<'_>, agent_type: &str, preferences: &Bound<'_, PyAny>) -> PyResult<()> {
+        let p: AgentPreferences = from_py(preferences, Shape::Object, "preferences")?;
+        py.detach(|| self.core.set_agent_preferences(agent_type, p))
+            .map_err(to_py)
+    }
+
+    /// Remove an agent type's preferences.
+    fn remove_agent_preferences(&self, py: Python<'_>, agent_type: &str) -> PyResult<()> {
+        py.detach(|| self.core.remove_agent_preferences(agent_type))
+            .map_err(to_py)
+    }
+
+    /// An agent type's preferences as a dict, or None.
+    fn agent_preferences<'py>(&self, py: Python<'py>, agent_type: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let p = py.detach(|| self.core.agent_preferences(agent_type));
+        p.map(|p| convert::to_py(py, &p)).transpose()
+    }
+
+    /// Set a workspace's configuration (a dict or JSON text: ``model_restrictions``,
+    /// ``budget_limits``, ``quality_requirements``, ``compliance_requirements``; the routing
+    /// service's "Set Workspace Config" body is valid as written).
+    fn set_workspace_config(&self, py: Python<'_>, workspace_id: &str, config: &Bound<'_, PyAny>) -> PyResult<()> {
+        let c: WorkspaceConfig = from_py(config, Shape::Object, "config")?;
+        py.detach(|| self.core.set_workspace_config(workspace_id, c))
+            .map_err(to_py)
+    }
+
+    /// Remove a workspace's configuration.
+    fn remove_workspace_config(&self, py: Python<'_>, workspace_id: &str) -> PyResult<()> {
+        py.detach(|| self.core.remove_workspace_config(workspace_id))
+            .map_err(to_py)
+    }
+
+    /// A workspace's configuration as a dict, or None.
+    fn workspace_config<'py>(&self, py: Python<'py>, workspace_id: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let c = py.detach(|| self.core.workspace_config(workspace_id));
+        c.map(|c| convert::to_py(py, &c)).transpose()
+    }
+
+    /// The active models an agent type can be routed to, as dicts.
+    fn models_for_agent<'py>(&self, py: Python<'py>, agent_type: &str) -> PyResult<Bound<'py, PyAny>> {
+        let m = py.detach(|| self.core.models_for_agent(agent_type));
+        convert::to_py(py, &m)
     }
 
     // ---- policy and settings --------------------------------------------------------
