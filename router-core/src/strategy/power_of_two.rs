@@ -38,9 +38,26 @@ pub(crate) fn p2c_cost(c: &Candidates<'_>, i: usize) -> f64 {
         .unwrap_or(c.config.default_latency_ms)
         .max(0.001);
     let cap = if m.capacity == 0 { 1.0 } else { f64::from(m.capacity) };
-    rtt.powf(c.config.p2c_latency_exponent) * (f64::from(c.load(i)) + 1.0)
+    latency_factor(rtt, c.config.p2c_latency_exponent) * (f64::from(c.load(i)) + 1.0)
         / cap
         / health::divisor(&m.state, c.now_ms, &c.config.health)
+}
+
+/// `rtt^beta`, with the common exponents computed without `powf` (about 20 ns saved per
+/// sample on this machine).
+#[inline]
+fn latency_factor(rtt: f64, beta: f64) -> f64 {
+    if beta == 0.0 {
+        1.0
+    } else if beta == 0.25 {
+        rtt.sqrt().sqrt()
+    } else if beta == 0.5 {
+        rtt.sqrt()
+    } else if beta == 1.0 {
+        rtt
+    } else {
+        rtt.powf(beta)
+    }
 }
 
 fn sample_eligible(c: &Candidates<'_>, rng: &mut dyn RngCore, not: Option<usize>) -> Option<usize> {
@@ -109,5 +126,20 @@ impl Strategy for PowerOfTwo {
                 other: loser.map(|(_, c)| c),
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::latency_factor;
+
+    #[test]
+    fn fast_exponents_match_powf() {
+        for rtt in [0.001_f64, 1.0, 37.5, 812.0, 60_000.0] {
+            for beta in [0.0, 0.25, 0.5, 0.75, 1.0] {
+                let want: f64 = rtt.powf(beta);
+                assert!((latency_factor(rtt, beta) - want).abs() <= want * 1e-12, "{rtt}^{beta}");
+            }
+        }
     }
 }
