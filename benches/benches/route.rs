@@ -6,11 +6,13 @@
 //! - `route_1t/<strategy>/<n>`: one thread, `route` alone (the decision is dropped, which gives
 //!   its in-flight slot back without recording an outcome), to split the cost of `report` out;
 //! - `route_report_2t/<strategy>/<n>`: two threads sharing one router, each doing `iters`
-//!   route + report (the two threads live for the whole benchmark and are woken for each
-//!   sample, so spawning and placing them is not timed); the time reported per iteration is
+//!   route + report (the two threads live for the whole benchmark and spin between samples,
+//!   so spawning, waking and placing them is not timed); the time reported per iteration is
 //!   wall time / (2 · iters), from the first thread's start to the last one's finish, i.e. the
 //!   inverse of the combined throughput. Two threads scale perfectly when this is half the
-//!   one-thread figure; "two threads ≥ 1.8× one thread" means `1t / 2t ≥ 1.8`.
+//!   one-thread figure; "two threads ≥ 1.8× one thread" means `1t / 2t ≥ 1.8`;
+//! - `route_report_2t_private/<strategy>/<n>`: the same with one router per thread (nothing
+//!   shared): the control, i.e. how far the machine lets this workload scale at that moment.
 //!
 //! The fleet: `n` endpoints spread over four chat models (different prices), alternating between
 //! the regions `us-east` and `eu-west`, weights 1, 2 and 3 in turn, capacity 1,000 (checked on
@@ -19,7 +21,7 @@
 //! a pre-built set of 256 (no allocation in the timed loop apart from what `route` itself does).
 //!
 //! ```text
-//! cargo bench -p router-benches --bench route                      # everything, ~4-5 min
+//! cargo bench -p router-benches --bench route                      # everything, ~5-6 min
 //! cargo bench -p router-benches --bench route -- route_report_1t   # one thread only
 //! cargo bench -p router-benches --bench route -- 'hybrid/1000'     # one strategy and size
 //! ```
@@ -139,80 +141,118 @@ fn route_only(c: &mut Criterion) {
     g.finish();
 }
 
-/// Two worker threads that live as long as one benchmark, so thread start-up and placement
-/// are not timed: each [`Pair::run`] wakes both, lets each do `iters` steps, and returns the
-/// wall time from the first start to the last finish.
-struct Pair<'a> {
-    iters: &'a AtomicU64,
-    start: &'a Barrier,
-    done: &'a Barrier,
-    spans: &'a Mutex<Vec<(Instant, Instant)>>,
+/// What the two worker threads of one benchmark share.
+struct Pair {
+    /// Bumped once per sample; workers start when it changes.
+    generation: AtomicU64,
+    iters: AtomicU64,
+    quit: AtomicBool,
+    done: Barrier,
+    spans: Mutex<Vec<(Instant, Instant)>>,
 }
 
-impl Pair<'_> {
+impl Pair {
+    fn new() -> Self {
+        Pair {
+            generation: AtomicU64::new(0),
+            iters: AtomicU64::new(0),
+            quit: AtomicBool::new(false),
+            done: Barrier::new(3),
+            spans: Mutex::new(Vec::with_capacity(2)),
+        }
+    }
+
+    /// One sample: both workers do `iters` steps; the wall time from the first start to the
+    /// last finish.
     fn run(&self, iters: u64) -> Duration {
         self.spans.lock().expect("spans").clear();
         self.iters.store(iters, Ordering::SeqCst);
-        self.start.wait();
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.done.wait();
         let spans = self.spans.lock().expect("spans");
         let first = spans.iter().map(|s| s.0).min().expect("two spans");
         let last = spans.iter().map(|s| s.1).max().expect("two spans");
         last - first
     }
+
+    /// Wait (spinning, so the thread keeps its core) for the next sample; `None` to quit.
+    fn next(&self, seen: &mut u64) -> Option<u64> {
+        let mut spins = 0u32;
+        loop {
+            if self.quit.load(Ordering::SeqCst) {
+                return None;
+            }
+            let g = self.generation.load(Ordering::SeqCst);
+            if g != *seen {
+                *seen = g;
+                return Some(self.iters.load(Ordering::SeqCst));
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 1024 == 0 {
+                // Let criterion's own thread run between samples.
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
 }
 
-fn two_threads(c: &mut Criterion) {
-    let mut g = c.benchmark_group("route_report_2t");
+/// Two threads, each doing route + report. The workers live for the whole benchmark and spin
+/// between samples instead of sleeping (woken from sleep, both tend to land on the waker's core
+/// for a while). With `shared`, both use one router (`route_report_2t`); without, each has its
+/// own identical router (`route_report_2t_private`): nothing is shared, so that group shows
+/// how far the machine itself lets this workload scale at that moment.
+fn two_threads_group(c: &mut Criterion, group: &str, shared: bool) {
+    let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(1));
     let lats = latencies();
     for n in SIZES {
-        let router = router(n);
+        let routers = if shared {
+            vec![router(n)]
+        } else {
+            vec![router(n), router(n)]
+        };
         for kind in StrategyKind::ALL {
             let reqs = requests(kind);
-            let (iters, start, done) = (AtomicU64::new(0), Barrier::new(3), Barrier::new(3));
-            let spans = Mutex::new(Vec::with_capacity(2));
-            let quit = AtomicBool::new(false);
+            let pair = Pair::new();
             std::thread::scope(|s| {
                 for t in 0..2usize {
-                    let (router, reqs, lats) = (&router, &reqs, &lats);
-                    let (iters, start, done, spans, quit) = (&iters, &start, &done, &spans, &quit);
+                    let router = &routers[t % routers.len()];
+                    let (reqs, lats, pair) = (&reqs, &lats, &pair);
                     s.spawn(move || {
                         // The two threads walk the keys from different offsets.
                         let mut k = t * (KEYS / 2);
-                        loop {
-                            start.wait();
-                            if quit.load(Ordering::SeqCst) {
-                                return;
-                            }
-                            let n = iters.load(Ordering::SeqCst);
+                        let mut seen = 0;
+                        while let Some(iters) = pair.next(&mut seen) {
                             let t0 = Instant::now();
-                            for _ in 0..n {
+                            for _ in 0..iters {
                                 step(router, reqs, lats, k);
                                 k = k.wrapping_add(1);
                             }
                             let t1 = Instant::now();
-                            spans.lock().expect("spans").push((t0, t1));
-                            done.wait();
+                            pair.spans.lock().expect("spans").push((t0, t1));
+                            pair.done.wait();
                         }
                     });
                 }
-                let pair = Pair {
-                    iters: &iters,
-                    start: &start,
-                    done: &done,
-                    spans: &spans,
-                };
                 g.bench_with_input(BenchmarkId::new(kind.as_str(), n), &n, |b, _| {
                     // 2 · iters operations in the wall time: report the pair's time per operation.
                     b.iter_custom(|iters| pair.run(iters) / 2);
                 });
-                quit.store(true, Ordering::SeqCst);
-                start.wait();
+                pair.quit.store(true, Ordering::SeqCst);
             });
         }
     }
     g.finish();
+}
+
+fn two_threads(c: &mut Criterion) {
+    two_threads_group(c, "route_report_2t", true);
+}
+
+fn two_threads_private(c: &mut Criterion) {
+    two_threads_group(c, "route_report_2t_private", false);
 }
 
 fn config() -> Criterion {
@@ -225,6 +265,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = one_thread, route_only, two_threads
+    targets = one_thread, route_only, two_threads, two_threads_private
 }
 criterion_main!(benches);
