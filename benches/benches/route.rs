@@ -199,8 +199,7 @@ impl Pair {
 }
 
 /// Two threads, each doing route + report. The workers live for the whole benchmark and spin
-/// between samples instead of sleeping (woken from sleep, both tend to land on the waker's core
-/// for a while). With `shared`, both use one router (`route_report_2t`); without, each has its
+/// between samples instead of sleeping, so waking them is not timed. With `shared`, both use one router (`route_report_2t`); without, each has its
 /// own identical router (`route_report_2t_private`): nothing is shared, so that group shows
 /// how far the machine itself lets this workload scale at that moment.
 fn two_threads_group(c: &mut Criterion, group: &str, shared: bool) {
