@@ -486,35 +486,12 @@ impl Router {
             c.tier = Tier::Healthy;
             return Err(no_healthy(&c, scope.label.clone()));
         };
-        let slot = scope.pool.members[p.member].clone();
+        let slot = &scope.pool.members[p.member];
         if let Some(t) = transition {
-            self.inner.breaker_event(&slot, t, now_ms);
+            self.inner.breaker_event(slot, t, now_ms);
         }
         slot.state.acquire();
-        let mut fallbacks: [Option<Arc<_>>; MAX_FALLBACKS] = Default::default();
-        for (k, i) in p.fallbacks.iter().enumerate() {
-            fallbacks[k] = Some(scope.pool.members[i].clone());
-        }
-        let d = Decision {
-            id: DecisionId(with_rng(|r| r.next_u64())),
-            slot,
-            fallbacks,
-            strategy: kind,
-            reason: Reason {
-                choice: scope.choice,
-                source,
-                tier,
-                detail: p.detail,
-                candidates: c.len() as u32,
-            },
-            generation: snap.generation,
-            routed_at_ms: now_ms,
-            released: Default::default(),
-            probe,
-            attempt: 1,
-            deadline_ms: now_ms.saturating_add(snap.config.failover.deadline_ms),
-            rule: scope.rule.map(|r| r.id.clone()),
-        };
+        let d = first_decision(&snap, &scope, &p, kind, source, tier, probe, c.len(), now_ms, false);
         if self.inner.events.wants_decisions() {
             self.inner.events.emit(&Event::Decision(d.record()));
         }
@@ -1240,6 +1217,47 @@ pub struct Retry {
     pub delay_ms: u64,
 }
 
+/// The first attempt's decision for a strategy's pick: shared by `route` and `explain` (which
+/// builds it `released`, holding no in-flight slot). Takes no slot itself: `route` acquires.
+#[allow(clippy::too_many_arguments)]
+fn first_decision(
+    snap: &Snapshot,
+    scope: &Scope<'_>,
+    p: &Pick,
+    kind: StrategyKind,
+    source: StrategySource,
+    tier: Tier,
+    probe: bool,
+    candidates: usize,
+    now_ms: u64,
+    released: bool,
+) -> Decision {
+    let mut fallbacks: [Option<Arc<Slot>>; MAX_FALLBACKS] = Default::default();
+    for (k, i) in p.fallbacks.iter().enumerate() {
+        fallbacks[k] = Some(scope.pool.members[i].clone());
+    }
+    Decision {
+        id: DecisionId(if released { 0 } else { with_rng(|r| r.next_u64()) }),
+        slot: scope.pool.members[p.member].clone(),
+        fallbacks,
+        strategy: kind,
+        reason: Reason {
+            choice: scope.choice,
+            source,
+            tier,
+            detail: p.detail,
+            candidates: candidates as u32,
+        },
+        generation: snap.generation,
+        routed_at_ms: now_ms,
+        released: released.into(),
+        probe,
+        attempt: 1,
+        deadline_ms: now_ms.saturating_add(snap.config.failover.deadline_ms),
+        rule: scope.rule.map(|r| r.id.clone()),
+    }
+}
+
 /// Whether the ejection cap lets `slot` open its breaker: at most `max_ejection_percent` of its
 /// model's endpoints open or half-open at once, and always at least one.
 fn ejection_allowed(snap: &Snapshot, slot: &Slot) -> bool {
@@ -1538,31 +1556,8 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
             fail(&mut out, no_healthy(&c, scope.label.clone()))
         }
         Some((p, tier, probe, _)) => {
-            let mut fallbacks: [Option<Arc<_>>; MAX_FALLBACKS] = Default::default();
-            for (k, i) in p.fallbacks.iter().enumerate() {
-                fallbacks[k] = Some(scope.pool.members[i].clone());
-            }
             // Born released: dropping it gives back no slot it never took.
-            let d = Decision {
-                id: DecisionId(0),
-                slot: scope.pool.members[p.member].clone(),
-                fallbacks,
-                strategy: kind,
-                reason: Reason {
-                    choice: scope.choice,
-                    source,
-                    tier,
-                    detail: p.detail,
-                    candidates: c.len() as u32,
-                },
-                generation: snap.generation,
-                routed_at_ms: now_ms,
-                released: true.into(),
-                probe,
-                attempt: 1,
-                deadline_ms: now_ms.saturating_add(snap.config.failover.deadline_ms),
-                rule: scope.rule.map(|r| r.id.clone()),
-            };
+            let d = first_decision(snap, &scope, &p, kind, source, tier, probe, c.len(), now_ms, true);
             out.decision = Some(d.record());
         }
     }
