@@ -144,6 +144,18 @@ pub enum Event {
         /// Until when, Unix ms.
         until_ms: u64,
     },
+    /// The state store lost its backend: decisions continue from local state, writes queue.
+    StoreDegraded {
+        /// Why (the backend's error).
+        reason: String,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
+    /// The state store reconnected; queued writes are being replayed.
+    StoreRecovered {
+        /// When, Unix ms.
+        at_ms: u64,
+    },
     /// The status computed from health scores changed.
     HealthChanged {
         /// The endpoint.
@@ -180,6 +192,8 @@ impl Event {
             Event::EndpointRestored { .. } => "endpoint_restored",
             Event::EndpointCoolingDown { .. } => "endpoint_cooling_down",
             Event::HealthChanged { .. } => "health_changed",
+            Event::StoreDegraded { .. } => "store_degraded",
+            Event::StoreRecovered { .. } => "store_recovered",
             Event::Decision(_) => "decision",
         }
     }

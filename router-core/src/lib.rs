@@ -47,6 +47,7 @@ mod endpoint;
 mod error;
 mod events;
 pub mod health;
+pub mod limits;
 mod model;
 mod outcome;
 mod policy;
@@ -78,7 +79,7 @@ pub use router::{
     Router, RouterBuilder,
 };
 pub use rules::{Rule, TargetModel, TrafficSplit};
-pub use state::{InMemoryStore, StateChange, StateSink, StateStore};
+pub use state::{InMemoryStore, StateChange, StateSink, StateStore, StoreStatus, TryAdd};
 pub use strategy::{Detail, StrategyKind, Tier, Verdict};
 
 /// The repository README's Rust example, compiled and run as a doctest.

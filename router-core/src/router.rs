@@ -19,7 +19,7 @@ use crate::registry::{EndpointFilter, ModelFilter, ModelStatusUpdate, Registry, 
 use crate::request::RouteRequest;
 use crate::rng::with_rng;
 use crate::rules::Rule;
-use crate::state::{InMemoryStore, StateChange, StateSink, StateStore};
+use crate::state::{InMemoryStore, StateChange, StateSink, StateStore, StoreStatus};
 use crate::strategy::{slot_verdict, Candidates, Pick, StrategyKind, Tier, Verdict, MAX_FALLBACKS};
 use crate::{health, PanicMode, RouterConfig};
 
@@ -63,7 +63,7 @@ impl RouterBuilder {
             instance: rand::random(),
         });
         let router = Router { inner };
-        router.inner.replace_policy(self.policy)?;
+        router.inner.replace_policy(self.policy, false)?;
         let sink: Arc<dyn StateSink> = router.inner.clone();
         let weak: Weak<dyn StateSink> = Arc::downgrade(&sink);
         router.inner.store.attach(router.inner.instance, weak);
@@ -709,27 +709,12 @@ impl Router {
     /// Replace the whole configuration with `policy`, validated first; on error the previous
     /// configuration keeps serving. Endpoints that stay keep their live state.
     pub fn load_policy(&self, policy: Policy) -> Result<()> {
-        self.inner.replace_policy(policy)
+        self.inner.replace_policy(policy, true)
     }
 
     /// The current configuration as a policy document.
     pub fn policy(&self) -> Policy {
-        let crate::registry::Contents {
-            models,
-            endpoints,
-            rules,
-            agents,
-            workspaces,
-            config,
-        } = self.inner.registry.contents();
-        Policy {
-            models: models.iter().map(|m| (**m).clone()).collect(),
-            endpoints: endpoints.iter().map(|e| (**e).clone()).collect(),
-            rules: rules.iter().map(|r| (**r).clone()).collect(),
-            agents: (*agents).clone(),
-            workspaces: (*workspaces).clone(),
-            settings: (*config).clone(),
-        }
+        self.inner.export_policy()
     }
 
     /// Set an agent type's preferences (the seed's "Set Agent Preferences" body).
@@ -988,6 +973,7 @@ impl Inner {
                     endpoint_id: slot.id.to_string(),
                     until_ms: until,
                 });
+                self.share_cooldown(slot, until);
             }
         }
         let breaker_failure = matches!(
@@ -1047,6 +1033,7 @@ impl Inner {
         let endpoint_id = slot.id.to_string();
         match t {
             Transition::Opened { reason, open_for_ms } => {
+                self.share_cooldown(slot, now.saturating_add(open_for_ms));
                 self.events.emit(&Event::BreakerOpened {
                     endpoint_id: endpoint_id.clone(),
                     reason,
@@ -1080,6 +1067,38 @@ impl Inner {
         }
     }
 
+    /// Tell the other instances that `slot` takes no traffic until `until_ms`. A store error is
+    /// never the endpoint's failure: it is the store's to report.
+    fn share_cooldown(&self, slot: &Slot, until_ms: u64) {
+        let _ = self.store.publish(
+            self.instance,
+            &StateChange::EndpointCooldown {
+                endpoint_id: slot.id.to_string(),
+                until_ms,
+            },
+        );
+    }
+
+    /// The current configuration as a policy document.
+    fn export_policy(&self) -> Policy {
+        let crate::registry::Contents {
+            models,
+            endpoints,
+            rules,
+            agents,
+            workspaces,
+            config,
+        } = self.registry.contents();
+        Policy {
+            models: models.iter().map(|m| (**m).clone()).collect(),
+            endpoints: endpoints.iter().map(|e| (**e).clone()).collect(),
+            rules: rules.iter().map(|r| (**r).clone()).collect(),
+            agents: (*agents).clone(),
+            workspaces: (*workspaces).clone(),
+            settings: (*config).clone(),
+        }
+    }
+
     fn commit<T>(&self, f: impl FnOnce(&mut crate::registry::Draft) -> Result<T>, publish: bool) -> Result<T> {
         let now = self.clock.now_ms();
         let (out, events, changes) = self.registry.mutate(now, f)?;
@@ -1094,8 +1113,9 @@ impl Inner {
         Ok(out)
     }
 
-    fn replace_policy(&self, policy: Policy) -> Result<()> {
+    fn replace_policy(&self, policy: Policy, publish: bool) -> Result<()> {
         policy.settings.validate().map_err(|e| e.at("settings"))?;
+        let shared = publish.then(|| StateChange::PolicyReplaced(Box::new(policy.clone())));
         self.commit(
             |d| {
                 d.rules.clear();
@@ -1128,10 +1148,15 @@ impl Inner {
                 }
                 // Models and endpoints that survive keep their live state; report only the net change.
                 d.events.clear();
+                d.changes.clear();
                 Ok(())
             },
             false,
-        )
+        )?;
+        if let Some(c) = shared {
+            self.store.publish(self.instance, &c)?;
+        }
+        Ok(())
     }
 
     fn head_status(&self, update: &HeadStatusUpdate, publish: bool) -> Result<bool> {
@@ -1204,7 +1229,45 @@ impl StateSink for Inner {
                 self.commit(|d| d.put_endpoint(e.clone(), Upsert::Any).map(|_| ()), false)
             }
             StateChange::EndpointRemoved { endpoint_id } => self.commit(|d| d.remove_endpoint(endpoint_id), false),
+            StateChange::RuleUpserted(r) => self.commit(|d| d.put_rule(r.clone(), Upsert::Any).map(|_| ()), false),
+            StateChange::RuleRemoved { rule_id } => self.commit(|d| d.remove_rule(rule_id), false),
+            StateChange::AgentPreferencesSet {
+                agent_type,
+                preferences,
+            } => self.commit(|d| d.set_agent(agent_type, preferences.clone()), false),
+            StateChange::WorkspaceConfigSet { workspace_id, config } => {
+                self.commit(|d| d.set_workspace(workspace_id, config.clone()), false)
+            }
+            StateChange::SettingsReplaced(c) => self.commit(|d| d.set_config((**c).clone()), false),
+            StateChange::PolicyReplaced(p) => self.replace_policy((**p).clone(), false),
+            StateChange::EndpointCooldown { endpoint_id, until_ms } => {
+                if let Some(slot) = self.registry.load().slot(endpoint_id) {
+                    if *until_ms > slot.state.breaker.cooldown_until_ms() {
+                        slot.state.breaker.cool_down(*until_ms);
+                        self.events.emit(&Event::EndpointCoolingDown {
+                            endpoint_id: endpoint_id.clone(),
+                            until_ms: *until_ms,
+                        });
+                    }
+                }
+                Ok(())
+            }
         };
+    }
+
+    fn policy(&self) -> Policy {
+        self.export_policy()
+    }
+
+    fn store_status(&self, status: &StoreStatus) {
+        let at_ms = self.clock.now_ms();
+        self.events.emit(&match status {
+            StoreStatus::Healthy => Event::StoreRecovered { at_ms },
+            StoreStatus::Degraded { reason } => Event::StoreDegraded {
+                reason: reason.clone(),
+                at_ms,
+            },
+        });
     }
 }
 

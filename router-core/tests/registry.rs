@@ -323,7 +323,33 @@ fn routers_sharing_a_store_act_as_one() {
     for _ in 0..20 {
         assert_eq!(b.route(&req(StrategyKind::RoundRobin)).unwrap().endpoint_id(), "e2");
     }
-    assert_eq!(store.add("spend:ws-1", 0.25).unwrap(), 0.25);
+    // Configuration beyond the registry travels too.
+    a.set_workspace_config("ws-1", WorkspaceConfig::default()).unwrap();
+    assert!(b.workspace_config("ws-1").is_some());
+    b.remove_workspace_config("ws-1").unwrap();
+    assert!(a.workspace_config("ws-1").is_none());
+    let mut p = weighted(&[1.0]);
+    p.settings.max_fallbacks = 1;
+    a.load_policy(p.clone()).unwrap();
+    assert_eq!(b.policy(), a.policy());
+    assert_eq!(b.policy().settings.max_fallbacks, 1);
+    // A 429 on one instance cools the endpoint down on every instance.
+    a.update_head_status(&HeadStatusUpdate::new("e0", HeadStatus::Healthy))
+        .unwrap();
+    let d = a.route(&req(StrategyKind::RoundRobin)).unwrap();
+    a.report(
+        &d,
+        Outcome::failure(
+            ErrorClass::RateLimited {
+                retry_after_ms: Some(5_000),
+            },
+            10.0,
+        ),
+    )
+    .unwrap();
+    let until = a.endpoint_status("e0").unwrap().cooldown_until_ms;
+    assert!(until > 0);
+    assert_eq!(b.endpoint_status("e0").unwrap().cooldown_until_ms, until);
 }
 
 #[test]

@@ -249,9 +249,10 @@ impl Draft {
         match (pos, mode) {
             (Some(_), Upsert::Insert) => return Err(Error::AlreadyExists { kind: "rule", id }),
             (None, Upsert::Update) => return Err(Error::not_found("rule", id)),
-            (Some(p), _) => self.rules[p] = (Arc::new(rule), Arc::new(compiled)),
-            (None, _) => self.rules.push((Arc::new(rule), Arc::new(compiled))),
+            (Some(p), _) => self.rules[p] = (Arc::new(rule.clone()), Arc::new(compiled)),
+            (None, _) => self.rules.push((Arc::new(rule.clone()), Arc::new(compiled))),
         }
+        self.changes.push(StateChange::RuleUpserted(rule));
         Ok(id)
     }
 
@@ -263,6 +264,7 @@ impl Draft {
             .position(|(r, _)| r.id == id)
             .ok_or_else(|| Error::not_found("rule", id))?;
         self.rules.remove(p);
+        self.changes.push(StateChange::RuleRemoved { rule_id: id.to_owned() });
         Ok(())
     }
 
@@ -288,6 +290,10 @@ impl Draft {
     pub(crate) fn set_agent(&mut self, agent_type: &str, prefs: Option<AgentPreferences>) -> Result<()> {
         crate::model::check_id(agent_type, "agent_type")?;
         let mut m = (*self.agents).clone();
+        self.changes.push(StateChange::AgentPreferencesSet {
+            agent_type: agent_type.to_owned(),
+            preferences: prefs.clone(),
+        });
         match prefs {
             Some(p) => {
                 p.validate()?;
@@ -306,6 +312,10 @@ impl Draft {
     pub(crate) fn set_workspace(&mut self, workspace_id: &str, cfg: Option<WorkspaceConfig>) -> Result<()> {
         crate::model::check_id(workspace_id, "workspace_id")?;
         let mut m = (*self.workspaces).clone();
+        self.changes.push(StateChange::WorkspaceConfigSet {
+            workspace_id: workspace_id.to_owned(),
+            config: cfg.clone(),
+        });
         match cfg {
             Some(c) => {
                 c.validate()?;
@@ -323,6 +333,8 @@ impl Draft {
     /// Replace the router settings.
     pub(crate) fn set_config(&mut self, config: RouterConfig) -> Result<()> {
         config.validate()?;
+        self.changes
+            .push(StateChange::SettingsReplaced(Box::new(config.clone())));
         self.config = Arc::new(config);
         Ok(())
     }

@@ -18,11 +18,19 @@ use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
 use std::sync::Weak;
 
+use crate::config::RouterConfig;
 use crate::endpoint::{Endpoint, HeadStatusUpdate};
 use crate::error::Result;
+use crate::limits::{Gcra, GcraVerdict};
 use crate::model::Model;
+use crate::policy::{AgentPreferences, Policy, WorkspaceConfig};
+use crate::rules::Rule;
 
 /// A change one instance made that every instance must apply.
+///
+/// Configuration changes carry what changed (a whole document only for a policy load); a store
+/// that keeps the configuration for instances that start later asks a router for the whole
+/// document with [`StateSink::policy`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum StateChange {
@@ -49,18 +57,99 @@ pub enum StateChange {
         /// The endpoint.
         endpoint_id: String,
     },
+    /// A rule was added or replaced.
+    RuleUpserted(Rule),
+    /// A rule was deleted.
+    RuleRemoved {
+        /// The rule.
+        rule_id: String,
+    },
+    /// An agent type's preferences were set (`None`: removed).
+    AgentPreferencesSet {
+        /// The agent type.
+        agent_type: String,
+        /// The new preferences.
+        preferences: Option<AgentPreferences>,
+    },
+    /// A workspace's configuration was set (`None`: removed).
+    WorkspaceConfigSet {
+        /// The workspace.
+        workspace_id: String,
+        /// The new configuration.
+        config: Option<WorkspaceConfig>,
+    },
+    /// The router settings were replaced.
+    SettingsReplaced(Box<RouterConfig>),
+    /// A whole policy document replaced the configuration.
+    PolicyReplaced(Box<Policy>),
+    /// An endpoint must take no traffic until `until_ms` (Unix ms): its breaker opened or it
+    /// answered 429 on some instance. Instances that receive it extend their own cooldown.
+    EndpointCooldown {
+        /// The endpoint.
+        endpoint_id: String,
+        /// Until when, Unix ms.
+        until_ms: u64,
+    },
+}
+
+impl StateChange {
+    /// Whether the change is to the configuration (the policy document), as opposed to live
+    /// state (head status, heartbeats, cooldowns).
+    pub fn is_config(&self) -> bool {
+        !matches!(
+            self,
+            StateChange::HeadStatus(_) | StateChange::Heartbeat { .. } | StateChange::EndpointCooldown { .. }
+        )
+    }
+}
+
+/// What a store tells its routers about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum StoreStatus {
+    /// Connected; shared state is current.
+    Healthy,
+    /// The shared backend is unreachable: decisions continue from local state, writes queue.
+    Degraded {
+        /// Why (the backend's error).
+        reason: String,
+    },
 }
 
 /// The receiving side of shared state: a router applies changes other instances made.
 pub trait StateSink: Send + Sync {
     /// Apply a change made by another instance. Must not publish it again.
     fn apply(&self, change: &StateChange);
+
+    /// The router's whole configuration, for a store that keeps it for instances that start
+    /// later.
+    fn policy(&self) -> Policy;
+
+    /// The store's status changed (the router emits `store_degraded` / `store_recovered`).
+    fn store_status(&self, status: &StoreStatus);
 }
 
-/// Where shared state lives. Kept small on purpose: publish, receive, count.
+/// The answer of [`StateStore::try_add`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TryAdd {
+    /// Whether the delta was added (the total stayed within the limit).
+    pub admitted: bool,
+    /// The counter's value after the call.
+    pub total: i64,
+}
+
+/// Where shared state lives: published changes, and shared counters and limits.
+///
+/// Counters are integers (micro-dollars, requests, tokens) so that concurrent additions are
+/// exact. Their keys are built by the router and carry their own hash tag (`{ws:<id>}:...`) so
+/// that the keys of one atomic unit land on one Redis Cluster slot; a store adds its prefix in
+/// front. Every key has an absolute expiry (Unix ms, 0 for none): a budget window's counter
+/// lives until its window ends.
 ///
 /// Implementations do their I/O off the caller's thread or with a bounded timeout; the router
-/// calls them from its write paths (registry changes, status reports), never from `route`.
+/// calls them from its write paths (registry changes, status reports, outcome reports) and, on
+/// the decision path, only [`StateStore::try_add`] and [`StateStore::gcra`] for counters set to
+/// strict consistency.
 pub trait StateStore: Send + Sync + Debug {
     /// A short name for errors and logs (`memory`, `redis`).
     fn name(&self) -> &'static str;
@@ -69,14 +158,37 @@ pub trait StateStore: Send + Sync + Debug {
     fn publish(&self, origin: u64, change: &StateChange) -> Result<()>;
 
     /// Deliver changes made by other instances to `sink` (held weakly: a dropped router stops
-    /// receiving).
+    /// receiving). A store that holds a configuration newer than the router's delivers it at
+    /// once (as [`StateChange::PolicyReplaced`]).
     fn attach(&self, origin: u64, sink: Weak<dyn StateSink>);
 
-    /// Add `delta` to the shared counter `key` and return its new value.
-    fn add(&self, key: &str, delta: f64) -> Result<f64>;
+    /// Add `delta` to counter `key`, without waiting on a remote backend (batched: a remote
+    /// store flushes it later), and return this instance's view of the total: the last known
+    /// shared value plus what this instance has not flushed yet.
+    fn add(&self, key: &str, delta: i64, expires_at_ms: u64) -> Result<i64>;
 
-    /// The shared counter `key` (0 when never written).
-    fn get(&self, key: &str) -> Result<f64>;
+    /// This instance's view of counter `key` (0 when never written or expired).
+    fn get(&self, key: &str) -> Result<i64>;
+
+    /// Strict: atomically add `delta` to counter `key` only if the total stays at or below
+    /// `limit`. Exact across instances (one round trip to a remote backend).
+    fn try_add(&self, key: &str, delta: i64, limit: i64, expires_at_ms: u64) -> Result<TryAdd>;
+
+    /// Strict: check `n` units against the GCRA limit `key`, counting them when admitted;
+    /// with `charge_only`, count them without checking. `now_us` is the caller's clock (Unix
+    /// µs); a shared store uses one clock for every instance instead (Redis `TIME`).
+    fn gcra(&self, key: &str, limit: Gcra, n: u64, charge_only: bool, now_us: u64) -> Result<GcraVerdict>;
+
+    /// The store's status (healthy unless a remote backend is unreachable).
+    fn status(&self) -> StoreStatus {
+        StoreStatus::Healthy
+    }
+
+    /// Forget counters that expired by `now_ms` and limiter state that idled out (the router
+    /// calls it from `sweep`).
+    fn sweep(&self, now_ms: u64) {
+        let _ = now_ms;
+    }
 }
 
 #[allow(dead_code)]
@@ -87,13 +199,22 @@ fn _obj_safe(_: Box<dyn StateStore>, _: Box<dyn StateSink>) {}
 #[derive(Default)]
 pub struct InMemoryStore {
     sinks: Mutex<Vec<(u64, Weak<dyn StateSink>)>>,
-    counters: Mutex<FxHashMap<String, f64>>,
+    counters: Mutex<FxHashMap<String, Counter>>,
+    limiters: Mutex<FxHashMap<String, (u64, Gcra)>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Counter {
+    value: i64,
+    expires_at_ms: u64,
 }
 
 impl Debug for InMemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InMemoryStore")
             .field("sinks", &self.sinks.lock().len())
+            .field("counters", &self.counters.lock().len())
+            .field("limiters", &self.limiters.lock().len())
             .finish()
     }
 }
@@ -102,6 +223,21 @@ impl InMemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn counter<'a>(map: &'a mut FxHashMap<String, Counter>, key: &str, expires_at_ms: u64) -> &'a mut Counter {
+        if !map.contains_key(key) {
+            map.insert(
+                key.to_owned(),
+                Counter {
+                    value: 0,
+                    expires_at_ms,
+                },
+            );
+        }
+        let c = map.get_mut(key).expect("inserted");
+        c.expires_at_ms = c.expires_at_ms.max(expires_at_ms);
+        c
     }
 }
 
@@ -131,15 +267,53 @@ impl StateStore for InMemoryStore {
         self.sinks.lock().push((origin, sink));
     }
 
-    fn add(&self, key: &str, delta: f64) -> Result<f64> {
-        let mut c = self.counters.lock();
-        let v = c.entry(key.to_owned()).or_insert(0.0);
-        *v += delta;
-        Ok(*v)
+    fn add(&self, key: &str, delta: i64, expires_at_ms: u64) -> Result<i64> {
+        let mut map = self.counters.lock();
+        let c = Self::counter(&mut map, key, expires_at_ms);
+        c.value += delta;
+        Ok(c.value)
     }
 
-    fn get(&self, key: &str) -> Result<f64> {
-        Ok(self.counters.lock().get(key).copied().unwrap_or(0.0))
+    fn get(&self, key: &str) -> Result<i64> {
+        Ok(self.counters.lock().get(key).map_or(0, |c| c.value))
+    }
+
+    fn try_add(&self, key: &str, delta: i64, limit: i64, expires_at_ms: u64) -> Result<TryAdd> {
+        let mut map = self.counters.lock();
+        let c = Self::counter(&mut map, key, expires_at_ms);
+        let admitted = c.value + delta <= limit;
+        if admitted {
+            c.value += delta;
+        }
+        Ok(TryAdd {
+            admitted,
+            total: c.value,
+        })
+    }
+
+    fn gcra(&self, key: &str, limit: Gcra, n: u64, charge_only: bool, now_us: u64) -> Result<GcraVerdict> {
+        let mut map = self.limiters.lock();
+        let entry = match map.get_mut(key) {
+            Some(e) => e,
+            None => map.entry(key.to_owned()).or_insert((0, limit)),
+        };
+        entry.1 = limit;
+        if charge_only {
+            limit.charge(&mut entry.0, now_us, n);
+            let mut probe = entry.0;
+            let mut v = limit.check(&mut probe, now_us, 0);
+            v.allowed = true;
+            return Ok(v);
+        }
+        Ok(limit.check(&mut entry.0, now_us, n))
+    }
+
+    fn sweep(&self, now_ms: u64) {
+        self.counters
+            .lock()
+            .retain(|_, c| c.expires_at_ms == 0 || c.expires_at_ms > now_ms);
+        let now_us = now_ms.saturating_mul(1000);
+        self.limiters.lock().retain(|_, (tat, _)| *tat > now_us);
     }
 }
 
@@ -148,10 +322,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counters_add_up() {
+    fn counters_add_up_and_expire() {
         let s = InMemoryStore::new();
-        assert_eq!(s.get("k").unwrap(), 0.0);
-        s.add("k", 1.5).unwrap();
-        assert_eq!(s.add("k", 2.0).unwrap(), 3.5);
+        assert_eq!(s.get("k").unwrap(), 0);
+        s.add("k", 15, 1_000).unwrap();
+        assert_eq!(s.add("k", 20, 1_000).unwrap(), 35);
+        s.sweep(999);
+        assert_eq!(s.get("k").unwrap(), 35);
+        s.sweep(1_000);
+        assert_eq!(s.get("k").unwrap(), 0);
+    }
+
+    #[test]
+    fn try_add_stops_at_the_limit() {
+        let s = InMemoryStore::new();
+        assert!(s.try_add("b", 60, 100, 0).unwrap().admitted);
+        let t = s.try_add("b", 41, 100, 0).unwrap();
+        assert!(!t.admitted);
+        assert_eq!(t.total, 60);
+        assert_eq!(
+            s.try_add("b", 40, 100, 0).unwrap(),
+            TryAdd {
+                admitted: true,
+                total: 100
+            }
+        );
+    }
+
+    #[test]
+    fn gcra_per_key() {
+        let s = InMemoryStore::new();
+        let g = Gcra::per_period(2, 1_000, 2).unwrap();
+        assert!(s.gcra("a", g, 1, false, 0).unwrap().allowed);
+        assert!(s.gcra("a", g, 1, false, 0).unwrap().allowed);
+        let v = s.gcra("a", g, 1, false, 0).unwrap();
+        assert!(!v.allowed);
+        assert_eq!(v.retry_after_us, 500_000);
+        assert!(s.gcra("b", g, 1, false, 0).unwrap().allowed);
+        s.gcra("b", g, 1, true, 0).unwrap();
+        assert!(!s.gcra("b", g, 1, false, 0).unwrap().allowed);
+        s.sweep(1_000);
+        assert!(s.gcra("a", g, 2, false, 1_000_000).unwrap().allowed);
     }
 }
