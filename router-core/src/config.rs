@@ -3,9 +3,13 @@
 use serde::{Deserialize, Serialize};
 
 use crate::breaker::BreakerConfig;
+use crate::budget::ScopedBudget;
 use crate::error::{Error, Result};
+use crate::experiment::Experiment;
 use crate::health::HealthConfig;
+use crate::limits::RateLimit;
 use crate::strategy::{HybridWeights, StrategyKind, MAX_FALLBACKS};
+use crate::usage::UsageConfig;
 
 /// Settings that apply to every decision unless a request or model overrides them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +60,17 @@ pub struct RouterConfig {
     pub panic_mode: PanicMode,
     /// Retries through the fallback chain ([`Router::next_fallback`](crate::Router::next_fallback)).
     pub failover: FailoverConfig,
+    /// Usage and cost accounting.
+    pub usage: UsageConfig,
+    /// Budgets on models and providers (workspace budgets are in the workspace configuration).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<ScopedBudget>,
+    /// Rate limits per workspace, API key, user or model.
+    #[serde(alias = "rateLimits", skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimit>,
+    /// A/B and canary experiments.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub experiments: Vec<Experiment>,
 }
 
 /// What to do when no endpoint is eligible because of breakers, cooldowns or health.
@@ -115,6 +130,10 @@ impl Default for RouterConfig {
             health: HealthConfig::default(),
             panic_mode: PanicMode::default(),
             failover: FailoverConfig::default(),
+            usage: UsageConfig::default(),
+            budgets: Vec::new(),
+            rate_limits: Vec::new(),
+            experiments: Vec::new(),
         }
     }
 }
@@ -160,6 +179,22 @@ impl RouterConfig {
         }
         if self.failover.max_attempts == 0 {
             return Err(Error::config("failover.max_attempts", "must be > 0"));
+        }
+        self.usage.validate()?;
+        for (i, b) in self.budgets.iter().enumerate() {
+            b.validate().map_err(|e| e.at(&format!("budgets[{i}]")))?;
+        }
+        for (i, r) in self.rate_limits.iter().enumerate() {
+            r.validate().map_err(|e| e.at(&format!("rate_limits[{i}]")))?;
+        }
+        for (i, x) in self.experiments.iter().enumerate() {
+            x.validate().map_err(|e| e.at(&format!("experiments[{i}]")))?;
+            if self.experiments[..i].iter().any(|o| o.id == x.id) {
+                return Err(Error::config(
+                    format!("experiments[{i}].id"),
+                    format!("duplicate experiment `{}`", x.id),
+                ));
+            }
         }
         self.breaker.validate().map_err(|e| e.at("breaker"))?;
         self.health.validate().map_err(|e| e.at("health"))?;

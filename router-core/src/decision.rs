@@ -77,6 +77,8 @@ pub struct Decision {
     pub(crate) deadline_ms: u64,
     /// The rule that chose the candidates, if one did.
     pub(crate) rule: Option<Arc<str>>,
+    /// Usage, budget, limit and experiment bookkeeping, when the request needs any.
+    pub(crate) ticket: Option<Box<crate::accounting::Ticket>>,
 }
 
 impl Decision {
@@ -163,6 +165,9 @@ impl Decision {
         }
         if self.probe {
             self.slot.state.breaker.release_probe();
+        }
+        if let Some(t) = &self.ticket {
+            t.release();
         }
         true
     }
@@ -256,6 +261,14 @@ impl fmt::Display for ReasonText<'_> {
         }
         if d.probe {
             f.write_str("; half-open probe")?;
+        }
+        if let Some(t) = &d.ticket {
+            if let Some((x, v)) = &t.experiment {
+                write!(f, "; experiment `{x}` variant {v}")?;
+            }
+            if t.downgraded {
+                f.write_str("; budget downgrade: cheapest fitting models only")?;
+            }
         }
         if d.attempt > 1 {
             write!(f, "; attempt {}", d.attempt)?;

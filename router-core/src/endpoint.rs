@@ -41,6 +41,14 @@ pub struct Endpoint {
     /// Where the host's active probes go.
     #[serde(default, alias = "healthCheckUrl", skip_serializing_if = "Option::is_none")]
     pub health_check_url: Option<String>,
+    /// Requests per minute this deployment accepts (its provider's quota): while saturated it
+    /// takes no traffic. Counted per router instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    /// Tokens per minute this deployment accepts, counted like `rpm` from the requests' token
+    /// estimates and corrected by the reported counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u32>,
     /// Pricing of this deployment when it differs from its model's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<Pricing>,
@@ -65,6 +73,8 @@ impl Endpoint {
             region: None,
             capacity: None,
             health_check_url: None,
+            rpm: None,
+            tpm: None,
             pricing: None,
             metadata: serde_json::Map::new(),
         }

@@ -84,6 +84,30 @@ pub enum Error {
         /// Why none is left (max attempts, deadline, no eligible fallback).
         reason: String,
     },
+    /// A budget in `reject` mode has no room for the request.
+    #[error("{scope} `{id}` {window} budget of {limit} is spent ({spent}); it resets at {resets_at_ms} (Unix ms)")]
+    BudgetExceeded {
+        /// `workspace`, `model` or `provider`.
+        scope: crate::budget::BudgetScope,
+        /// The workspace, model or provider.
+        id: String,
+        /// The window whose limit was reached.
+        window: crate::usage::BudgetWindow,
+        /// The limit.
+        limit: f64,
+        /// Spent so far (with reservations in flight).
+        spent: f64,
+        /// When the window resets, Unix ms.
+        resets_at_ms: u64,
+    },
+    /// A rate limit has no room for the request now.
+    #[error("rate limit `{key}` reached: retry after {retry_after_ms} ms")]
+    RateLimited {
+        /// The limit (`user:bob:rpm`, ...).
+        key: String,
+        /// When the same request would be admitted, ms from now.
+        retry_after_ms: u64,
+    },
     /// A shared-state store failed (e.g. Redis unreachable while a strict counter was checked).
     #[error("state store `{store}` failed: {reason}")]
     Store {
@@ -107,6 +131,8 @@ impl Error {
             Error::NoHealthyEndpoint { .. } => "no_healthy_endpoint",
             Error::AlreadyReported { .. } => "already_reported",
             Error::FallbacksExhausted { .. } => "fallbacks_exhausted",
+            Error::BudgetExceeded { .. } => "budget_exceeded",
+            Error::RateLimited { .. } => "rate_limited",
             Error::Store { .. } => "store",
         }
     }

@@ -169,6 +169,61 @@ pub enum Event {
         /// When, Unix ms.
         at_ms: u64,
     },
+    /// Spend of a budget window crossed one of its alert shares.
+    BudgetThresholdCrossed {
+        /// `workspace`, `model` or `provider`.
+        scope: crate::budget::BudgetScope,
+        /// The workspace, model or provider.
+        id: String,
+        /// The window.
+        window: crate::usage::BudgetWindow,
+        /// The share crossed (e.g. 0.8).
+        threshold: f64,
+        /// Spent so far.
+        spent: f64,
+        /// The limit.
+        limit: f64,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
+    /// Spend of a budget window reached its limit (in every mode: in `shadow` this is the
+    /// only effect).
+    BudgetExceeded {
+        /// `workspace`, `model` or `provider`.
+        scope: crate::budget::BudgetScope,
+        /// The workspace, model or provider.
+        id: String,
+        /// The window.
+        window: crate::usage::BudgetWindow,
+        /// Spent so far.
+        spent: f64,
+        /// The limit.
+        limit: f64,
+        /// The budget's mode.
+        mode: crate::budget::BudgetMode,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
+    /// A rate limit turned a request away.
+    RateLimited {
+        /// The limit (`user:bob:rpm`, ...).
+        key: String,
+        /// When the request would be admitted, ms from now.
+        retry_after_ms: u64,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
+    /// An experiment named its winner.
+    ExperimentConcluded {
+        /// The experiment.
+        experiment_id: String,
+        /// The winning variant.
+        winner: String,
+        /// Why it won (test and p-value).
+        verdict: String,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
     /// A decision was made.
     Decision(DecisionRecord),
 }
@@ -194,6 +249,10 @@ impl Event {
             Event::HealthChanged { .. } => "health_changed",
             Event::StoreDegraded { .. } => "store_degraded",
             Event::StoreRecovered { .. } => "store_recovered",
+            Event::BudgetThresholdCrossed { .. } => "budget_threshold_crossed",
+            Event::BudgetExceeded { .. } => "budget_exceeded",
+            Event::RateLimited { .. } => "rate_limited",
+            Event::ExperimentConcluded { .. } => "experiment_concluded",
             Event::Decision(_) => "decision",
         }
     }

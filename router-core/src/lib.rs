@@ -39,13 +39,16 @@
 #![warn(missing_docs, unreachable_pub)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
+mod accounting;
 pub mod breaker;
+pub mod budget;
 mod clock;
 mod config;
 mod decision;
 mod endpoint;
 mod error;
 mod events;
+pub mod experiment;
 pub mod health;
 pub mod limits;
 mod model;
@@ -58,29 +61,32 @@ mod router;
 pub mod rules;
 pub mod state;
 pub mod strategy;
+pub mod usage;
 
+pub use budget::{BudgetLimits, BudgetMode, BudgetScope, BudgetStatus, Consistency, OnStoreError, ScopedBudget};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FailoverConfig, PanicMode, RouterConfig};
 pub use decision::{Decision, DecisionId, DecisionRecord, FallbackTarget, ModelChoice, StrategySource};
 pub use endpoint::{Endpoint, EndpointKind, HeadStatus, HeadStatusUpdate};
 pub use error::{Error, Result};
 pub use events::{Event, EventBus, EventStream, SubscriptionId};
+pub use experiment::{AssignmentKey, Comparison, Experiment, ExperimentResults, Variant, VariantResults};
 pub use health::{HealthConfig, HealthReport, ProbeTarget};
+pub use limits::{LimitScope, RateLimit};
 pub use model::{Capability, Model, ModelStatus, ModelType, Pricing};
 pub use outcome::{ErrorClass, Outcome};
-pub use policy::{
-    AgentPreferences, BudgetLimits, PerformanceRequirements, Policy, QualityRequirements, WorkspaceConfig,
-};
+pub use policy::{AgentPreferences, PerformanceRequirements, Policy, QualityRequirements, WorkspaceConfig};
 pub use registry::{EndpointFilter, ModelFilter, ModelStatusUpdate, Slot};
 pub use request::{RouteRequest, MAX_REQUEST_FIELD_LEN};
 pub use rng::seed_thread;
 pub use router::{
-    EndpointStatus, ExplainedEndpoint, ExplainedError, ExplainedModel, ExplainedRule, Explanation, ModelVerdict, Retry,
-    Router, RouterBuilder,
+    EndpointStatus, ExplainedEndpoint, ExplainedError, ExplainedModel, ExplainedRule, Explanation, ModelHealth,
+    ModelVerdict, Retry, Router, RouterBuilder,
 };
 pub use rules::{Rule, TargetModel, TrafficSplit};
 pub use state::{InMemoryStore, StateChange, StateSink, StateStore, StoreStatus, TryAdd};
 pub use strategy::{Detail, StrategyKind, Tier, Verdict};
+pub use usage::{parse_time_range, Analytics, BudgetWindow, Dimension, RequestRecord, UsageConfig, UsageTotals};
 
 /// The repository README's Rust example, compiled and run as a doctest.
 #[doc = include_str!("../../README.md")]

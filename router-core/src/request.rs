@@ -59,6 +59,9 @@ pub struct RouteRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub affinity_key: Option<String>,
+    /// The caller's API key (or its id), for per-key rate limits.
+    #[serde(alias = "apiKey", skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
     /// Length of the prompt in characters.
     #[serde(alias = "contentLength", skip_serializing_if = "Option::is_none")]
     pub content_length: Option<u64>,
@@ -120,7 +123,8 @@ impl RouteRequest {
 
     /// Reject requests that no honest caller sends (oversized ids).
     pub(crate) fn validate(&self) -> Result<()> {
-        let fields: [(&'static str, Option<&str>); 8] = [
+        let fields: [(&'static str, Option<&str>); 9] = [
+            ("api_key", self.api_key.as_deref()),
             ("request_id", self.request_id.as_deref()),
             ("model", self.model.as_deref()),
             ("agent_type", self.agent_type.as_deref()),

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use std::sync::{Arc, Weak};
 
+use crate::accounting::{self, Accounting, Ticket};
 use crate::breaker::{Admission, Transition, TripReason};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::{Decision, DecisionId, ModelChoice, Reason, StrategySource};
@@ -21,6 +22,7 @@ use crate::rng::with_rng;
 use crate::rules::Rule;
 use crate::state::{InMemoryStore, StateChange, StateSink, StateStore, StoreStatus};
 use crate::strategy::{slot_verdict, Candidates, Pick, StrategyKind, Tier, Verdict, MAX_FALLBACKS};
+use crate::usage::{from_micros, parse_time_range, to_micros, Analytics, Dimension, RequestRecord, Sample, Usage};
 use crate::{health, PanicMode, RouterConfig};
 
 /// Builds a [`Router`] with a clock, a state store and a policy of your choice.
@@ -61,6 +63,9 @@ impl RouterBuilder {
             events: Arc::new(EventBus::default()),
             store: self.store.unwrap_or_else(|| Arc::new(InMemoryStore::new())),
             instance: rand::random(),
+            local: InMemoryStore::new(),
+            usage: Usage::default(),
+            experiments: Default::default(),
         });
         let router = Router { inner };
         router.inner.replace_policy(self.policy, false)?;
@@ -77,6 +82,10 @@ struct Inner {
     events: Arc<EventBus>,
     store: Arc<dyn StateStore>,
     instance: u64,
+    /// Rate limiters kept in this instance (`batched` limits).
+    local: InMemoryStore,
+    usage: Usage,
+    experiments: crate::experiment::Results,
 }
 
 impl std::fmt::Debug for Inner {
@@ -468,9 +477,61 @@ impl Router {
     pub fn route(&self, req: &RouteRequest) -> Result<Decision> {
         req.validate()?;
         let snap = self.inner.registry.load();
-        let scope = resolve(&snap, req)?;
-        let (kind, source) = strategy_for(req, &scope, &snap.config);
+        let accounted = accounting::needed(&snap, req);
         let now_ms = self.inner.clock.now_ms();
+        // An experiment that takes the request names its variant's model; when that model
+        // cannot serve it, the request is routed as if there were no experiment.
+        let mut arm = None;
+        let with_model;
+        let (req, mut scope) = match accounted
+            .then(|| self.inner.experiments.assign(&snap.config, req))
+            .flatten()
+        {
+            Some((x, v, model)) => {
+                with_model = RouteRequest {
+                    model: Some(model),
+                    ..req.clone()
+                };
+                match resolve(&snap, &with_model) {
+                    Ok(scope) => {
+                        arm = Some((x, v));
+                        (&with_model, scope)
+                    }
+                    Err(_) => (req, resolve(&snap, req)?),
+                }
+            }
+            None => (req, resolve(&snap, req)?),
+        };
+        let acc = Accounting {
+            snap: &snap,
+            req,
+            store: &self.inner.store,
+            local: &self.inner.local,
+            events: &self.inner.events,
+            now_ms,
+        };
+        let est_in = req.token_estimate().unwrap_or(0);
+        let est_out = snap.config.usage.default_output_tokens;
+        let mut charges = Vec::new();
+        let mut downgraded = false;
+        if accounted {
+            acc.request_limits(est_in.saturating_add(est_out), &mut charges, false)?;
+            let pre = acc.precheck(scope.pool)?;
+            if !pre.exhausted.is_empty() {
+                let mask = accounting::without(&snap, scope.pool, scope.mask.as_ref(), &pre.exhausted);
+                if mask.is_empty() {
+                    return Err(Error::NoCandidateModel {
+                        reason: pre.notes.join("; "),
+                    });
+                }
+                scope.mask = Some(mask);
+            }
+            if pre.downgrade {
+                scope.mask = Some(accounting::cheapest(&snap, scope.pool, scope.mask.as_ref()));
+                downgraded = true;
+            }
+        }
+        let (kind, source) = strategy_for(req, &scope, &snap.config);
         let mut c = Candidates {
             pool: scope.pool,
             config: &snap.config,
@@ -490,8 +551,41 @@ impl Router {
         if let Some(t) = transition {
             self.inner.breaker_event(slot, t, now_ms);
         }
+        let ticket = if accounted {
+            let release_probe = || {
+                if probe {
+                    slot.state.breaker.release_probe();
+                }
+            };
+            let model = &snap.models[slot.model_idx as usize].model;
+            let reservations = acc
+                .model_limits(&model.id, est_in.saturating_add(est_out), &mut charges, false)
+                .and_then(|()| acc.reserve(model, slot, est_in, est_out))
+                .inspect_err(|_| release_probe())?;
+            Some(Box::new(Ticket {
+                request_id: req.request_id.clone(),
+                workspace_id: req.workspace_id.clone(),
+                agent_type: req.agent_type.clone(),
+                user_id: req.user_id.clone(),
+                est_in,
+                est_out,
+                reservations,
+                token_charges: charges,
+                experiment: arm,
+                downgraded,
+                store: Arc::clone(&self.inner.store),
+            }))
+        } else {
+            None
+        };
         slot.state.acquire();
-        let d = first_decision(&snap, &scope, &p, kind, source, tier, probe, c.len(), now_ms, false);
+        if slot.config.rpm.is_some() || slot.config.tpm.is_some() {
+            let tokens = i64::try_from(est_in.saturating_add(est_out)).unwrap_or(i64::MAX);
+            slot.state
+                .charge_caps(slot.config.rpm, slot.config.tpm, 1, tokens, now_ms.saturating_mul(1000));
+        }
+        let mut d = first_decision(&snap, &scope, &p, kind, source, tier, probe, c.len(), now_ms, false);
+        d.ticket = ticket;
         if self.inner.events.wants_decisions() {
             self.inner.events.emit(&Event::Decision(d.record()));
         }
@@ -510,6 +604,7 @@ impl Router {
             });
         }
         self.inner.record_outcome(decision.slot(), &outcome, decision.probe);
+        self.inner.settle(decision, &outcome);
         Ok(())
     }
 
@@ -591,6 +686,7 @@ impl Router {
                 attempt: failed.attempt + 1,
                 deadline_ms: failed.deadline_ms,
                 rule: failed.rule.clone(),
+                ticket: failed.ticket.as_ref().map(|t| Box::new(t.for_retry())),
             };
             return Ok(Retry { decision, delay_ms });
         }
@@ -615,7 +711,128 @@ impl Router {
     /// and what would be chosen. Changes nothing (no in-flight slot, no cursor moved).
     pub fn explain(&self, req: &RouteRequest) -> Explanation {
         let snap = self.inner.registry.load_full();
-        explain(&snap, req, self.inner.clock.now_ms())
+        let now_ms = self.inner.clock.now_ms();
+        let mut out = explain(&snap, req, now_ms);
+        if accounting::needed(&snap, req) {
+            if let Some((x, v, model)) = self.inner.experiments.assign(&snap.config, req) {
+                out.accounting
+                    .push(format!("experiment `{x}` assigns variant {v} (model `{model}`)"));
+            }
+            if let Ok(scope) = resolve(&snap, req) {
+                let acc = Accounting {
+                    snap: &snap,
+                    req,
+                    store: &self.inner.store,
+                    local: &self.inner.local,
+                    events: &self.inner.events,
+                    now_ms,
+                };
+                match acc.precheck(scope.pool) {
+                    Ok(pre) => out.accounting.extend(pre.notes),
+                    Err(e) => out.accounting.push(e.to_string()),
+                }
+            }
+        }
+        out
+    }
+
+    // ---- usage, budgets, experiments ----------------------------------------------------
+
+    /// The most recent `limit` reported requests, newest first (the seed's
+    /// `/api/metrics/requests`).
+    pub fn recent_requests(&self, limit: usize) -> Vec<RequestRecord> {
+        self.inner.usage.recent(limit)
+    }
+
+    /// Usage of one model, endpoint, workspace, agent type or user over the `time_range`
+    /// before now (`30m`, `24h`, `7d`, ...): requests, success rate, latency percentiles,
+    /// tokens, cost, and a series per minute, hour or day.
+    pub fn analytics(&self, dimension: Dimension, key: &str, time_range: &str) -> Result<Analytics> {
+        let range = parse_time_range(time_range)?;
+        let cfg = &self.inner.registry.load().config;
+        Ok(self
+            .inner
+            .usage
+            .analytics(dimension, key, range, self.inner.clock.now_ms(), &cfg.usage))
+    }
+
+    /// Every key with usage recorded in `dimension` (model ids, workspace ids, ...).
+    pub fn usage_keys(&self, dimension: Dimension) -> Vec<String> {
+        self.inner.usage.keys(dimension)
+    }
+
+    /// Health at a glance: endpoints per status, per model.
+    pub fn health_overview(&self) -> Vec<ModelHealth> {
+        let mut out: Vec<ModelHealth> = Vec::new();
+        for s in self.endpoint_statuses() {
+            let i = match out.iter().position(|m| m.model_id == s.model_id) {
+                Some(i) => i,
+                None => {
+                    out.push(ModelHealth {
+                        model_id: s.model_id.clone(),
+                        ..Default::default()
+                    });
+                    out.len() - 1
+                }
+            };
+            let m = &mut out[i];
+            m.endpoints += 1;
+            let routable = matches!(s.breaker, crate::breaker::BreakerState::Closed)
+                && s.cooldown_until_ms <= self.inner.clock.now_ms();
+            match (s.status, s.health_status, routable) {
+                (HeadStatus::Healthy, HeadStatus::Healthy, true) => m.healthy += 1,
+                (HeadStatus::Healthy | HeadStatus::Degraded, HeadStatus::Healthy | HeadStatus::Degraded, true) => {
+                    m.degraded += 1
+                }
+                _ => m.unavailable += 1,
+            }
+        }
+        out.sort_by(|a, b| a.model_id.cmp(&b.model_id));
+        out
+    }
+
+    /// Spend of every budget window of a workspace, model or provider, as this instance sees
+    /// it (with the reservations of requests in flight).
+    pub fn budget_status(&self, scope: crate::budget::BudgetScope, id: &str) -> Vec<crate::budget::BudgetStatus> {
+        let snap = self.inner.registry.load();
+        let now = self.inner.clock.now_ms();
+        let limits = match scope {
+            crate::budget::BudgetScope::Workspace => snap.workspaces.get(id).and_then(|w| w.budget_limits.clone()),
+            _ => snap
+                .config
+                .budgets
+                .iter()
+                .find(|b| b.scope == scope && b.id == id)
+                .map(|b| b.limits.clone()),
+        };
+        let Some(limits) = limits else { return Vec::new() };
+        crate::usage::BudgetWindow::ALL
+            .into_iter()
+            .filter_map(|w| {
+                let limit = limits.limit(w)?;
+                let spent = self
+                    .inner
+                    .store
+                    .get(&crate::budget::counter_key(scope, id, w, now))
+                    .unwrap_or(0);
+                Some(crate::budget::BudgetStatus {
+                    scope,
+                    id: id.to_owned(),
+                    window: w,
+                    limit,
+                    spent: from_micros(spent),
+                    resets_at_ms: w.bounds(now).1,
+                    mode: limits.mode,
+                })
+            })
+            .collect()
+    }
+
+    /// An experiment's results: per-variant counts, success rate, latency, cost, the tests
+    /// against the control, and the winner once significant.
+    pub fn experiment_results(&self, experiment_id: &str) -> Result<crate::experiment::ExperimentResults> {
+        let snap = self.inner.registry.load();
+        self.inner.experiments.results(&snap.config, experiment_id)
     }
 
     // ---- registry ---------------------------------------------------------------------
@@ -936,11 +1153,13 @@ impl Router {
     /// example every TTL / 2) so the events go out. Returns the newly expired ids.
     pub fn sweep(&self) -> Vec<String> {
         let snap = self.inner.registry.load();
+        let now = self.inner.clock.now_ms();
+        self.inner.store.sweep(now);
+        self.inner.local.sweep(now);
         let ttl = snap.config.heartbeat_ttl_ms;
         if ttl == 0 {
             return Vec::new();
         }
-        let now = self.inner.clock.now_ms();
         let mut out = Vec::new();
         for s in &snap.slots {
             if s.state.is_expired(now, ttl) && s.state.mark_expired() {
@@ -1067,6 +1286,85 @@ impl Inner {
         }
     }
 
+    /// Account a reported decision: its cost (from the real token counts, else the estimate),
+    /// budget settlement, token-limit corrections, experiment outcome, usage aggregates.
+    fn settle(&self, decision: &Decision, outcome: &Outcome) {
+        let snap = self.registry.load();
+        let cfg = &snap.config;
+        let ticket = decision.ticket.as_deref();
+        let slot = decision.slot();
+        let now = self.clock.now_ms();
+        let reported = outcome.tokens_in > 0 || outcome.tokens_out > 0;
+        let (tokens_in, tokens_out) = match ticket {
+            Some(t) if !reported && outcome.is_success() => (t.est_in, t.est_out),
+            _ => (outcome.tokens_in, outcome.tokens_out),
+        };
+        let pricing = slot
+            .config
+            .pricing
+            .as_ref()
+            .or_else(|| snap.model(&slot.model_id).map(|(_, e)| &e.model.pricing));
+        let cost_micros = pricing.map_or(0, |p| to_micros(p.cost(tokens_in, tokens_out)));
+        if let Some(t) = ticket {
+            accounting::settle_budgets(t, cost_micros, &self.events, now);
+            if reported {
+                let real = i64::try_from(outcome.tokens_in.saturating_add(outcome.tokens_out)).unwrap_or(i64::MAX);
+                let diff = real.saturating_sub(i64::try_from(t.est_in.saturating_add(t.est_out)).unwrap_or(i64::MAX));
+                let now_us = now.saturating_mul(1000);
+                if diff > 0 {
+                    for c in &t.token_charges {
+                        let store: &dyn StateStore = if c.shared { &*self.store } else { &self.local };
+                        let _ = store.gcra(&c.key, c.gcra, diff as u64, true, now_us);
+                    }
+                }
+                if slot.config.tpm.is_some() {
+                    slot.state.charge_caps(None, slot.config.tpm, 0, diff, now_us);
+                }
+            }
+            if let Some((x, v)) = &t.experiment {
+                self.experiments
+                    .record(cfg, x, *v, outcome, cost_micros, &self.events, now);
+            }
+        }
+        if !cfg.usage.enabled {
+            return;
+        }
+        let sample = Sample {
+            keys: [
+                Some(&slot.model_id),
+                Some(&slot.id),
+                ticket.and_then(|t| t.workspace_id.as_deref()),
+                ticket.and_then(|t| t.agent_type.as_deref()),
+                ticket.and_then(|t| t.user_id.as_deref()),
+            ],
+            success: outcome.is_success(),
+            latency_ms: outcome.latency_ms,
+            tokens_in,
+            tokens_out,
+            cost_micros,
+            at_ms: now,
+        };
+        let record = (cfg.usage.recent_requests > 0).then(|| RequestRecord {
+            decision_id: decision.id().to_string(),
+            request_id: ticket.and_then(|t| t.request_id.clone()),
+            model_id: slot.model_id.to_string(),
+            endpoint_id: slot.id.to_string(),
+            workspace_id: ticket.and_then(|t| t.workspace_id.clone()),
+            agent_type: ticket.and_then(|t| t.agent_type.clone()),
+            user_id: ticket.and_then(|t| t.user_id.clone()),
+            success: outcome.is_success(),
+            error: outcome.error.as_ref().map(|e| e.as_str().to_owned()),
+            latency_ms: outcome.latency_ms,
+            tokens_in,
+            tokens_out,
+            tokens_estimated: !reported && ticket.is_some() && outcome.is_success(),
+            cost: from_micros(cost_micros),
+            attempt: decision.attempt,
+            at_ms: now,
+        });
+        self.usage.record(&sample, &cfg.usage, record);
+    }
+
     /// Tell the other instances that `slot` takes no traffic until `until_ms`. A store error is
     /// never the endpoint's failure: it is the store's to report.
     fn share_cooldown(&self, slot: &Slot, until_ms: u64) {
@@ -1114,7 +1412,8 @@ impl Inner {
     }
 
     fn replace_policy(&self, policy: Policy, publish: bool) -> Result<()> {
-        policy.settings.validate().map_err(|e| e.at("settings"))?;
+        // Settings sit at the top level of the document: their paths need no prefix.
+        policy.settings.validate()?;
         let shared = publish.then(|| StateChange::PolicyReplaced(Box::new(policy.clone())));
         self.commit(
             |d| {
@@ -1318,6 +1617,7 @@ fn first_decision(
         attempt: 1,
         deadline_ms: now_ms.saturating_add(snap.config.failover.deadline_ms),
         rule: scope.rule.map(|r| r.id.clone()),
+        ticket: None,
     }
 }
 
@@ -1476,6 +1776,25 @@ pub struct Explanation {
     pub decision: Option<crate::DecisionRecord>,
     /// Or the error it would return.
     pub error: Option<ExplainedError>,
+    /// What budgets, rate limits and experiments do to the request (downgrades, models left
+    /// out by spent budgets, the experiment variant).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accounting: Vec<String>,
+}
+
+/// Endpoints per health, for one model ([`Router::health_overview`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ModelHealth {
+    /// The model.
+    pub model_id: String,
+    /// Its endpoints.
+    pub endpoints: usize,
+    /// Healthy and routable.
+    pub healthy: usize,
+    /// Degraded (used when no healthy endpoint can take a request).
+    pub degraded: usize,
+    /// Unhealthy, offline, draining, breaker open or cooling down.
+    pub unavailable: usize,
 }
 
 /// A rule in an [`Explanation`].
@@ -1539,6 +1858,7 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
         endpoints: Vec::new(),
         decision: None,
         error: None,
+        accounting: Vec::new(),
     };
     let fail = |out: &mut Explanation, e: Error| {
         out.error = Some(ExplainedError {

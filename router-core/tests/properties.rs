@@ -151,6 +151,7 @@ proptest! {
             region_preference: strings[5].clone(),
             strategy: kind,
             affinity_key: None,
+            api_key: strings[0].clone(),
             content_length,
             estimated_tokens,
             required_capabilities: caps,

@@ -14,7 +14,107 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::budget::{Consistency, OnStoreError};
 use crate::error::{Error, Result};
+
+/// What a rate limit counts per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    /// Per workspace (the request's `workspace_id`).
+    Workspace,
+    /// Per API key (the request's `api_key`).
+    ApiKey,
+    /// Per user (the request's `user_id`).
+    User,
+    /// Per model (the chosen model).
+    Model,
+}
+
+impl LimitScope {
+    /// The scope's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::Workspace => "workspace",
+            LimitScope::ApiKey => "api_key",
+            LimitScope::User => "user",
+            LimitScope::Model => "model",
+        }
+    }
+}
+
+/// A rate limit (`rate_limits` in the router settings): requests per second or minute and
+/// tokens per minute, per workspace, API key, user or model, by GCRA.
+///
+/// Tokens are counted at route time from the request's estimate (prompt tokens plus the
+/// default completion tokens) and corrected by the real count when it is reported (a request
+/// that used more makes later ones wait).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// What it counts per.
+    pub scope: LimitScope,
+    /// Only this workspace / key / user / model; every one separately when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Requests per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rps: Option<u64>,
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Burst, in the unit of each limit (default: the limit itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// `batched` (default) keeps the limiter in this instance; `strict` checks it in the
+    /// shared store on each request, so that every instance shares one limit.
+    #[serde(default)]
+    pub consistency: Consistency,
+    /// For strict limits: what to do when the store cannot answer.
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+}
+
+impl RateLimit {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.rps.is_none() && self.rpm.is_none() && self.tpm.is_none() {
+            return Err(Error::config("rps", "a rate limit needs at least one of rps, rpm, tpm"));
+        }
+        for (f, v) in [
+            ("rps", self.rps),
+            ("rpm", self.rpm),
+            ("tpm", self.tpm),
+            ("burst", self.burst),
+        ] {
+            if v == Some(0) {
+                return Err(Error::config(f, "must be positive"));
+            }
+        }
+        if let Some(id) = &self.id {
+            crate::model::check_id(id, "id")?;
+        }
+        Ok(())
+    }
+
+    /// The limiters of this rule: (unit, GCRA, whether it counts tokens).
+    pub(crate) fn limiters(&self) -> impl Iterator<Item = (&'static str, Gcra, bool)> + '_ {
+        [
+            ("rps", self.rps, 1_000, false),
+            ("rpm", self.rpm, 60_000, false),
+            ("tpm", self.tpm, 60_000, true),
+        ]
+        .into_iter()
+        .filter_map(move |(unit, n, period, tokens)| {
+            let n = n?;
+            Gcra::per_period(n, period, self.burst.unwrap_or(n))
+                .ok()
+                .map(|g| (unit, g, tokens))
+        })
+    }
+}
 
 /// One GCRA limit: `burst` units at once, then one unit per `emission_interval_us`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

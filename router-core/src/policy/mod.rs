@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 mod tenancy;
 
 pub(crate) use tenancy::{model_filter, quality, Quality, TenancyDrop};
-pub use tenancy::{AgentPreferences, BudgetLimits, PerformanceRequirements, QualityRequirements, WorkspaceConfig};
+pub use tenancy::{AgentPreferences, PerformanceRequirements, QualityRequirements, WorkspaceConfig};
 
 /// Every model, endpoint and router setting.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::budget::BudgetLimits;
 use crate::error::{Error, Result};
 use crate::model::Model;
 
@@ -59,21 +60,6 @@ pub struct WorkspaceConfig {
     pub compliance_requirements: Vec<String>,
 }
 
-/// Budgets per UTC calendar window, in the pricing currency.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct BudgetLimits {
-    /// Per day.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub daily: Option<f64>,
-    /// Per week.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub weekly: Option<f64>,
-    /// Per month.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub monthly: Option<f64>,
-}
-
 /// A workspace's quality floor.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -118,9 +104,7 @@ impl AgentPreferences {
 impl WorkspaceConfig {
     pub(crate) fn validate(&self) -> Result<()> {
         if let Some(b) = &self.budget_limits {
-            check("budget_limits.daily", b.daily, false)?;
-            check("budget_limits.weekly", b.weekly, false)?;
-            check("budget_limits.monthly", b.monthly, false)?;
+            b.validate().map_err(|e| e.at("budget_limits"))?;
         }
         if let Some(q) = &self.quality_requirements {
             check("quality_requirements.min_success_rate", q.min_success_rate, true)?;

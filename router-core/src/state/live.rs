@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::breaker::Breaker;
 use crate::endpoint::HeadStatus;
+use crate::limits::Gcra;
 
 /// Smoothing factor of the latency EWMA: each sample has this weight.
 pub const LATENCY_EWMA_ALPHA: f64 = 0.2;
@@ -78,6 +79,9 @@ pub struct EndpointState {
     health_status: AtomicU8,
     samples: AtomicU64,
     last_probe_ms: AtomicU64,
+    /// GCRA theoretical arrival times of the endpoint's own rpm and tpm caps, µs.
+    rpm_tat_us: AtomicU64,
+    tpm_tat_us: AtomicU64,
     pub(crate) breaker: Breaker,
 }
 
@@ -107,6 +111,8 @@ impl EndpointState {
             health_status: AtomicU8::new(HeadStatus::Healthy.to_u8()),
             samples: AtomicU64::new(0),
             last_probe_ms: AtomicU64::new(0),
+            rpm_tat_us: AtomicU64::new(0),
+            tpm_tat_us: AtomicU64::new(0),
             breaker: Breaker::default(),
         }
     }
@@ -203,6 +209,38 @@ impl EndpointState {
 
     pub(crate) fn acquire(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the endpoint's own rpm / tpm caps leave no room for one more request now.
+    pub(crate) fn caps_saturated(&self, rpm: Option<u32>, tpm: Option<u32>, now_us: u64) -> bool {
+        let full = |tat: &AtomicU64, cap: Option<u32>| {
+            cap.and_then(|c| Gcra::per_period(u64::from(c), 60_000, 0).ok())
+                .is_some_and(|g| {
+                    let mut t = tat.load(Ordering::Relaxed);
+                    !g.check(&mut t, now_us, 1).allowed
+                })
+        };
+        full(&self.rpm_tat_us, rpm) || full(&self.tpm_tat_us, tpm)
+    }
+
+    /// Count one request and `tokens` (negative: give back an over-estimate) against the
+    /// endpoint's own caps.
+    pub(crate) fn charge_caps(&self, rpm: Option<u32>, tpm: Option<u32>, requests: i64, tokens: i64, now_us: u64) {
+        let charge = |tat: &AtomicU64, cap: Option<u32>, n: i64| {
+            let Some(g) = cap.and_then(|c| Gcra::per_period(u64::from(c), 60_000, 0).ok()) else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                let base = i128::from(t.max(now_us));
+                let next = base + i128::from(n) * i128::from(g.emission_interval_us);
+                Some(next.clamp(i128::from(now_us), i128::from(u64::MAX)) as u64)
+            });
+        };
+        charge(&self.rpm_tat_us, rpm, requests);
+        charge(&self.tpm_tat_us, tpm, tokens);
     }
 
     /// Release one in-flight slot. Saturates at zero, so a bug elsewhere can never make the

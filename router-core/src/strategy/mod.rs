@@ -194,6 +194,8 @@ pub enum Verdict {
     CoolingDown,
     /// Below the agent's or workspace's quality floor (success rate, latency).
     BelowQuality,
+    /// At its own rpm / tpm cap.
+    RateLimited,
 }
 
 impl Verdict {
@@ -212,6 +214,7 @@ impl Verdict {
             Verdict::BreakerOpen => "circuit breaker open",
             Verdict::CoolingDown => "cooling down after a 429",
             Verdict::BelowQuality => "below the agent's or workspace's quality floor",
+            Verdict::RateLimited => "at its own rpm / tpm cap",
         }
     }
 }
@@ -245,6 +248,12 @@ pub(crate) fn slot_verdict(m: &Slot, now_ms: u64, config: &RouterConfig, tier: T
     }
     if m.capacity != 0 && m.state.in_flight() >= m.capacity {
         return Verdict::AtCapacity;
+    }
+    if (m.config.rpm.is_some() || m.config.tpm.is_some())
+        && m.state
+            .caps_saturated(m.config.rpm, m.config.tpm, now_ms.saturating_mul(1000))
+    {
+        return Verdict::RateLimited;
     }
     if tier != Tier::Panic {
         let admission = m.state.breaker.admission(now_ms, &config.breaker);

@@ -1,0 +1,236 @@
+//! Budgets: spending limits per workspace, model or provider, per UTC day, ISO week and month.
+//!
+//! Spend is counted at report time from the real cost; at route time the decision reserves its
+//! estimated cost (see [`crate::usage`] for the estimate), so concurrent requests cannot
+//! overshoot a budget by more than their reservations. A report replaces the reservation by
+//! the real cost; a decision dropped without a report gives its reservation back.
+//!
+//! Modes, per budget:
+//! - **reject**: a request that would take spend past the limit fails with
+//!   [`crate::Error::BudgetExceeded`], naming the window and when it resets. A model or provider
+//!   budget that is spent only removes its models from the candidates (the request fails only
+//!   when no candidate is left).
+//! - **downgrade**: once spend passes `downgrade_at` (a share of the limit), the request goes
+//!   to the cheapest candidate models that still meet its requirements; the decision's reason
+//!   and `explain` say so. It is never rejected.
+//! - **shadow**: counted, events emitted, nothing enforced.
+//!
+//! Counters are shared through the router's [`crate::StateStore`]: *batched* (the default:
+//! checked against this instance's view, which a remote store refreshes every few ms; the error
+//! bound is the flush interval × spend rate × instances) or *strict* (each reservation is an
+//! atomic check-and-add in the store: never more than one request's reservation over).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::usage::BudgetWindow;
+
+/// What a budget does when spend reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetMode {
+    /// Fail the request with `BudgetExceeded`.
+    #[default]
+    Reject,
+    /// Send the request to the cheapest fitting models past `downgrade_at`.
+    Downgrade,
+    /// Count and emit events only.
+    Shadow,
+}
+
+/// How a shared counter keeps instances in agreement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Checked against this instance's view; a remote store flushes deltas every few ms.
+    #[default]
+    Batched,
+    /// Checked and counted atomically in the store on each request (one round trip).
+    Strict,
+}
+
+/// What a strict check does when the store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Admit the request and count it locally (reconciled when the store is back).
+    #[default]
+    FailOpen,
+    /// Fail the request with a `store` error.
+    FailClosed,
+}
+
+/// Budgets per UTC calendar window, in the pricing currency, and how they are enforced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BudgetLimits {
+    /// Per day (from 00:00 UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily: Option<f64>,
+    /// Per ISO week (from Monday 00:00 UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weekly: Option<f64>,
+    /// Per month (from the 1st, 00:00 UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<f64>,
+    /// What happens at the limit.
+    pub mode: BudgetMode,
+    /// For `downgrade`: the share of the limit past which requests are downgraded.
+    #[serde(alias = "downgradeAt")]
+    pub downgrade_at: f64,
+    /// Shares of the limit whose crossing emits `budget_threshold_crossed`.
+    #[serde(alias = "alertAt")]
+    pub alert_at: Vec<f64>,
+    /// Batched (default) or strict counting.
+    pub consistency: Consistency,
+    /// For strict counting: what to do when the store cannot answer.
+    #[serde(alias = "onStoreError")]
+    pub on_store_error: OnStoreError,
+}
+
+impl Default for BudgetLimits {
+    fn default() -> Self {
+        BudgetLimits {
+            daily: None,
+            weekly: None,
+            monthly: None,
+            mode: BudgetMode::Reject,
+            downgrade_at: 0.8,
+            alert_at: vec![0.5, 0.8, 0.9],
+            consistency: Consistency::Batched,
+            on_store_error: OnStoreError::FailOpen,
+        }
+    }
+}
+
+impl BudgetLimits {
+    /// The limit of `window`, if set.
+    pub fn limit(&self, window: BudgetWindow) -> Option<f64> {
+        match window {
+            BudgetWindow::Daily => self.daily,
+            BudgetWindow::Weekly => self.weekly,
+            BudgetWindow::Monthly => self.monthly,
+        }
+    }
+
+    /// Whether any window has a limit.
+    pub fn is_set(&self) -> bool {
+        self.daily.is_some() || self.weekly.is_some() || self.monthly.is_some()
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        for w in BudgetWindow::ALL {
+            if let Some(x) = self.limit(w) {
+                if !x.is_finite() || x < 0.0 {
+                    return Err(Error::config(
+                        w.as_str(),
+                        format!("must be a finite number >= 0, got {x}"),
+                    ));
+                }
+            }
+        }
+        if !(self.downgrade_at.is_finite() && (0.0..=1.0).contains(&self.downgrade_at)) {
+            return Err(Error::config(
+                "downgrade_at",
+                format!("must be in [0, 1], got {}", self.downgrade_at),
+            ));
+        }
+        for (i, a) in self.alert_at.iter().enumerate() {
+            if !(a.is_finite() && *a > 0.0 && *a <= 1.0) {
+                return Err(Error::config(
+                    format!("alert_at[{i}]"),
+                    format!("must be in (0, 1], got {a}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a budget applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetScope {
+    /// A workspace's spend.
+    Workspace,
+    /// A model's spend, over every workspace.
+    Model,
+    /// A provider's spend, over all its models.
+    Provider,
+}
+
+impl BudgetScope {
+    /// The scope's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetScope::Workspace => "workspace",
+            BudgetScope::Model => "model",
+            BudgetScope::Provider => "provider",
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            BudgetScope::Workspace => "ws",
+            BudgetScope::Model => "model",
+            BudgetScope::Provider => "provider",
+        }
+    }
+}
+
+impl std::fmt::Display for BudgetScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A budget on a model or a provider (`budgets` in the router settings; workspace budgets are
+/// the workspace configuration's `budget_limits`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScopedBudget {
+    /// `model` or `provider`.
+    pub scope: BudgetScope,
+    /// The model id or the provider name.
+    pub id: String,
+    /// The limits.
+    #[serde(flatten)]
+    pub limits: BudgetLimits,
+}
+
+impl ScopedBudget {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.scope == BudgetScope::Workspace {
+            return Err(Error::config(
+                "scope",
+                "workspace budgets belong in the workspace configuration's budget_limits",
+            ));
+        }
+        crate::model::check_id(&self.id, "id")?;
+        self.limits.validate()
+    }
+}
+
+/// The counter key of a budget window: one hash tag per budgeted unit, so that a remote store
+/// keeps every window of one workspace on one slot.
+pub(crate) fn counter_key(scope: BudgetScope, id: &str, window: BudgetWindow, now_ms: u64) -> String {
+    format!("{{{}:{id}}}:budget:{}", scope.tag(), window.label(now_ms))
+}
+
+/// Spend of one budget window, as [`crate::Router::budget_status`] reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetStatus {
+    /// What the budget applies to.
+    pub scope: BudgetScope,
+    /// The workspace, model or provider.
+    pub id: String,
+    /// The window.
+    pub window: BudgetWindow,
+    /// The limit.
+    pub limit: f64,
+    /// Spent so far (including reservations of requests in flight), as this instance sees it.
+    pub spent: f64,
+    /// When the window resets, Unix ms.
+    pub resets_at_ms: u64,
+    /// The mode.
+    pub mode: BudgetMode,
+}
