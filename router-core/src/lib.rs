@@ -57,6 +57,7 @@ mod rng;
 mod router;
 pub mod rules;
 pub mod state;
+pub mod stats;
 pub mod strategy;
 
 pub use clock::{Clock, ManualClock, SystemClock};
