@@ -60,6 +60,7 @@ mod rng;
 mod router;
 pub mod rules;
 pub mod state;
+pub mod stats;
 pub mod strategy;
 pub mod usage;
 
