@@ -28,7 +28,7 @@ pub(crate) struct Reservation {
     pub(crate) micros: i64,
     pub(crate) limit_micros: i64,
     pub(crate) expires_at_ms: u64,
-    pub(crate) alert_at: Vec<f64>,
+    pub(crate) alert_at: Arc<[f64]>,
     pub(crate) mode: BudgetMode,
 }
 
@@ -228,7 +228,8 @@ impl Accounting<'_> {
     /// provider budgets remove their models.
     pub(crate) fn precheck(&self, pool: &Pool) -> Result<Precheck> {
         let mut out = Precheck::default();
-        if let Some((ws, b)) = workspace_budget(self.snap, self.req) {
+        // A reject-mode workspace budget is checked by the reservation after the pick.
+        if let Some((ws, b)) = workspace_budget(self.snap, self.req).filter(|(_, b)| b.mode == BudgetMode::Downgrade) {
             for w in BudgetWindow::ALL {
                 let Some(limit) = b.limit(w) else { continue };
                 let limit_micros = to_micros(limit);
@@ -308,11 +309,15 @@ impl Accounting<'_> {
                 let Some(limit) = b.limit(w) else { continue };
                 let limit_micros = to_micros(limit);
                 let key = counter_key(scope, id, w, self.now_ms);
-                let (_, expires_at_ms) = w.bounds(self.now_ms);
+                let expires_at_ms = w.with_current(self.now_ms, |_, end, _| end);
                 let enforce = b.mode == BudgetMode::Reject;
                 let admitted = match (b.consistency, enforce) {
                     (Consistency::Strict, true) => {
                         match self.store.try_add(&key, micros, limit_micros, expires_at_ms) {
+                            Ok(t) if t.admitted && t.total - micros >= limit_micros => {
+                                let _ = self.store.add(&key, -micros, expires_at_ms);
+                                Err(t.total - micros)
+                            }
                             Ok(t) => t.admitted.then_some(()).ok_or(t.total),
                             Err(e) if b.on_store_error == OnStoreError::FailClosed => {
                                 release(self.store.as_ref(), &out);
@@ -321,15 +326,14 @@ impl Accounting<'_> {
                             Err(_) => self.store.add(&key, micros, expires_at_ms).map(|_| ()).or(Ok(())),
                         }
                     }
-                    (_, true) => {
-                        let spent = self.spent(&key);
-                        if spent + micros > limit_micros {
-                            Err(spent)
-                        } else {
-                            let _ = self.store.add(&key, micros, expires_at_ms);
-                            Ok(())
+                    // Batched: add, and take it back when it went over (one store call when it fits).
+                    (_, true) => match self.store.add(&key, micros, expires_at_ms) {
+                        Ok(total) if total > limit_micros || total - micros >= limit_micros => {
+                            let _ = self.store.add(&key, -micros, expires_at_ms);
+                            Err(total - micros)
                         }
-                    }
+                        _ => Ok(()),
+                    },
                     (_, false) => {
                         let _ = self.store.add(&key, micros, expires_at_ms);
                         Ok(())
@@ -347,7 +351,7 @@ impl Accounting<'_> {
                     micros,
                     limit_micros,
                     expires_at_ms,
-                    alert_at: b.alert_at.clone(),
+                    alert_at: Arc::clone(&b.alert_at),
                     mode: b.mode,
                 });
             }
@@ -412,7 +416,7 @@ pub(crate) fn settle_budgets(ticket: &Ticket, cost_micros: i64, events: &EventBu
         };
         let before = total - cost_micros;
         let limit = r.limit_micros as f64;
-        for &a in &r.alert_at {
+        for &a in r.alert_at.iter() {
             let t = a * limit;
             if (before as f64) < t && total as f64 >= t {
                 events.emit(&Event::BudgetThresholdCrossed {

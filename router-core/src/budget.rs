@@ -80,7 +80,7 @@ pub struct BudgetLimits {
     pub downgrade_at: f64,
     /// Shares of the limit whose crossing emits `budget_threshold_crossed`.
     #[serde(alias = "alertAt")]
-    pub alert_at: Vec<f64>,
+    pub alert_at: std::sync::Arc<[f64]>,
     /// Batched (default) or strict counting.
     pub consistency: Consistency,
     /// For strict counting: what to do when the store cannot answer.
@@ -96,7 +96,7 @@ impl Default for BudgetLimits {
             monthly: None,
             mode: BudgetMode::Reject,
             downgrade_at: 0.8,
-            alert_at: vec![0.5, 0.8, 0.9],
+            alert_at: std::sync::Arc::new([0.5, 0.8, 0.9]),
             consistency: Consistency::Batched,
             on_store_error: OnStoreError::FailOpen,
         }
@@ -213,7 +213,7 @@ impl ScopedBudget {
 /// The counter key of a budget window: one hash tag per budgeted unit, so that a remote store
 /// keeps every window of one workspace on one slot.
 pub(crate) fn counter_key(scope: BudgetScope, id: &str, window: BudgetWindow, now_ms: u64) -> String {
-    format!("{{{}:{id}}}:budget:{}", scope.tag(), window.label(now_ms))
+    window.with_current(now_ms, |_, _, label| format!("{{{}:{id}}}:budget:{label}", scope.tag()))
 }
 
 /// Spend of one budget window, as [`crate::Router::budget_status`] reports it.

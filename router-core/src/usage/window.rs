@@ -50,6 +50,23 @@ impl BudgetWindow {
         (ms_of(start), ms_of(end))
     }
 
+    /// `f(start, end, label)` for the window holding `now_ms`, from a per-thread cache of the
+    /// current window (the decision path asks for the same window over and over).
+    pub(crate) fn with_current<R>(self, now_ms: u64, f: impl FnOnce(u64, u64, &str) -> R) -> R {
+        thread_local! {
+            static CURRENT: std::cell::RefCell<[(u64, u64, String); 3]> = Default::default();
+        }
+        CURRENT.with(|c| {
+            let mut c = c.borrow_mut();
+            let slot = &mut c[self as usize];
+            if !(slot.0..slot.1).contains(&now_ms) {
+                let (start, end) = self.bounds(now_ms);
+                *slot = (start, end, self.label(now_ms));
+            }
+            f(slot.0, slot.1, &slot.2)
+        })
+    }
+
     /// A stable label of the window holding `now_ms`, for counter keys: `20261123` (daily),
     /// `w20261123` (weekly, by its Monday), `m202611` (monthly).
     pub fn label(self, now_ms: u64) -> String {

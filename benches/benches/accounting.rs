@@ -1,0 +1,117 @@
+//! What usage accounting, a budget and a rate limit add to the decision loop (issue 5: `route`
+//! with a budget and a rate limit on stays within 20% of the plain figures).
+//!
+//! 100 endpoints over four chat models, P2C. Three request mixes, timed side by side in one run:
+//!
+//! - `plain`: requests with no workspace, user or token estimate: no accounting at all;
+//! - `usage`: requests with a workspace and a user id: usage aggregated per model, endpoint,
+//!   workspace and user, recent requests kept;
+//! - `budget_limit`: the same, plus a workspace daily budget (batched, never reached) and a
+//!   per-user rpm limit (never reached): a reservation per decision, a GCRA check per request.
+//!
+//! Each as `route/<mix>` (decision dropped: the reservation is given back) and
+//! `route_report/<mix>` (route, then report a success with token counts).
+//!
+//! ```text
+//! cargo bench -p router-benches --bench accounting
+//! ```
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use router_core::{Endpoint, Model, ModelType, Outcome, Policy, RouteRequest, Router, StrategyKind};
+
+const N: usize = 100;
+const KEYS: usize = 256;
+
+fn router(with_limits: bool) -> Router {
+    let models = (0..4)
+        .map(|k| {
+            Model::new(format!("model-{k}"), format!("provider-{k}"))
+                .with_type(ModelType::Chat)
+                .with_pricing(0.001 * (k + 1) as f64, 0.002 * (k + 1) as f64)
+        })
+        .collect();
+    let endpoints = (0..N)
+        .map(|i| {
+            Endpoint::new(
+                format!("ep-{i}"),
+                format!("model-{}", i % 4),
+                format!("http://ep-{i}/v1"),
+            )
+        })
+        .collect();
+    let mut policy = Policy {
+        models,
+        endpoints,
+        ..Default::default()
+    };
+    if with_limits {
+        policy.settings.rate_limits = vec![serde_json::from_value(serde_json::json!({
+            "scope": "user", "rpm": 1_000_000_000u64
+        }))
+        .expect("valid limit")];
+        for w in 0..8 {
+            policy.workspaces.insert(
+                format!("ws-{w}"),
+                serde_json::from_value(serde_json::json!({"budget_limits": {"daily": 1e12}})).expect("valid"),
+            );
+        }
+    }
+    Router::new(policy).expect("valid bench policy")
+}
+
+fn requests(tenant: bool) -> Vec<RouteRequest> {
+    (0..KEYS)
+        .map(|k| RouteRequest {
+            model_type: Some(ModelType::Chat),
+            strategy: Some(StrategyKind::PowerOfTwo),
+            workspace_id: tenant.then(|| format!("ws-{}", k % 8)),
+            user_id: tenant.then(|| format!("user-{k}")),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let mixes = [
+        ("plain", router(false), requests(false)),
+        ("usage", router(false), requests(true)),
+        ("budget_limit", router(true), requests(true)),
+    ];
+    let mut g = c.benchmark_group("route");
+    g.throughput(Throughput::Elements(1));
+    for (name, r, reqs) in &mixes {
+        let mut k = 0usize;
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                k = k.wrapping_add(1);
+                drop(black_box(r.route(black_box(&reqs[k % KEYS])).expect("route")));
+            })
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("route_report");
+    g.throughput(Throughput::Elements(1));
+    for (name, r, reqs) in &mixes {
+        let mut k = 0usize;
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                k = k.wrapping_add(1);
+                let d = r.route(black_box(&reqs[k % KEYS])).expect("route");
+                let latency = 50.0 + (k % 400) as f64;
+                r.report(&d, Outcome::success(latency).with_tokens(500, 200))
+                    .expect("report");
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);
