@@ -6,6 +6,15 @@
 
 use std::borrow::Cow;
 
+/// One problem of a policy document: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Problem {
+    /// Path in the document, e.g. `rules[3].target_models[0].model_id`.
+    pub path: String,
+    /// What is wrong there.
+    pub reason: String,
+}
+
 /// Shorthand for results whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -23,6 +32,13 @@ pub enum Error {
         field: Cow<'static, str>,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A policy document has several problems; each names its path in the document. (A
+    /// document with a single problem fails with that problem's own error.)
+    #[error("invalid policy: {}", problems.iter().map(|p| format!("`{}`: {}", p.path, p.reason)).collect::<Vec<_>>().join("; "))]
+    InvalidPolicy {
+        /// Every problem found, in document order.
+        problems: Vec<Problem>,
     },
     /// A request (route request, report, head status update) is invalid.
     #[error("invalid request at `{field}`: {reason}")]
@@ -124,6 +140,7 @@ impl Error {
         match self {
             Error::InvalidConfig { .. } => "invalid_config",
             Error::InvalidRequest { .. } => "invalid_request",
+            Error::InvalidPolicy { .. } => "invalid_policy",
             Error::Parse { .. } => "parse",
             Error::NotFound { .. } => "not_found",
             Error::AlreadyExists { .. } => "already_exists",
@@ -141,6 +158,7 @@ impl Error {
     pub fn field(&self) -> Option<&str> {
         match self {
             Error::InvalidConfig { field, .. } | Error::InvalidRequest { field, .. } => Some(field),
+            Error::InvalidPolicy { problems } => problems.first().map(|p| p.path.as_str()),
             _ => None,
         }
     }
@@ -149,6 +167,41 @@ impl Error {
         Error::InvalidConfig {
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// This error as a problem of the policy document at `prefix` (`models[3]`, `rules[0]`):
+    /// input errors get the prefix on their path, the others become configuration errors there.
+    pub(crate) fn in_document(self, prefix: &str) -> Error {
+        match self {
+            e @ (Error::InvalidConfig { .. } | Error::InvalidRequest { .. }) => e.at(prefix),
+            Error::AlreadyExists { kind, id } => {
+                Error::config(format!("{prefix}.id"), format!("duplicate {kind} id `{id}`"))
+            }
+            other => Error::config(prefix.to_owned(), other.to_string()),
+        }
+    }
+
+    /// One error for a list of document problems: the problem itself when there is one.
+    pub(crate) fn from_problems(mut errors: Vec<Error>) -> Result<()> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::InvalidPolicy {
+                problems: errors
+                    .into_iter()
+                    .map(|e| match e {
+                        Error::InvalidConfig { field, reason } | Error::InvalidRequest { field, reason } => Problem {
+                            path: field.into_owned(),
+                            reason,
+                        },
+                        other => Problem {
+                            path: String::new(),
+                            reason: other.to_string(),
+                        },
+                    })
+                    .collect(),
+            }),
         }
     }
 

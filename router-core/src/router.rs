@@ -1412,11 +1412,12 @@ impl Inner {
     }
 
     fn replace_policy(&self, policy: Policy, publish: bool) -> Result<()> {
-        // Settings sit at the top level of the document: their paths need no prefix.
-        policy.settings.validate()?;
         let shared = publish.then(|| StateChange::PolicyReplaced(Box::new(policy.clone())));
         self.commit(
             |d| {
+                // Every problem of the document is collected (each with its path) before any
+                // is reported: the caller fixes them all at once.
+                let mut problems: Vec<Error> = Vec::new();
                 d.rules.clear();
                 d.agents = Default::default();
                 d.workspaces = Default::default();
@@ -1424,27 +1425,56 @@ impl Inner {
                 for id in keep {
                     d.remove_model(&id)?;
                 }
-                d.set_config(policy.settings)?;
+                // Settings sit at the top level of the document: their paths need no prefix.
+                let settings = policy.settings.clone();
+                if let Err(e) = d.set_config(policy.settings) {
+                    problems.push(e);
+                }
                 for (i, m) in policy.models.into_iter().enumerate() {
-                    d.put_model(m, Upsert::Insert)
-                        .map_err(|e| e.at(&format!("models[{i}]")))?;
+                    if let Err(e) = d.put_model(m, Upsert::Insert) {
+                        problems.push(e.in_document(&format!("models[{i}]")));
+                    }
                 }
                 for (i, e) in policy.endpoints.into_iter().enumerate() {
-                    d.put_endpoint(e, Upsert::Insert)
-                        .map_err(|e| e.at(&format!("endpoints[{i}]")))?;
+                    if let Err(e) = d.put_endpoint(e, Upsert::Insert) {
+                        problems.push(e.in_document(&format!("endpoints[{i}]")));
+                    }
                 }
                 for (i, r) in policy.rules.into_iter().enumerate() {
-                    d.put_rule(r, Upsert::Insert)
-                        .map_err(|e| e.at(&format!("rules[{i}]")))?;
+                    if let Err(e) = d.put_rule(r, Upsert::Insert) {
+                        problems.push(e.in_document(&format!("rules[{i}]")));
+                    }
                 }
                 for (a, p) in policy.agents {
-                    let path = format!("agents.{a}");
-                    d.set_agent(&a, Some(p)).map_err(|e| e.at(&path))?;
+                    if let Err(e) = d.set_agent(&a, Some(p)) {
+                        problems.push(e.in_document(&format!("agents.{a}")));
+                    }
                 }
                 for (w, c) in policy.workspaces {
-                    let path = format!("workspaces.{w}");
-                    d.set_workspace(&w, Some(c)).map_err(|e| e.at(&path))?;
+                    if let Err(e) = d.set_workspace(&w, Some(c)) {
+                        problems.push(e.in_document(&format!("workspaces.{w}")));
+                    }
                 }
+                let known = |id: &str| d.models.iter().any(|m| m.id == id);
+                for (i, x) in settings.experiments.iter().enumerate() {
+                    for (j, v) in x.variants.iter().enumerate() {
+                        if !known(&v.model_id) {
+                            problems.push(Error::config(
+                                format!("experiments[{i}].variants[{j}].model_id"),
+                                format!("unknown model `{}`", v.model_id),
+                            ));
+                        }
+                    }
+                }
+                for (i, b) in settings.budgets.iter().enumerate() {
+                    if b.scope == crate::budget::BudgetScope::Model && !known(&b.id) {
+                        problems.push(Error::config(
+                            format!("budgets[{i}].id"),
+                            format!("unknown model `{}`", b.id),
+                        ));
+                    }
+                }
+                Error::from_problems(problems)?;
                 // Models and endpoints that survive keep their live state; report only the net change.
                 d.events.clear();
                 d.changes.clear();

@@ -48,22 +48,88 @@ pub struct Policy {
 impl Policy {
     /// Parse a policy from JSON. Errors name the path of the offending field.
     pub fn from_json(json: &str) -> Result<Self> {
-        crate::parse_json(json, "policy")
+        crate::parse_json(json, "policy").map_err(|e| {
+            // serde cannot track paths through the flattened settings: on failure, parse the
+            // settings alone to name the field.
+            let Ok(serde_json::Value::Object(mut doc)) = serde_json::from_str::<serde_json::Value>(json) else {
+                return e;
+            };
+            for k in [
+                "models",
+                "endpoints",
+                "heads",
+                "rules",
+                "routingRules",
+                "agents",
+                "agentPreferences",
+                "workspaces",
+                "workspaceConfigs",
+            ] {
+                doc.remove(k);
+            }
+            match serde_path_to_error::deserialize::<_, RouterConfig>(serde_json::Value::Object(doc)) {
+                Err(se) if se.path().to_string() != "." => {
+                    let path = se.path().to_string();
+                    Error::Parse {
+                        what: "policy",
+                        message: format!("{path}: {}", se.into_inner()),
+                    }
+                }
+                _ => e,
+            }
+        })
     }
 
-    /// Read a policy from a JSON file.
+    /// Parse a policy from YAML (the same document as JSON, written as YAML). Errors name the
+    /// path of the offending field.
+    pub fn from_yaml(yaml: &str) -> Result<Self> {
+        let de = serde_yaml_ng::Deserializer::from_str(yaml);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            Error::Parse {
+                what: "policy",
+                message: if path == "." {
+                    inner.to_string()
+                } else {
+                    format!("{path}: {inner}")
+                },
+            }
+        })
+    }
+
+    /// Parse a policy from JSON or YAML: a document whose first non-blank character is `{`
+    /// is JSON, anything else YAML.
+    pub fn from_str_any(text: &str) -> Result<Self> {
+        if text.trim_start().starts_with('{') {
+            Self::from_json(text)
+        } else {
+            Self::from_yaml(text)
+        }
+    }
+
+    /// Read a policy from a file: YAML for `.yaml` / `.yml`, JSON for `.json`, else by content.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::Parse {
             what: "policy",
             message: format!("cannot read {}: {e}", path.display()),
         })?;
-        Self::from_json(&text)
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml" | "yml") => Self::from_yaml(&text),
+            Some("json") => Self::from_json(&text),
+            _ => Self::from_str_any(&text),
+        }
     }
 
     /// The policy as pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a policy always serialises")
+    }
+
+    /// The policy as YAML.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).expect("a policy always serialises")
     }
 }
 

@@ -268,8 +268,30 @@ impl Draft {
         Ok(())
     }
 
-    /// Every rule must still name known models (a model removal must not strand a rule).
+    /// Every rule, experiment variant and model budget must still name known models (a model
+    /// removal must not strand them).
     fn check_rules(&self) -> Result<()> {
+        for (i, x) in self.config.experiments.iter().enumerate() {
+            for (j, v) in x.variants.iter().enumerate() {
+                if self.model_pos(&v.model_id).is_none() {
+                    return Err(Error::config(
+                        format!("experiments[{i}].variants[{j}].model_id"),
+                        format!(
+                            "experiment `{}` uses model `{}`, which is not registered",
+                            x.id, v.model_id
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, b) in self.config.budgets.iter().enumerate() {
+            if b.scope == crate::budget::BudgetScope::Model && self.model_pos(&b.id).is_none() {
+                return Err(Error::config(
+                    format!("budgets[{i}].id"),
+                    format!("the budget names model `{}`, which is not registered", b.id),
+                ));
+            }
+        }
         for (i, (rule, _)) in self.rules.iter().enumerate() {
             for (j, t) in rule.target_models.iter().enumerate() {
                 if self.model_pos(&t.model_id).is_none() {
