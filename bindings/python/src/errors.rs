@@ -99,6 +99,24 @@ const SPECS: &[Spec] = &[
               Attributes: ``attempts`` (made so far), ``reason``.",
     },
     Spec {
+        name: "BudgetExceeded",
+        kind: "budget_exceeded",
+        extra: Extra::None,
+        doc: "A budget in ``reject`` mode has no room for the request.\n\n\
+              Attributes: ``scope`` (``workspace``, ``model``, ``provider``), ``id`` (the \
+              workspace, model or provider), ``window`` (``daily``, ``weekly``, ``monthly``), \
+              ``limit``, ``spent`` (with the reservations of requests in flight), \
+              ``resets_at_ms`` (when the window resets, Unix ms).",
+    },
+    Spec {
+        name: "RateLimited",
+        kind: "rate_limited",
+        extra: Extra::None,
+        doc: "A rate limit has no room for the request now.\n\n\
+              Attributes: ``key`` (the limit, e.g. ``user:bob:rpm``), ``retry_after_ms`` (when \
+              the same request would be admitted, ms from now).",
+    },
+    Spec {
         name: "StoreError",
         kind: "store",
         extra: Extra::None,
@@ -110,8 +128,8 @@ const BASE_DOC: &str = "Base class of every error model_router raises.\n\n\
     Attributes: ``kind`` (a stable machine-readable name shared by every binding: \
     ``invalid_config``, ``invalid_request``, ``parse``, ``not_found``, ``already_exists``, \
     ``no_candidate_model``, ``no_healthy_endpoint``, ``already_reported``, \
-    ``fallbacks_exhausted``, ``store``) and ``field`` (the offending field of an input error, \
-    else None).";
+    ``fallbacks_exhausted``, ``budget_exceeded``, ``rate_limited``, ``store``) and ``field`` \
+    (the offending field of an input error, else None).";
 
 struct Classes {
     base: Py<PyType>,
@@ -209,6 +227,25 @@ pub(crate) fn to_py(e: Error) -> PyErr {
                 Error::FallbacksExhausted { attempts, reason } => vec![
                     ("attempts", attempts.into_pyobject(py)?.into_any()),
                     ("reason", s(reason)?),
+                ],
+                Error::BudgetExceeded {
+                    scope,
+                    id,
+                    window,
+                    limit,
+                    spent,
+                    resets_at_ms,
+                } => vec![
+                    ("scope", s(scope.as_str())?),
+                    ("id", s(id)?),
+                    ("window", s(window.as_str())?),
+                    ("limit", limit.into_pyobject(py)?.into_any()),
+                    ("spent", spent.into_pyobject(py)?.into_any()),
+                    ("resets_at_ms", resets_at_ms.into_pyobject(py)?.into_any()),
+                ],
+                Error::RateLimited { key, retry_after_ms } => vec![
+                    ("key", s(key)?),
+                    ("retry_after_ms", retry_after_ms.into_pyobject(py)?.into_any()),
                 ],
                 Error::Store { store, reason } => vec![("store", s(store)?), ("reason", s(reason)?)],
                 _ => Vec::new(),

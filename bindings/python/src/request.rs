@@ -70,6 +70,7 @@ fn fold(r: &mut RouteRequest, d: &Bound<'_, PyDict>) -> Option<()> {
             "user_id" => r.user_id = opt_str(&v)?,
             "region_preference" => r.region_preference = opt_str(&v)?,
             "affinity_key" => r.affinity_key = opt_str(&v)?,
+            "api_key" => r.api_key = opt_str(&v)?,
             "request_id" => r.request_id = opt_str(&v)?,
             "strategy" => {
                 r.strategy = match opt_str(&v)? {

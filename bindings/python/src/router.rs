@@ -15,8 +15,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use router_core::{
-    AgentPreferences, Endpoint, EndpointFilter, HeadStatusUpdate, HealthReport, Model, ModelFilter, ModelStatusUpdate,
-    Policy, RouteRequest, RouterConfig, Rule, SubscriptionId, WorkspaceConfig,
+    AgentPreferences, BudgetScope, Dimension, Endpoint, EndpointFilter, HeadStatusUpdate, HealthReport, Model,
+    ModelFilter, ModelStatusUpdate, Policy, RouteRequest, RouterConfig, Rule, SubscriptionId, WorkspaceConfig,
 };
 
 use crate::clock::ManualClock;
@@ -98,6 +98,23 @@ fn policy_from_file(path: &Path) -> PyResult<Policy> {
     convert::from_json_text(&bytes, Shape::Object, "policy")
 }
 
+/// The names `dimension` accepts, as router-core spells them.
+const DIMENSIONS: &[&str] = &["model", "endpoint", "workspace", "agent_type", "user"];
+
+/// The names `scope` accepts.
+const SCOPES: &[&str] = &["workspace", "model", "provider"];
+
+/// One of a core enum's names (`"model"`, `"workspace"`, ...), read with serde as the core
+/// reads it, or an `InvalidRequest` naming `field` and listing the names it takes.
+fn named_value<T: serde::de::DeserializeOwned>(name: &str, field: &'static str, names: &[&str]) -> PyResult<T> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).map_err(|_| {
+        errors::invalid_request(
+            field,
+            format!("unknown {field} `{name}`; expected one of: {}", names.join(", ")),
+        )
+    })
+}
+
 impl Router {
     fn build(py: Python<'_>, policy: Policy, clock: Option<Py<ManualClock>>) -> PyResult<Self> {
         let mut b = router_core::Router::builder().policy(policy);
@@ -163,11 +180,12 @@ impl Router {
     ///
     /// The request is a dict (or JSON text) and/or keyword arguments, which win:
     /// ``model``, ``model_type``, ``agent_type``, ``request_type``, ``workspace_id``, ``user_id``,
-    /// ``region_preference``, ``strategy``, ``affinity_key``, ``content_length``,
+    /// ``region_preference``, ``strategy``, ``affinity_key``, ``api_key``, ``content_length``,
     /// ``estimated_tokens``, ``required_capabilities``, ``metadata``, ``request_id``. An empty
     /// request routes to any active chat model. Raises ``NotFound``, ``NoCandidateModel``,
-    /// ``NoHealthyEndpoint``, ``InvalidRequest`` or ``ParseError``; an unknown keyword raises
-    /// ``TypeError``.
+    /// ``NoHealthyEndpoint``, ``BudgetExceeded`` (a workspace, model or provider budget in
+    /// ``reject`` mode is spent), ``RateLimited``, ``InvalidRequest`` or ``ParseError``; an
+    /// unknown keyword raises ``TypeError``.
     ///
     /// The decision holds its endpoint's in-flight slot until reported or released.
     #[pyo3(signature = (request=None, **kwargs))]
@@ -319,6 +337,78 @@ impl Router {
         let req = self.request(request, kwargs, "explain")?;
         let e = py.detach(|| self.core.explain(&req));
         convert::to_py(py, &e)
+    }
+
+    // ---- usage, budgets, experiments ----------------------------------------------------
+
+    /// The most recent ``limit`` reported requests, newest first, as dicts: ``decision_id``,
+    /// ``model_id``, ``endpoint_id``, ``workspace_id``, ``agent_type``, ``user_id``, ``success``,
+    /// ``error``, ``latency_ms``, ``tokens_in``, ``tokens_out``, ``tokens_estimated``, ``cost``,
+    /// ``attempt``, ``at_ms`` (keys of absent ids are left out).
+    #[pyo3(signature = (limit=100))]
+    fn recent_requests<'py>(&self, py: Python<'py>, limit: i64) -> PyResult<Bound<'py, PyAny>> {
+        let limit = usize::try_from(limit)
+            .map_err(|_| errors::invalid_request("limit", format!("must be >= 0, got {limit}")))?;
+        let r = py.detach(|| self.core.recent_requests(limit));
+        convert::to_py(py, &r)
+    }
+
+    /// Usage of one key of a ``dimension`` (``"model"``, ``"endpoint"``, ``"workspace"``,
+    /// ``"agent_type"``, ``"user"``) over the ``time_range`` before now (``"30m"``, ``"24h"``,
+    /// ``"7d"``, ...), as a dict: ``totals`` (``requests``, ``successes``, ``failures``,
+    /// ``success_rate``, ``tokens_in``, ``tokens_out``, ``cost``, ``latency_mean_ms``,
+    /// ``latency_p50_ms``, ``latency_p95_ms``, ``latency_p99_ms``) and ``series``, a list of
+    /// ``(bucket_start_ms, totals)`` per minute, hour or day (``bucket_ms``). A key without
+    /// usage has zero totals. An unknown dimension or a malformed range raises
+    /// ``InvalidRequest`` naming ``dimension`` or ``time_range``.
+    #[pyo3(signature = (dimension, key, time_range="24h"))]
+    fn analytics<'py>(
+        &self,
+        py: Python<'py>,
+        dimension: &str,
+        key: &str,
+        time_range: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let dimension: Dimension = named_value(dimension, "dimension", DIMENSIONS)?;
+        let a = py
+            .detach(|| self.core.analytics(dimension, key, time_range))
+            .map_err(to_py)?;
+        convert::to_py(py, &a)
+    }
+
+    /// Every key with usage recorded in ``dimension`` (model ids, workspace ids, ...).
+    fn usage_keys(&self, py: Python<'_>, dimension: &str) -> PyResult<Vec<String>> {
+        let dimension: Dimension = named_value(dimension, "dimension", DIMENSIONS)?;
+        Ok(py.detach(|| self.core.usage_keys(dimension)))
+    }
+
+    /// Health at a glance, per model (sorted by id): dicts with ``model_id``, ``endpoints``,
+    /// ``healthy``, ``degraded`` and ``unavailable`` (unhealthy, offline, draining, breaker
+    /// open or cooling down).
+    fn health_overview<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let h = py.detach(|| self.core.health_overview());
+        convert::to_py(py, &h)
+    }
+
+    /// Spend of every budget window of a workspace, model or provider (``scope``:
+    /// ``"workspace"``, ``"model"``, ``"provider"``), as dicts with ``scope``, ``id``,
+    /// ``window``, ``limit``, ``spent`` (with the reservations of requests in flight),
+    /// ``resets_at_ms`` and ``mode``; an empty list when it has no budget.
+    fn budget_status<'py>(&self, py: Python<'py>, scope: &str, id: &str) -> PyResult<Bound<'py, PyAny>> {
+        let scope: BudgetScope = named_value(scope, "scope", SCOPES)?;
+        let b = py.detach(|| self.core.budget_status(scope, id));
+        convert::to_py(py, &b)
+    }
+
+    /// An experiment's results as a dict: per variant (``variants``) its requests, success
+    /// rate, latency and cost; the tests of each variant against the control
+    /// (``comparisons``); ``min_samples_reached``; ``winner`` (None until a difference is
+    /// significant) and ``verdict``. An unknown id raises ``NotFound``.
+    fn experiment_results<'py>(&self, py: Python<'py>, experiment_id: &str) -> PyResult<Bound<'py, PyAny>> {
+        let r = py
+            .detach(|| self.core.experiment_results(experiment_id))
+            .map_err(to_py)?;
+        convert::to_py(py, &r)
     }
 
     // ---- registry ---------------------------------------------------------------------

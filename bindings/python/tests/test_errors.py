@@ -23,6 +23,8 @@ CLASSES: dict[str, tuple[type[mr.ModelRouterError], tuple[type[Exception], ...]]
     "no_healthy_endpoint": (mr.NoHealthyEndpoint, ()),
     "already_reported": (mr.AlreadyReported, ()),
     "fallbacks_exhausted": (mr.FallbacksExhausted, ()),
+    "budget_exceeded": (mr.BudgetExceeded, ()),
+    "rate_limited": (mr.RateLimited, ()),
     "store": (mr.StoreError, ()),
 }
 

@@ -10,18 +10,22 @@ import re
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
-def example() -> str:
+def example(name: str = "example") -> str:
     text = README.read_text()
-    block = re.search(r"<!-- example: start -->\s*```python\n(.*?)```\s*<!-- example: end -->", text, re.S)
-    assert block, "README.md has no example between the markers"
+    block = re.search(rf"<!-- {name}: start -->\s*```python\n(.*?)```\s*<!-- {name}: end -->", text, re.S)
+    assert block, f"README.md has no block between the `{name}` markers"
     return block.group(1)
 
 
-def test_readme_example_runs() -> None:
+def run(name: str) -> list[str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(example(), str(README), "exec"), {"__name__": "readme_example"})
-    lines = out.getvalue().splitlines()
+        exec(compile(example(name), str(README), "exec"), {"__name__": "readme_example"})
+    return out.getvalue().splitlines()
+
+
+def test_readme_example_runs() -> None:
+    lines = run("example")
     rule, model, endpoint, url, strategy = lines[0].split()
     assert (rule, strategy) == ("creative-to-claude", "power_of_two") and model in ("claude-3-sonnet", "gpt-4")
     assert lines[1].startswith(f"rule `creative-to-claude` matched; model `{model}` chosen among its targets")
@@ -32,3 +36,17 @@ def test_readme_example_runs() -> None:
     assert lines[-1] == (
         "no_candidate_model no active model of type `chat` passes the request's, agent's and workspace's filters"
     )
+
+
+def test_readme_accounting_example_runs() -> None:
+    assert run("accounting example") == [
+        "event: budget_threshold_crossed 0.8",
+        "event: budget_exceeded ",
+        "budget: workspace ws-1 daily 0.1 1795478400000",
+        "daily 0.12 of 0.1 reject",
+        "event: rate_limited ",
+        "rate limited: user:bob:rpm retry after 1000 ms",
+        "3 0.12 900.0",
+        "0.04 ['ann']",
+        "[('gpt-4', 1, 0), ('gpt-4o-mini', 1, 0)]",
+    ]

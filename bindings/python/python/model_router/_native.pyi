@@ -23,6 +23,8 @@ __all__ = [
     "NoHealthyEndpoint",
     "AlreadyReported",
     "FallbacksExhausted",
+    "BudgetExceeded",
+    "RateLimited",
     "StoreError",
     "seed_thread",
     "STRATEGIES",
@@ -47,6 +49,25 @@ class _Fallback(TypedDict):
 class _ProbeTarget(TypedDict):
     endpoint_id: str
     url: str
+
+class _ModelHealth(TypedDict):
+    model_id: str
+    endpoints: int
+    healthy: int
+    degraded: int
+    unavailable: int
+
+class _BudgetStatus(TypedDict):
+    scope: Literal["workspace", "model", "provider"]
+    id: str
+    window: Literal["daily", "weekly", "monthly"]
+    limit: float
+    spent: float
+    resets_at_ms: int
+    mode: Literal["reject", "downgrade", "shadow"]
+
+_Dimension = Literal["model", "endpoint", "workspace", "agent_type", "user"]
+_BudgetScope = Literal["workspace", "model", "provider"]
 
 def seed_thread(seed: int) -> None: ...
 @final
@@ -147,6 +168,7 @@ class Router:
         region_preference: str | None = ...,
         strategy: str | None = ...,
         affinity_key: str | None = ...,
+        api_key: str | None = ...,
         content_length: int | None = ...,
         estimated_tokens: int | None = ...,
         required_capabilities: Sequence[str] = ...,
@@ -205,6 +227,7 @@ class Router:
         region_preference: str | None = ...,
         strategy: str | None = ...,
         affinity_key: str | None = ...,
+        api_key: str | None = ...,
         content_length: int | None = ...,
         estimated_tokens: int | None = ...,
         required_capabilities: Sequence[str] = ...,
@@ -224,12 +247,21 @@ class Router:
         region_preference: str | None = ...,
         strategy: str | None = ...,
         affinity_key: str | None = ...,
+        api_key: str | None = ...,
         content_length: int | None = ...,
         estimated_tokens: int | None = ...,
         required_capabilities: Sequence[str] = ...,
         metadata: Mapping[str, Any] = ...,
         request_id: str | None = ...,
     ) -> dict[str, Any]: ...
+
+    # ---- usage, budgets, experiments
+    def recent_requests(self, limit: int = 100) -> list[dict[str, Any]]: ...
+    def analytics(self, dimension: _Dimension, key: str, time_range: str = "24h") -> dict[str, Any]: ...
+    def usage_keys(self, dimension: _Dimension) -> list[str]: ...
+    def health_overview(self) -> list[_ModelHealth]: ...
+    def budget_status(self, scope: _BudgetScope, id: str) -> list[_BudgetStatus]: ...
+    def experiment_results(self, experiment_id: str) -> dict[str, Any]: ...
 
     # ---- registry
     def register_model(self, model: _Document) -> str: ...
@@ -351,6 +383,18 @@ class AlreadyReported(ModelRouterError):
 class FallbacksExhausted(ModelRouterError):
     attempts: int
     reason: str
+
+class BudgetExceeded(ModelRouterError):
+    scope: str
+    id: str
+    window: str
+    limit: float
+    spent: float
+    resets_at_ms: int
+
+class RateLimited(ModelRouterError):
+    key: str
+    retry_after_ms: int
 
 class StoreError(ModelRouterError):
     store: str
