@@ -43,6 +43,14 @@ const SPECS: &[Spec] = &[
               ``reason``.",
     },
     Spec {
+        name: "InvalidPolicy",
+        kind: "invalid_policy",
+        extra: Extra::Value,
+        doc: "A policy document has several problems (one problem raises its own error).\n\n\
+              Attributes: ``field`` (the path of the first problem), ``problems`` (a list of \
+              ``{\"path\": ..., \"reason\": ...}`` dicts, in document order).",
+    },
+    Spec {
         name: "InvalidRequest",
         kind: "invalid_request",
         extra: Extra::Value,
@@ -216,6 +224,17 @@ pub(crate) fn to_py(e: Error) -> PyErr {
             Ok(match &e {
                 Error::InvalidConfig { field, reason } | Error::InvalidRequest { field, reason } => {
                     vec![("field", s(field)?), ("reason", s(reason)?)]
+                }
+                Error::InvalidPolicy { problems } => {
+                    let list = pyo3::types::PyList::empty(py);
+                    for p in problems {
+                        let d = pyo3::types::PyDict::new(py);
+                        d.set_item("path", &p.path)?;
+                        d.set_item("reason", &p.reason)?;
+                        list.append(d)?;
+                    }
+                    let first = problems.first().map_or("", |p| p.path.as_str());
+                    vec![("field", s(first)?), ("problems", list.into_any())]
                 }
                 Error::Parse { what, message } => vec![("what", s(what)?), ("message", s(message)?)],
                 Error::NotFound { kind, id } | Error::AlreadyExists { kind, id } => {

@@ -15,6 +15,7 @@ from conftest import fleet
 
 CLASSES: dict[str, tuple[type[mr.ModelRouterError], tuple[type[Exception], ...]]] = {
     "invalid_config": (mr.InvalidConfig, (ValueError,)),
+    "invalid_policy": (mr.InvalidPolicy, (ValueError,)),
     "invalid_request": (mr.InvalidRequest, (ValueError,)),
     "parse": (mr.ParseError, (ValueError,)),
     "not_found": (mr.NotFound, (LookupError,)),
@@ -249,3 +250,20 @@ def test_rejected_updates_leave_state_unchanged() -> None:
     for a, b in zip(before_status, now):
         assert {k: v for k, v in a.items() if k != "last_seen_ms"} == {k: v for k, v in b.items() if k != "last_seen_ms"}
     assert r.route(strategy="round_robin").model_id == "m"
+
+
+def test_a_policy_with_several_problems_lists_them_all(clock: mr.ManualClock) -> None:
+    r = mr.Router(fleet(2), clock=clock)
+    before = r.policy()
+    bad = {
+        "models": [{"id": "m", "provider": "p"}],
+        "endpoints": [
+            {"id": "a", "model_id": "m", "url": "http://a", "weight": -1},
+            {"id": "b", "model_id": "ghost", "url": "http://b"},
+        ],
+    }
+    with pytest.raises(mr.InvalidPolicy) as e:
+        r.load_policy(bad)
+    assert e.value.field == "endpoints[0].weight"
+    assert [p["path"] for p in e.value.problems] == ["endpoints[0].weight", "endpoints[1].model_id"]
+    assert r.policy() == before

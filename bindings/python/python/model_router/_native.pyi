@@ -25,6 +25,7 @@ __all__ = [
     "FallbacksExhausted",
     "BudgetExceeded",
     "RateLimited",
+    "InvalidPolicy",
     "StoreError",
     "seed_thread",
     "STRATEGIES",
@@ -353,6 +354,10 @@ class ModelRouterError(Exception):
 class InvalidConfig(ModelRouterError, ValueError):
     field: str
     reason: str
+
+class InvalidPolicy(ModelRouterError, ValueError):
+    field: str
+    problems: list[dict[str, str]]
 
 class InvalidRequest(ModelRouterError, ValueError):
     field: str
