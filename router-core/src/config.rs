@@ -60,6 +60,9 @@ pub struct RouterConfig {
     pub panic_mode: PanicMode,
     /// Retries through the fallback chain ([`Router::next_fallback`](crate::Router::next_fallback)).
     pub failover: FailoverConfig,
+    /// How many policy versions to keep for `policy_at` and `rollback`.
+    #[serde(alias = "versionsKept")]
+    pub versions_kept: usize,
     /// Usage and cost accounting.
     pub usage: UsageConfig,
     /// Budgets on models and providers (workspace budgets are in the workspace configuration).
@@ -130,6 +133,7 @@ impl Default for RouterConfig {
             health: HealthConfig::default(),
             panic_mode: PanicMode::default(),
             failover: FailoverConfig::default(),
+            versions_kept: 20,
             usage: UsageConfig::default(),
             budgets: Vec::new(),
             rate_limits: Vec::new(),

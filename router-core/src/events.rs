@@ -224,6 +224,24 @@ pub enum Event {
         /// When, Unix ms.
         at_ms: u64,
     },
+    /// A configuration change was accepted: version `version` now serves.
+    PolicyChanged {
+        /// The new version.
+        version: u64,
+        /// The caller's comment or a summary of the change.
+        comment: String,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
+    /// A policy document was rejected; the previous configuration keeps serving.
+    PolicyRejected {
+        /// Where it came from (a file path, or the caller's comment).
+        source: String,
+        /// Every problem, each with its path in the document.
+        problems: Vec<crate::error::Problem>,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
     /// A decision was made.
     Decision(DecisionRecord),
 }
@@ -253,6 +271,8 @@ impl Event {
             Event::BudgetExceeded { .. } => "budget_exceeded",
             Event::RateLimited { .. } => "rate_limited",
             Event::ExperimentConcluded { .. } => "experiment_concluded",
+            Event::PolicyChanged { .. } => "policy_changed",
+            Event::PolicyRejected { .. } => "policy_rejected",
             Event::Decision(_) => "decision",
         }
     }

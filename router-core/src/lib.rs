@@ -50,6 +50,7 @@ mod error;
 mod events;
 pub mod experiment;
 pub mod health;
+mod history;
 pub mod limits;
 mod model;
 mod outcome;
@@ -63,16 +64,18 @@ pub mod state;
 pub mod stats;
 pub mod strategy;
 pub mod usage;
+mod watch;
 
 pub use budget::{BudgetLimits, BudgetMode, BudgetScope, BudgetStatus, Consistency, OnStoreError, ScopedBudget};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FailoverConfig, PanicMode, RouterConfig};
 pub use decision::{Decision, DecisionId, DecisionRecord, FallbackTarget, ModelChoice, StrategySource};
 pub use endpoint::{Endpoint, EndpointKind, HeadStatus, HeadStatusUpdate};
-pub use error::{Error, Result};
+pub use error::{Error, Problem, Result};
 pub use events::{Event, EventBus, EventStream, SubscriptionId};
 pub use experiment::{AssignmentKey, Comparison, Experiment, ExperimentResults, Variant, VariantResults};
 pub use health::{HealthConfig, HealthReport, ProbeTarget};
+pub use history::PolicyVersion;
 pub use limits::{LimitScope, RateLimit};
 pub use model::{Capability, Model, ModelStatus, ModelType, Pricing};
 pub use outcome::{ErrorClass, Outcome};
@@ -88,6 +91,7 @@ pub use rules::{Rule, TargetModel, TrafficSplit};
 pub use state::{InMemoryStore, StateChange, StateSink, StateStore, StoreStatus, TryAdd};
 pub use strategy::{Detail, StrategyKind, Tier, Verdict};
 pub use usage::{parse_time_range, Analytics, BudgetWindow, Dimension, RequestRecord, UsageConfig, UsageTotals};
+pub use watch::{PolicyWatcher, WatchHandle};
 
 /// The repository README's Rust example, compiled and run as a doctest.
 #[doc = include_str!("../../README.md")]

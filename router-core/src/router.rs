@@ -64,11 +64,12 @@ impl RouterBuilder {
             store: self.store.unwrap_or_else(|| Arc::new(InMemoryStore::new())),
             instance: rand::random(),
             local: InMemoryStore::new(),
+            history: Default::default(),
             usage: Usage::default(),
             experiments: Default::default(),
         });
         let router = Router { inner };
-        router.inner.replace_policy(self.policy, false)?;
+        router.inner.replace_policy_as(self.policy, false, "initial policy")?;
         let sink: Arc<dyn StateSink> = router.inner.clone();
         let weak: Weak<dyn StateSink> = Arc::downgrade(&sink);
         router.inner.store.attach(router.inner.instance, weak);
@@ -84,6 +85,7 @@ struct Inner {
     instance: u64,
     /// Rate limiters kept in this instance (`batched` limits).
     local: InMemoryStore,
+    history: crate::history::History,
     usage: Usage,
     experiments: crate::experiment::Results,
 }
@@ -929,6 +931,40 @@ impl Router {
         self.inner.replace_policy(policy, true)
     }
 
+    /// [`load_policy`](Self::load_policy) with a comment for the version it makes; returns the
+    /// new version.
+    pub fn load_policy_with_comment(&self, policy: Policy, comment: &str) -> Result<u64> {
+        self.inner.replace_policy_as(policy, true, comment)
+    }
+
+    /// The configuration version now serving (every accepted change adds one; a router
+    /// starts at 1 with its first policy).
+    pub fn policy_version(&self) -> u64 {
+        self.inner.history.current()
+    }
+
+    /// The versions kept (the last `versions_kept`), oldest first.
+    pub fn policy_versions(&self) -> Vec<crate::history::PolicyVersion> {
+        self.inner.history.list()
+    }
+
+    /// The document of a kept version.
+    pub fn policy_at(&self, version: u64) -> Result<Policy> {
+        self.inner
+            .history
+            .get(version)
+            .map(|p| (*p).clone())
+            .ok_or_else(|| Error::not_found("policy version", version.to_string()))
+    }
+
+    /// Go back to a kept version: its document is loaded as a new version
+    /// (`rollback to version N`), shared with the other instances like any load.
+    pub fn rollback(&self, version: u64) -> Result<u64> {
+        let p = self.policy_at(version)?;
+        self.inner
+            .replace_policy_as(p, true, &format!("rollback to version {version}"))
+    }
+
     /// The current configuration as a policy document.
     pub fn policy(&self) -> Policy {
         self.inner.export_policy()
@@ -1400,6 +1436,9 @@ impl Inner {
     fn commit<T>(&self, f: impl FnOnce(&mut crate::registry::Draft) -> Result<T>, publish: bool) -> Result<T> {
         let now = self.clock.now_ms();
         let (out, events, changes) = self.registry.mutate(now, f)?;
+        if !changes.is_empty() {
+            self.record_version(describe(&changes));
+        }
         for e in &events {
             self.events.emit(e);
         }
@@ -1411,7 +1450,41 @@ impl Inner {
         Ok(out)
     }
 
+    /// Record the configuration now serving as the next version, and say so.
+    fn record_version(&self, comment: String) -> u64 {
+        let at_ms = self.clock.now_ms();
+        let keep = self.registry.load().config.versions_kept;
+        let version = self.history.record(self.export_policy(), at_ms, comment.clone(), keep);
+        self.events.emit(&Event::PolicyChanged {
+            version,
+            comment,
+            at_ms,
+        });
+        version
+    }
+
     fn replace_policy(&self, policy: Policy, publish: bool) -> Result<()> {
+        self.replace_policy_as(policy, publish, "policy loaded").map(|_| ())
+    }
+
+    /// Replace the configuration; returns the new version. A rejected document emits
+    /// `policy_rejected` with every problem and changes nothing.
+    fn replace_policy_as(&self, policy: Policy, publish: bool, comment: &str) -> Result<u64> {
+        let r = self.replace_policy_inner(policy, publish);
+        match r {
+            Ok(()) => Ok(self.record_version(comment.to_owned())),
+            Err(e) => {
+                self.events.emit(&Event::PolicyRejected {
+                    source: comment.to_owned(),
+                    problems: problems_of(&e),
+                    at_ms: self.clock.now_ms(),
+                });
+                Err(e)
+            }
+        }
+    }
+
+    fn replace_policy_inner(&self, policy: Policy, publish: bool) -> Result<()> {
         let shared = publish.then(|| StateChange::PolicyReplaced(Box::new(policy.clone())));
         self.commit(
             |d| {
@@ -1597,6 +1670,39 @@ impl StateSink for Inner {
                 at_ms,
             },
         });
+    }
+}
+
+/// A short summary of configuration changes, for the version they make.
+fn describe(changes: &[StateChange]) -> String {
+    let one = |c: &StateChange| match c {
+        StateChange::ModelUpserted(m) => format!("model {} set", m.id),
+        StateChange::ModelRemoved { model_id } => format!("model {model_id} removed"),
+        StateChange::EndpointUpserted(e) => format!("endpoint {} set", e.id),
+        StateChange::EndpointRemoved { endpoint_id } => format!("endpoint {endpoint_id} removed"),
+        StateChange::RuleUpserted(r) => format!("rule {} set", r.id),
+        StateChange::RuleRemoved { rule_id } => format!("rule {rule_id} removed"),
+        StateChange::AgentPreferencesSet { agent_type, .. } => format!("agent {agent_type} preferences set"),
+        StateChange::WorkspaceConfigSet { workspace_id, .. } => format!("workspace {workspace_id} set"),
+        StateChange::SettingsReplaced(_) => "settings replaced".to_owned(),
+        StateChange::PolicyReplaced(_) => "policy loaded".to_owned(),
+        other => format!("{other:?}"),
+    };
+    let mut parts: Vec<String> = changes.iter().take(5).map(one).collect();
+    if changes.len() > 5 {
+        parts.push(format!("and {} more", changes.len() - 5));
+    }
+    parts.join(", ")
+}
+
+/// Every problem of a rejected document, for the `policy_rejected` event.
+fn problems_of(e: &Error) -> Vec<crate::error::Problem> {
+    match e {
+        Error::InvalidPolicy { problems } => problems.clone(),
+        other => vec![crate::error::Problem {
+            path: other.field().unwrap_or_default().to_owned(),
+            reason: other.to_string(),
+        }],
     }
 }
 

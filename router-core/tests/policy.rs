@@ -109,3 +109,96 @@ fn export_import_export_is_byte_identical() {
     let r3 = router(Policy::from_yaml(&y).unwrap(), clock());
     assert_eq!(r3.policy().to_yaml(), y);
 }
+
+#[test]
+fn every_accepted_change_is_a_version_and_rollback_restores_it() {
+    let r = router(Policy::from_json(&doc().to_string()).unwrap(), clock());
+    assert_eq!(r.policy_version(), 1);
+    let v1 = r.policy();
+    r.register_endpoint(Endpoint::new("g2", "gpt-4", "http://g2")).unwrap();
+    assert_eq!(r.policy_version(), 2);
+    r.delete_rule("r1").unwrap();
+    let mut p = r.policy();
+    p.settings.default_strategy = StrategyKind::LeastLoaded;
+    let v4 = r.load_policy_with_comment(p, "least loaded for the sale").unwrap();
+    assert_eq!(v4, 4);
+    // A rejected change makes no version.
+    assert!(r.register_endpoint(Endpoint::new("x", "ghost", "http://x")).is_err());
+    assert_eq!(r.policy_version(), 4);
+    let list = r.policy_versions();
+    let comments: Vec<&str> = list.iter().map(|v| v.comment.as_str()).collect();
+    assert_eq!(
+        comments,
+        [
+            "initial policy",
+            "endpoint g2 set",
+            "rule r1 removed",
+            "least loaded for the sale"
+        ]
+    );
+    assert_eq!(r.policy_at(1).unwrap(), v1);
+    let v5 = r.rollback(1).unwrap();
+    assert_eq!(v5, 5);
+    assert_eq!(r.policy(), v1);
+    assert_eq!(r.policy_versions().last().unwrap().comment, "rollback to version 1");
+    assert_eq!(r.policy_at(99).unwrap_err().kind(), "not_found");
+}
+
+#[test]
+fn only_the_last_versions_are_kept() {
+    let mut p = Policy::from_json(&doc().to_string()).unwrap();
+    p.settings.versions_kept = 3;
+    let r = router(p, clock());
+    for i in 0..5 {
+        r.register_endpoint(Endpoint::new(format!("n{i}"), "haiku", "http://n"))
+            .unwrap();
+    }
+    let kept: Vec<u64> = r.policy_versions().iter().map(|v| v.version).collect();
+    assert_eq!(kept, [4, 5, 6]);
+    assert!(r.rollback(2).is_err());
+}
+
+#[test]
+fn a_watched_file_reloads_and_a_bad_one_is_rejected_with_an_event() {
+    let dir = std::env::temp_dir().join(format!("mr-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("policy.json");
+    std::fs::write(&f, doc().to_string()).unwrap();
+    let r = router(Policy::default(), clock());
+    let events = r.events().subscribe(64, false);
+    let w = PolicyWatcher::new(r.clone(), &f);
+    assert_eq!(w.poll().unwrap(), Some(2));
+    assert!(r.model("gpt-4").is_some());
+    assert_eq!(w.poll().unwrap(), None, "unchanged");
+    // An invalid document: rejected, the previous policy keeps serving, an event says why.
+    let mut bad = doc();
+    bad["endpoints"][0]["model_id"] = json!("ghost");
+    bad["endpoints"][1]["weight"] = json!(-3);
+    std::fs::write(&f, bad.to_string()).unwrap();
+    assert_eq!(w.poll().unwrap_err().kind(), "invalid_policy");
+    assert_eq!(r.policy_version(), 2);
+    assert!(r.endpoint("g1").is_some());
+    let rejected = events
+        .drain()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::PolicyRejected { problems, source, .. } => Some((problems, source)),
+            _ => None,
+        })
+        .expect("policy_rejected");
+    assert_eq!(rejected.0.len(), 2);
+    assert!(rejected.1.contains("policy.json"));
+    // Malformed text is rejected the same way.
+    std::fs::write(&f, "{ not json").unwrap();
+    assert_eq!(w.poll().unwrap_err().kind(), "parse");
+    // Fixed: swapped in.
+    let mut good = doc();
+    good["default_strategy"] = json!("least_loaded");
+    std::fs::write(&f, good.to_string()).unwrap();
+    assert_eq!(w.poll().unwrap(), Some(3));
+    assert_eq!(r.config().default_strategy, StrategyKind::LeastLoaded);
+    // The thread version stops when its handle drops.
+    let h = PolicyWatcher::new(r.clone(), &f).spawn(std::time::Duration::from_millis(5));
+    drop(h);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
