@@ -202,3 +202,107 @@ fn a_watched_file_reloads_and_a_bad_one_is_rejected_with_an_event() {
     drop(h);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+mod mutations {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One way to break a valid document.
+    #[derive(Debug, Clone)]
+    enum Break {
+        NegativeWeight(usize),
+        NanWeight(usize),
+        DuplicateModel,
+        DuplicateEndpoint(usize),
+        UnknownModel(usize),
+        RuleTargetsGhost,
+        RuleWithoutTargets,
+        SplitNot100(f64),
+        BadRegex,
+        ExperimentGhost,
+        EmptyUrl(usize),
+    }
+
+    fn apply(p: &mut Policy, b: &Break) {
+        let n = p.endpoints.len();
+        match b {
+            Break::NegativeWeight(i) => p.endpoints[i % n].weight = -1.5,
+            Break::NanWeight(i) => p.endpoints[i % n].weight = f64::NAN,
+            Break::DuplicateModel => {
+                let m = p.models[0].clone();
+                p.models.push(m)
+            }
+            Break::DuplicateEndpoint(i) => {
+                let e = p.endpoints[i % n].clone();
+                p.endpoints.push(e)
+            }
+            Break::UnknownModel(i) => p.endpoints[i % n].model_id = "ghost".into(),
+            Break::RuleTargetsGhost => match p.rules[0].target_models.first_mut() {
+                Some(t) => t.model_id = "ghost".into(),
+                None => p.rules[0].target_models = serde_json::from_value(json!([{"model_id": "ghost"}])).unwrap(),
+            },
+            Break::RuleWithoutTargets => p.rules[0].target_models.clear(),
+            Break::SplitNot100(x) => {
+                p.rules[0].traffic_split = Some(TrafficSplit {
+                    primary: *x,
+                    canary: 10.0,
+                })
+            }
+            Break::BadRegex => {
+                p.rules[0].condition = serde_json::from_value(json!({
+                    "metadata": {"key": "k", "op": "regex", "value": "(unclosed"}
+                }))
+                .unwrap()
+            }
+            Break::ExperimentGhost => {
+                p.settings.experiments = vec![serde_json::from_value(json!({
+                    "id": "x", "variants": [
+                        {"name": "a", "model_id": "gpt-4", "weight": 1},
+                        {"name": "b", "model_id": "ghost", "weight": 1}]
+                }))
+                .unwrap()]
+            }
+            Break::EmptyUrl(i) => p.endpoints[i % n].url = " ".into(),
+        }
+    }
+
+    fn breaks() -> impl Strategy<Value = Break> {
+        prop_oneof![
+            any::<usize>().prop_map(Break::NegativeWeight),
+            any::<usize>().prop_map(Break::NanWeight),
+            Just(Break::DuplicateModel),
+            any::<usize>().prop_map(Break::DuplicateEndpoint),
+            any::<usize>().prop_map(Break::UnknownModel),
+            Just(Break::RuleTargetsGhost),
+            Just(Break::RuleWithoutTargets),
+            (0.0f64..200.0)
+                .prop_filter("not 90", |x| (x - 90.0).abs() > 1e-6)
+                .prop_map(Break::SplitNot100),
+            Just(Break::BadRegex),
+            Just(Break::ExperimentGhost),
+            any::<usize>().prop_map(Break::EmptyUrl),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1_000))]
+        /// Every document made invalid by 1-3 mutations is rejected, naming at least one path,
+        /// and the live policy (and its version) stays as it was.
+        #[test]
+        fn broken_documents_are_rejected_and_change_nothing(bs in proptest::collection::vec(breaks(), 1..4)) {
+            let valid = Policy::from_json(&doc().to_string()).unwrap();
+            let r = router(valid.clone(), clock());
+            r.register_endpoint(Endpoint::new("live", "haiku", "http://live")).unwrap();
+            let (before, version) = (r.policy(), r.policy_version());
+            let mut p = valid;
+            for b in &bs {
+                apply(&mut p, b);
+            }
+            let e = r.load_policy(p).unwrap_err();
+            prop_assert!(e.field().is_some_and(|f| !f.is_empty()), "{e}");
+            prop_assert_eq!(r.policy(), before);
+            prop_assert_eq!(r.policy_version(), version);
+            prop_assert!(r.route(&RouteRequest::for_model("haiku")).is_ok());
+        }
+    }
+}
