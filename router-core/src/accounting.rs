@@ -56,6 +56,8 @@ pub(crate) struct Ticket {
     pub(crate) experiment: Option<(String, usize)>,
     /// Whether a budget downgraded the request to the cheapest models.
     pub(crate) downgraded: bool,
+    /// The admin override that forced the route, if one did.
+    pub(crate) forced: Option<String>,
     pub(crate) store: Arc<dyn StateStore>,
 }
 
@@ -81,6 +83,7 @@ impl Ticket {
             token_charges: Vec::new(),
             experiment: self.experiment.clone(),
             downgraded: self.downgraded,
+            forced: self.forced.clone(),
             store: Arc::clone(&self.store),
         }
     }
@@ -98,6 +101,7 @@ pub(crate) fn needed(snap: &Snapshot, req: &RouteRequest) -> bool {
         || !cfg.budgets.is_empty()
         || !cfg.rate_limits.is_empty()
         || !cfg.experiments.is_empty()
+        || !cfg.forced_routes.is_empty()
         || workspace_budget(snap, req).is_some()
 }
 

@@ -74,6 +74,9 @@ pub struct RouterConfig {
     /// A/B and canary experiments.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub experiments: Vec<Experiment>,
+    /// Admin overrides: requests forced to a model or an endpoint, first match wins.
+    #[serde(alias = "forcedRoutes", skip_serializing_if = "Vec::is_empty")]
+    pub forced_routes: Vec<crate::overrides::ForcedRoute>,
 }
 
 /// What to do when no endpoint is eligible because of breakers, cooldowns or health.
@@ -138,6 +141,7 @@ impl Default for RouterConfig {
             budgets: Vec::new(),
             rate_limits: Vec::new(),
             experiments: Vec::new(),
+            forced_routes: Vec::new(),
         }
     }
 }
@@ -199,6 +203,9 @@ impl RouterConfig {
                     format!("duplicate experiment `{}`", x.id),
                 ));
             }
+        }
+        for (i, f) in self.forced_routes.iter().enumerate() {
+            f.validate().map_err(|e| e.at(&format!("forced_routes[{i}]")))?;
         }
         self.breaker.validate().map_err(|e| e.at("breaker"))?;
         self.health.validate().map_err(|e| e.at("health"))?;

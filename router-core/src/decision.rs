@@ -266,6 +266,9 @@ impl fmt::Display for ReasonText<'_> {
             if let Some((x, v)) = &t.experiment {
                 write!(f, "; experiment `{x}` variant {v}")?;
             }
+            if let Some(why) = &t.forced {
+                write!(f, "; forced by admin override: {why}")?;
+            }
             if t.downgraded {
                 f.write_str("; budget downgrade: cheapest fitting models only")?;
             }

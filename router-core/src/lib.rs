@@ -54,6 +54,7 @@ mod history;
 pub mod limits;
 mod model;
 mod outcome;
+pub mod overrides;
 mod policy;
 mod registry;
 mod request;

@@ -483,22 +483,38 @@ impl Router {
         let now_ms = self.inner.clock.now_ms();
         // An experiment that takes the request names its variant's model; when that model
         // cannot serve it, the request is routed as if there were no experiment.
+        // An admin override comes first; a forced route that cannot serve fails loudly.
+        let forced = snap.config.forced_routes.iter().find(|f| f.matches(req));
         let mut arm = None;
         let with_model;
-        let (req, mut scope) = match accounted
-            .then(|| self.inner.experiments.assign(&snap.config, req))
-            .flatten()
-        {
-            Some((x, v, model)) => {
+        let steer = match forced {
+            Some(f) => f
+                .model_id
+                .clone()
+                .or_else(|| {
+                    f.endpoint_id
+                        .as_deref()
+                        .and_then(|e| snap.slot(e))
+                        .map(|s| s.model_id.to_string())
+                })
+                .map(|m| (None, m)),
+            None => accounted
+                .then(|| self.inner.experiments.assign(&snap.config, req))
+                .flatten()
+                .map(|(x, v, m)| (Some((x, v)), m)),
+        };
+        let (req, mut scope) = match steer {
+            Some((a, model)) => {
                 with_model = RouteRequest {
                     model: Some(model),
                     ..req.clone()
                 };
                 match resolve(&snap, &with_model) {
                     Ok(scope) => {
-                        arm = Some((x, v));
+                        arm = a;
                         (&with_model, scope)
                     }
+                    Err(e) if forced.is_some() => return Err(e),
                     Err(_) => (req, resolve(&snap, req)?),
                 }
             }
@@ -545,7 +561,19 @@ impl Router {
             dry_run: false,
         };
         let panic = scope.panic_mode.unwrap_or(snap.config.panic_mode);
-        let Some((p, tier, probe, transition)) = pick(kind, &mut c, panic, true) else {
+        let forced_member = forced
+            .and_then(|f| f.endpoint_id.as_deref())
+            .and_then(|e| scope.pool.members.iter().position(|m| &*m.id == e));
+        let picked = match forced_member {
+            Some(member) => Some((
+                Pick::new(member, Default::default(), crate::strategy::Detail::None),
+                Tier::Healthy,
+                false,
+                None,
+            )),
+            None => pick(kind, &mut c, panic, true),
+        };
+        let Some((p, tier, probe, transition)) = picked else {
             c.tier = Tier::Healthy;
             return Err(no_healthy(&c, scope.label.clone()));
         };
@@ -575,6 +603,7 @@ impl Router {
                 token_charges: charges,
                 experiment: arm,
                 downgraded,
+                forced: forced.map(|f| f.reason.clone()),
                 store: Arc::clone(&self.inner.store),
             }))
         } else {

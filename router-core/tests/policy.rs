@@ -306,3 +306,45 @@ mod mutations {
         }
     }
 }
+
+#[test]
+fn admin_forced_routes_win_and_say_so() {
+    let mut d = doc();
+    d["forced_routes"] = json!([
+        {"endpoint_id": "h1", "agent_type": "coder", "reason": "incident 42"},
+        {"model_id": "gpt-4", "workspace_id": "vip", "reason": "vip on gpt-4"}
+    ]);
+    let r = router(Policy::from_json(&d.to_string()).unwrap(), clock());
+    // The rule r1 sends coders to gpt-4; the override wins, down to the endpoint.
+    let coder = RouteRequest {
+        agent_type: Some("coder".into()),
+        ..Default::default()
+    };
+    for _ in 0..5 {
+        let dcs = r.route(&coder).unwrap();
+        assert_eq!(dcs.endpoint_id(), "h1");
+        assert!(
+            dcs.reason().contains("forced by admin override: incident 42"),
+            "{}",
+            dcs.reason()
+        );
+    }
+    let vip = RouteRequest {
+        workspace_id: Some("vip".into()),
+        ..Default::default()
+    };
+    assert!((0..10).all(|_| r.route(&vip).unwrap().model_id() == "gpt-4"));
+    // Others route as usual.
+    let models: std::collections::HashSet<String> = (0..20)
+        .map(|_| r.route(&RouteRequest::default()).unwrap().model_id().to_owned())
+        .collect();
+    assert_eq!(models.len(), 2);
+    // A forced route must name something that exists.
+    let mut bad = doc();
+    bad["forced_routes"] = json!([{"endpoint_id": "ghost", "reason": "x"}]);
+    let e = r.load_policy(Policy::from_json(&bad.to_string()).unwrap()).unwrap_err();
+    assert_eq!(e.field(), Some("forced_routes[0].endpoint_id"));
+    bad["forced_routes"] = json!([{"reason": "x"}]);
+    let e = r.load_policy(Policy::from_json(&bad.to_string()).unwrap()).unwrap_err();
+    assert_eq!(e.field(), Some("forced_routes[0].model_id"));
+}

@@ -284,6 +284,20 @@ impl Draft {
                 }
             }
         }
+        for (i, f) in self.config.forced_routes.iter().enumerate() {
+            if let Some(m) = f.model_id.as_deref().filter(|m| self.model_pos(m).is_none()) {
+                return Err(Error::config(
+                    format!("forced_routes[{i}].model_id"),
+                    format!("unknown model `{m}`"),
+                ));
+            }
+            if let Some(e) = f.endpoint_id.as_deref().filter(|e| self.endpoint_pos(e).is_none()) {
+                return Err(Error::config(
+                    format!("forced_routes[{i}].endpoint_id"),
+                    format!("unknown endpoint `{e}`"),
+                ));
+            }
+        }
         for (i, b) in self.config.budgets.iter().enumerate() {
             if b.scope == crate::budget::BudgetScope::Model && self.model_pos(&b.id).is_none() {
                 return Err(Error::config(
