@@ -85,8 +85,8 @@ pub use registry::{EndpointFilter, ModelFilter, ModelStatusUpdate, Slot};
 pub use request::{RouteRequest, MAX_REQUEST_FIELD_LEN};
 pub use rng::seed_thread;
 pub use router::{
-    EndpointStatus, ExplainedEndpoint, ExplainedError, ExplainedModel, ExplainedRule, Explanation, ModelHealth,
-    ModelVerdict, Retry, Router, RouterBuilder,
+    EndpointStatus, ExplainedEndpoint, ExplainedError, ExplainedModel, ExplainedRule, ExplainedScore, Explanation,
+    ModelHealth, ModelVerdict, Retry, Router, RouterBuilder,
 };
 pub use rules::{Rule, TargetModel, TrafficSplit};
 pub use state::{InMemoryStore, StateChange, StateSink, StateStore, StoreStatus, TryAdd};

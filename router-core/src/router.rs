@@ -1917,6 +1917,18 @@ pub struct ExplainedEndpoint {
     pub reason: &'static str,
     /// Its live state.
     pub status: EndpointStatus,
+    /// What the strategy ranks it by (lower wins), for the scoring strategies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<ExplainedScore>,
+}
+
+/// A strategy's score of an endpoint, in an [`Explanation`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExplainedScore {
+    /// What is scored (`load`, `p2c cost`, `latency ms`, `price per 1k`, `hybrid score`).
+    pub metric: &'static str,
+    /// The value (lower wins).
+    pub value: f64,
 }
 
 /// The answer of [`Router::explain`].
@@ -2095,6 +2107,9 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
                 verdict: v,
                 reason: v.describe(),
                 status: endpoint_status(s, now_ms, &snap.config),
+                score: kind
+                    .score(&c, i)
+                    .map(|(metric, value)| ExplainedScore { metric, value }),
             }
         })
         .collect();

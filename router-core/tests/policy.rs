@@ -348,3 +348,37 @@ fn admin_forced_routes_win_and_say_so() {
     let e = r.load_policy(Policy::from_json(&bad.to_string()).unwrap()).unwrap_err();
     assert_eq!(e.field(), Some("forced_routes[0].model_id"));
 }
+
+#[test]
+fn explain_shows_the_strategy_scores() {
+    let r = router(Policy::from_json(&doc().to_string()).unwrap(), clock());
+    r.report_endpoint("g1", Outcome::success(100.0)).unwrap();
+    r.report_endpoint("h1", Outcome::success(300.0)).unwrap();
+    let x = r.explain(&RouteRequest {
+        strategy: Some(StrategyKind::LatencyBased),
+        ..Default::default()
+    });
+    let score = |id: &str| {
+        x.endpoints
+            .iter()
+            .find(|e| e.endpoint_id == id)
+            .unwrap()
+            .score
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(score("g1").metric, "latency ms");
+    assert!(score("g1").value < score("h1").value);
+    assert_eq!(x.decision.unwrap().endpoint_id, "g1");
+    let json = serde_json::to_value(r.explain(&RouteRequest {
+        strategy: Some(StrategyKind::PowerOfTwo),
+        ..Default::default()
+    }))
+    .unwrap();
+    assert_eq!(json["endpoints"][0]["score"]["metric"], "p2c cost");
+    let rr = r.explain(&RouteRequest {
+        strategy: Some(StrategyKind::RoundRobin),
+        ..Default::default()
+    });
+    assert!(rr.endpoints.iter().all(|e| e.score.is_none()));
+}

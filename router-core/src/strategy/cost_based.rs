@@ -15,13 +15,16 @@ use crate::health;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CostBased;
 
+/// The price per 1k tokens of member `i`, divided by its health divisor (lower is better).
+pub(crate) fn cost_score(c: &Candidates<'_>, i: usize) -> f64 {
+    let m = c.member(i);
+    m.cost_per_1k / health::divisor(&m.state, c.now_ms, &c.config.health)
+}
+
 impl Strategy for CostBased {
     fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
         let tol = c.config.near_tie_tolerance;
-        let (i, value, f) = c.argmin(rng, tol, |i| {
-            let m = c.member(i);
-            m.cost_per_1k / health::divisor(&m.state, c.now_ms, &c.config.health)
-        })?;
+        let (i, value, f) = c.argmin(rng, tol, |i| cost_score(c, i))?;
         Some(Pick::new(
             i,
             f,

@@ -12,6 +12,11 @@ use rand::RngCore;
 use super::{Candidates, Detail, Pick, Strategy};
 use crate::health;
 
+/// The expected latency of member `i`, ms, divided by its health divisor (lower is better).
+pub(crate) fn latency_score(c: &Candidates<'_>, i: usize) -> f64 {
+    c.latency_ms(i) / health::divisor(&c.member(i).state, c.now_ms, &c.config.health)
+}
+
 /// Latency based.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LatencyBased;
@@ -19,9 +24,7 @@ pub struct LatencyBased;
 impl Strategy for LatencyBased {
     fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
         let tol = c.config.near_tie_tolerance;
-        let (i, value, f) = c.argmin(rng, tol, |i| {
-            c.latency_ms(i) / health::divisor(&c.member(i).state, c.now_ms, &c.config.health)
-        })?;
+        let (i, value, f) = c.argmin(rng, tol, |i| latency_score(c, i))?;
         Some(Pick::new(
             i,
             f,

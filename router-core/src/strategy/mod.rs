@@ -103,6 +103,20 @@ pub enum StrategyKind {
 }
 
 impl StrategyKind {
+    /// The score a scoring strategy ranks member `i` by, with its name (lower wins); `None`
+    /// for the strategies that do not score (round robins, weighted random, consistent hash,
+    /// geo-preferred).
+    pub(crate) fn score(self, c: &Candidates<'_>, i: usize) -> Option<(&'static str, f64)> {
+        Some(match self {
+            StrategyKind::LeastLoaded => ("load", least_loaded::load_score(c, i)),
+            StrategyKind::PowerOfTwo => ("p2c cost", power_of_two::p2c_cost(c, i)),
+            StrategyKind::LatencyBased => ("latency ms", latency_based::latency_score(c, i)),
+            StrategyKind::CostBased => ("price per 1k", cost_based::cost_score(c, i)),
+            StrategyKind::Hybrid => ("hybrid score", hybrid::hybrid_score(c, i)),
+            _ => return None,
+        })
+    }
+
     /// Every strategy, in documentation order.
     pub const ALL: [StrategyKind; 10] = [
         StrategyKind::RoundRobin,
