@@ -56,6 +56,11 @@ pub(crate) struct Ticket {
     pub(crate) experiment: Option<(String, usize)>,
     /// Whether a budget downgraded the request to the cheapest models.
     pub(crate) downgraded: bool,
+    /// Whether usage, budgets, limits or experiments concern the request (else the ticket only
+    /// carries the adaptive choice).
+    pub(crate) accounted: bool,
+    /// The adaptive model choice, whose arm the report updates.
+    pub(crate) adaptive: Option<crate::adaptive::AdaptivePick>,
     pub(crate) store: Arc<dyn StateStore>,
 }
 
@@ -81,7 +86,28 @@ impl Ticket {
             token_charges: Vec::new(),
             experiment: self.experiment.clone(),
             downgraded: self.downgraded,
+            accounted: self.accounted,
+            adaptive: self.adaptive.clone(),
             store: Arc::clone(&self.store),
+        }
+    }
+
+    /// A ticket that only carries an adaptive choice.
+    pub(crate) fn adaptive_only(pick: crate::adaptive::AdaptivePick, store: &Arc<dyn StateStore>) -> Ticket {
+        Ticket {
+            request_id: None,
+            workspace_id: None,
+            agent_type: None,
+            user_id: None,
+            est_in: 0,
+            est_out: 0,
+            reservations: Vec::new(),
+            token_charges: Vec::new(),
+            experiment: None,
+            downgraded: false,
+            accounted: false,
+            adaptive: Some(pick),
+            store: Arc::clone(store),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::adaptive::AdaptiveConfig;
 use crate::breaker::BreakerConfig;
 use crate::budget::ScopedBudget;
 use crate::error::{Error, Result};
@@ -71,6 +72,8 @@ pub struct RouterConfig {
     /// A/B and canary experiments.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub experiments: Vec<Experiment>,
+    /// Adaptive model choice (Thompson sampling over the candidate models).
+    pub adaptive: AdaptiveConfig,
 }
 
 /// What to do when no endpoint is eligible because of breakers, cooldowns or health.
@@ -134,6 +137,7 @@ impl Default for RouterConfig {
             budgets: Vec::new(),
             rate_limits: Vec::new(),
             experiments: Vec::new(),
+            adaptive: AdaptiveConfig::default(),
         }
     }
 }
@@ -196,6 +200,7 @@ impl RouterConfig {
                 ));
             }
         }
+        self.adaptive.validate().map_err(|e| e.at("adaptive"))?;
         self.breaker.validate().map_err(|e| e.at("breaker"))?;
         self.health.validate().map_err(|e| e.at("health"))?;
         self.hybrid.validate().map_err(|e| e.at("hybrid"))

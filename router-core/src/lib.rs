@@ -40,6 +40,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 mod accounting;
+pub mod adaptive;
 pub mod breaker;
 pub mod budget;
 mod clock;
@@ -64,6 +65,7 @@ pub mod stats;
 pub mod strategy;
 pub mod usage;
 
+pub use adaptive::{AdaptiveConfig, AdaptiveContext, AdaptiveExplanation, ArmDraw, ModelSelection, RewardWeights};
 pub use budget::{BudgetLimits, BudgetMode, BudgetScope, BudgetStatus, Consistency, OnStoreError, ScopedBudget};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FailoverConfig, PanicMode, RouterConfig};
@@ -71,7 +73,9 @@ pub use decision::{Decision, DecisionId, DecisionRecord, FallbackTarget, ModelCh
 pub use endpoint::{Endpoint, EndpointKind, HeadStatus, HeadStatusUpdate};
 pub use error::{Error, Result};
 pub use events::{Event, EventBus, EventStream, SubscriptionId};
-pub use experiment::{AssignmentKey, Comparison, Experiment, ExperimentResults, Variant, VariantResults};
+pub use experiment::{
+    AdaptiveResults, AssignmentKey, Comparison, Experiment, ExperimentResults, Variant, VariantResults,
+};
 pub use health::{HealthConfig, HealthReport, ProbeTarget};
 pub use limits::{LimitScope, RateLimit};
 pub use model::{Capability, Model, ModelStatus, ModelType, Pricing};
