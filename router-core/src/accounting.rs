@@ -58,6 +58,11 @@ pub(crate) struct Ticket {
     pub(crate) downgraded: bool,
     /// The admin override that forced the route, if one did.
     pub(crate) forced: Option<String>,
+    /// Whether usage, budgets, limits or experiments concern the request (else the ticket only
+    /// carries the adaptive choice).
+    pub(crate) accounted: bool,
+    /// The adaptive model choice, whose arm the report updates.
+    pub(crate) adaptive: Option<crate::adaptive::AdaptivePick>,
     pub(crate) store: Arc<dyn StateStore>,
 }
 
@@ -84,7 +89,29 @@ impl Ticket {
             experiment: self.experiment.clone(),
             downgraded: self.downgraded,
             forced: self.forced.clone(),
+            accounted: self.accounted,
+            adaptive: self.adaptive.clone(),
             store: Arc::clone(&self.store),
+        }
+    }
+
+    /// A ticket that only carries an adaptive choice.
+    pub(crate) fn adaptive_only(pick: crate::adaptive::AdaptivePick, store: &Arc<dyn StateStore>) -> Ticket {
+        Ticket {
+            request_id: None,
+            workspace_id: None,
+            agent_type: None,
+            user_id: None,
+            est_in: 0,
+            est_out: 0,
+            reservations: Vec::new(),
+            token_charges: Vec::new(),
+            experiment: None,
+            downgraded: false,
+            forced: None,
+            accounted: false,
+            adaptive: Some(pick),
+            store: Arc::clone(store),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::adaptive::AdaptiveConfig;
 use crate::breaker::BreakerConfig;
 use crate::budget::ScopedBudget;
 use crate::error::{Error, Result};
@@ -77,6 +78,8 @@ pub struct RouterConfig {
     /// Admin overrides: requests forced to a model or an endpoint, first match wins.
     #[serde(alias = "forcedRoutes", skip_serializing_if = "Vec::is_empty")]
     pub forced_routes: Vec<crate::overrides::ForcedRoute>,
+    /// Adaptive model choice (Thompson sampling over the candidate models).
+    pub adaptive: AdaptiveConfig,
 }
 
 /// What to do when no endpoint is eligible because of breakers, cooldowns or health.
@@ -142,6 +145,7 @@ impl Default for RouterConfig {
             rate_limits: Vec::new(),
             experiments: Vec::new(),
             forced_routes: Vec::new(),
+            adaptive: AdaptiveConfig::default(),
         }
     }
 }
@@ -207,6 +211,7 @@ impl RouterConfig {
         for (i, f) in self.forced_routes.iter().enumerate() {
             f.validate().map_err(|e| e.at(&format!("forced_routes[{i}]")))?;
         }
+        self.adaptive.validate().map_err(|e| e.at("adaptive"))?;
         self.breaker.validate().map_err(|e| e.at("breaker"))?;
         self.health.validate().map_err(|e| e.at("health"))?;
         self.hybrid.validate().map_err(|e| e.at("hybrid"))

@@ -272,6 +272,9 @@ impl fmt::Display for ReasonText<'_> {
             if t.downgraded {
                 f.write_str("; budget downgrade: cheapest fitting models only")?;
             }
+            if let Some(a) = &t.adaptive {
+                a.describe(f)?;
+            }
         }
         if d.attempt > 1 {
             write!(f, "; attempt {}", d.attempt)?;

@@ -242,6 +242,22 @@ pub enum Event {
         /// When, Unix ms.
         at_ms: u64,
     },
+    /// Adaptive choice moved a model's share of a context's decisions, over the last share
+    /// window, by at least the threshold since the share last reported.
+    AdaptiveShareChanged {
+        /// The learning context (`agent=support,request_type=chat`).
+        context: String,
+        /// The model.
+        model_id: String,
+        /// Its share last reported.
+        from: f64,
+        /// Its share over the window just closed.
+        to: f64,
+        /// Decisions in that window.
+        window: u64,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
     /// A decision was made.
     Decision(DecisionRecord),
 }
@@ -273,6 +289,7 @@ impl Event {
             Event::ExperimentConcluded { .. } => "experiment_concluded",
             Event::PolicyChanged { .. } => "policy_changed",
             Event::PolicyRejected { .. } => "policy_rejected",
+            Event::AdaptiveShareChanged { .. } => "adaptive_share_changed",
             Event::Decision(_) => "decision",
         }
     }

@@ -7,10 +7,32 @@
 //! per-user experiment). Its variant is `hash(experiment id, key)` mapped onto the cumulative
 //! weights: the same key always gets the same variant while the weights stay the same. The
 //! variant's model then serves the request as if the request had named it.
+//!
+//! **Adaptive experiments** (`adaptive: true`) shift traffic toward the better variant as
+//! evidence accumulates: every 25 outcomes the probability that each variant has the best
+//! success rate is estimated by Monte Carlo ([`ADAPTIVE_DRAWS`] joint draws from the Beta(1 +
+//! successes, 1 + failures) posteriors), and once every variant has 30 outcomes the variants'
+//! weights become `floor + (1 − k · floor) · P(best)` (Thompson sampling's allocation, each
+//! variant keeping at least `floor`). Assignment stays the hash of the key mapped onto the
+//! cumulative weights, so a key keeps its variant while the weights stay the same, and when
+//! they move by Δ only a share Δ of the keys (those whose hash point lies between the old and the
+//! new boundary) changes variant.
+//!
+//! An adaptive experiment **concludes** when (1) every variant has `min_samples` outcomes,
+//! (2) the leader's probability of best is at least `probability_best` (0.95), and (3) the
+//! mixture sequential probability ratio test (mSPRT, Johari et al. 2017) of the leader against
+//! every other variant reaches `1 / alpha`. (3) is what bounds the error: the mSPRT is valid at
+//! any number of looks, so with equal success rates a pair ever concludes with probability at
+//! most `alpha` (asymptotically); with k variants a false winner is named with probability at
+//! most `(k − 1) · alpha`. The probability of best alone is not such a bound: checked every 25
+//! outcomes, "P(best) ≥ 0.95" names a false winner in most long runs of an A/A test.
 
 use serde::{Deserialize, Serialize};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
+use std::sync::Arc;
+
+use crate::adaptive::{msprt, probability_best, Draws};
 use rustc_hash::FxHashMap;
 
 use crate::config::RouterConfig;
@@ -78,7 +100,39 @@ pub struct Experiment {
     /// Outcomes every variant needs before a winner is named.
     #[serde(default = "default_min_samples", alias = "minSamples")]
     pub min_samples: u64,
+    /// Shift traffic toward the better variant as evidence accumulates (see the module doc).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adaptive: bool,
+    /// Adaptive: the least share of each variant, in [0, 0.5] (capped at 1 / variants).
+    #[serde(default = "default_floor")]
+    pub floor: f64,
+    /// Adaptive: the leader's posterior probability of best needed to conclude, in (0.5, 1).
+    #[serde(default = "default_probability_best", alias = "probabilityBest")]
+    pub probability_best: f64,
+    /// Adaptive: standard deviation of the mSPRT's normal prior on the difference of success
+    /// rates (the effect it is most sensitive to).
+    #[serde(default = "default_mixture_sd", alias = "mixtureSd")]
+    pub mixture_sd: f64,
+    /// Adaptive: when it concludes, give the winner a weight of 100 and the others 0 (and turn
+    /// adaptation off), as a normal configuration change.
+    #[serde(default, alias = "promoteWinner", skip_serializing_if = "std::ops::Not::not")]
+    pub promote_winner: bool,
 }
+
+fn default_floor() -> f64 {
+    0.1
+}
+fn default_probability_best() -> f64 {
+    0.95
+}
+fn default_mixture_sd() -> f64 {
+    0.05
+}
+
+/// Monte Carlo draws behind an adaptive experiment's probabilities of best.
+pub const ADAPTIVE_DRAWS: u32 = 2_000;
+/// Outcomes every variant needs before an adaptive experiment's weights move.
+const BURN_IN: u64 = 30;
 
 fn yes() -> bool {
     true
@@ -116,6 +170,24 @@ impl Experiment {
         if !(self.alpha > 0.0 && self.alpha < 1.0) {
             return Err(Error::config("alpha", format!("must be in (0, 1), got {}", self.alpha)));
         }
+        if !(0.0..=0.5).contains(&self.floor) {
+            return Err(Error::config(
+                "floor",
+                format!("must be in [0, 0.5], got {}", self.floor),
+            ));
+        }
+        if !(self.probability_best > 0.5 && self.probability_best < 1.0) {
+            return Err(Error::config(
+                "probability_best",
+                format!("must be in (0.5, 1), got {}", self.probability_best),
+            ));
+        }
+        if !(self.mixture_sd.is_finite() && self.mixture_sd > 0.0) {
+            return Err(Error::config(
+                "mixture_sd",
+                format!("must be a finite number > 0, got {}", self.mixture_sd),
+            ));
+        }
         Ok(())
     }
 
@@ -144,18 +216,25 @@ impl Experiment {
 
     /// The variant of `key`: deterministic, sticky while the weights stay the same.
     pub fn assign(&self, key: &str) -> usize {
+        self.assign_by(key, |i| self.variants[i].weight)
+    }
+
+    /// The variant of `key` under these weights (one per variant).
+    fn assign_by(&self, key: &str, weight: impl Fn(usize) -> f64) -> usize {
         let h = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), xxhash_rust::xxh3::xxh3_64(self.id.as_bytes()));
-        let total: f64 = self.variants.iter().map(|v| v.weight).sum();
+        let n = self.variants.len();
+        let total: f64 = (0..n).map(&weight).sum();
         // 53 bits of the hash as a uniform number in [0, total).
         let x = (h >> 11) as f64 / (1u64 << 53) as f64 * total;
         let mut acc = 0.0;
-        for (i, v) in self.variants.iter().enumerate() {
-            acc += v.weight;
-            if x < acc && v.weight > 0.0 {
+        for i in 0..n {
+            let w = weight(i);
+            acc += w;
+            if x < acc && w > 0.0 {
                 return i;
             }
         }
-        self.variants.iter().rposition(|v| v.weight > 0.0).unwrap_or(0)
+        (0..n).rposition(|i| weight(i) > 0.0).unwrap_or(0)
     }
 }
 
@@ -219,6 +298,18 @@ pub struct ExperimentResults {
     pub winner: Option<String>,
     /// Why the winner won (or why there is none yet).
     pub verdict: String,
+    /// An adaptive experiment's current weights and probabilities of best.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveResults>,
+}
+
+/// The adaptive part of [`ExperimentResults`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdaptiveResults {
+    /// Each variant's current share of traffic.
+    pub weights: Vec<f64>,
+    /// Each variant's posterior probability of having the best success rate (at the last look).
+    pub probability_best: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -235,6 +326,10 @@ struct Arms {
     arms: Vec<Arm>,
     concluded: bool,
     since_check: u32,
+    /// Adaptive: the winner and why, once concluded.
+    winner: Option<(usize, String)>,
+    /// Adaptive: probabilities of best at the last look.
+    probability_best: Vec<f64>,
 }
 
 /// Outcomes per experiment and variant, kept by the router across configuration changes (an
@@ -242,6 +337,15 @@ struct Arms {
 #[derive(Debug, Default)]
 pub(crate) struct Results {
     inner: Mutex<FxHashMap<String, Arms>>,
+    /// Adaptive experiments' current weights (read on the decision path).
+    weights: RwLock<FxHashMap<String, Arc<[f64]>>>,
+}
+
+/// An adaptive experiment that concluded and promotes its winner.
+#[derive(Debug)]
+pub(crate) struct Promotion {
+    pub(crate) experiment_id: String,
+    pub(crate) winner: usize,
 }
 
 /// How many outcomes pass between two checks for a winner on the report path.
@@ -252,7 +356,15 @@ impl Results {
     pub(crate) fn assign(&self, cfg: &RouterConfig, req: &RouteRequest) -> Option<(String, usize, String)> {
         cfg.experiments.iter().find_map(|x| {
             let key = x.key_for(req)?;
-            let v = x.assign(key);
+            let adapted = x
+                .adaptive
+                .then(|| self.weights.read().get(&x.id).cloned())
+                .flatten()
+                .filter(|w| w.len() == x.variants.len());
+            let v = match adapted {
+                Some(w) => x.assign_by(key, |i| w[i]),
+                None => x.assign(key),
+            };
             Some((x.id.clone(), v, x.variants[v].model_id.clone()))
         })
     }
@@ -267,10 +379,8 @@ impl Results {
         cost_micros: i64,
         events: &EventBus,
         now_ms: u64,
-    ) {
-        let Some(x) = cfg.experiments.iter().find(|x| x.id == id) else {
-            return;
-        };
+    ) -> Option<Promotion> {
+        let x = cfg.experiments.iter().find(|x| x.id == id)?;
         let mut map = self.inner.lock();
         let arms = map.entry(id.to_owned()).or_default();
         if arms.arms.len() != x.variants.len() {
@@ -279,9 +389,7 @@ impl Results {
                 ..Default::default()
             };
         }
-        let Some(arm) = arms.arms.get_mut(variant) else {
-            return;
-        };
+        let arm = arms.arms.get_mut(variant)?;
         arm.requests += 1;
         arm.cost_micros += cost_micros;
         if outcome.is_success() {
@@ -290,8 +398,43 @@ impl Results {
             arm.histogram.record(outcome.latency_ms);
         }
         arms.since_check += 1;
+        if x.adaptive {
+            if arms.since_check < CHECK_EVERY {
+                return None;
+            }
+            arms.since_check = 0;
+            let post: Vec<(f64, f64)> = arms
+                .arms
+                .iter()
+                .map(|a| (1.0 + a.successes as f64, 1.0 + (a.requests - a.successes) as f64))
+                .collect();
+            let mut p = vec![0.0; post.len()];
+            probability_best(&post, ADAPTIVE_DRAWS, &mut Draws::from_thread(), &mut p);
+            if arms.arms.iter().all(|a| a.requests >= BURN_IN) {
+                let k = p.len() as f64;
+                let floor = x.floor.min(1.0 / k);
+                let w: Arc<[f64]> = p.iter().map(|q| floor + (1.0 - k * floor) * q).collect();
+                self.weights.write().insert(id.to_owned(), w);
+            }
+            let verdict = (!arms.concluded).then(|| adaptive_verdict(x, &arms.arms, &p)).flatten();
+            arms.probability_best = p;
+            let (winner, verdict) = verdict?;
+            arms.concluded = true;
+            arms.winner = Some((winner, verdict.clone()));
+            drop(map);
+            events.emit(&Event::ExperimentConcluded {
+                experiment_id: id.to_owned(),
+                winner: x.variants[winner].name.clone(),
+                verdict,
+                at_ms: now_ms,
+            });
+            return x.promote_winner.then(|| Promotion {
+                experiment_id: id.to_owned(),
+                winner,
+            });
+        }
         if arms.concluded || arms.since_check < CHECK_EVERY {
-            return;
+            return None;
         }
         arms.since_check = 0;
         let r = evaluate(x, &arms.arms);
@@ -305,6 +448,7 @@ impl Results {
                 at_ms: now_ms,
             });
         }
+        None
     }
 
     pub(crate) fn results(&self, cfg: &RouterConfig, id: &str) -> Result<ExperimentResults> {
@@ -315,13 +459,79 @@ impl Results {
             .ok_or_else(|| Error::not_found("experiment", id))?;
         let map = self.inner.lock();
         let empty = vec![Arm::default(); x.variants.len()];
-        let arms = map
-            .get(id)
-            .map(|a| &a.arms)
-            .filter(|a| a.len() == x.variants.len())
-            .unwrap_or(&empty);
-        Ok(evaluate(x, arms))
+        let state = map.get(id).filter(|a| a.arms.len() == x.variants.len());
+        let arms = state.map(|a| &a.arms).unwrap_or(&empty);
+        let mut out = evaluate(x, arms);
+        if let Some((w, verdict)) = state.and_then(|s| s.winner.as_ref()) {
+            out.winner = Some(x.variants[*w].name.clone());
+            out.verdict = verdict.clone();
+        } else if x.adaptive {
+            // Under continuous looks only the adaptive rule bounds the error.
+            out.winner = None;
+            out.verdict = format!(
+                "adaptive: no winner yet (needs {} outcomes per variant, probability of best >= {} and mSPRT >= 1/alpha = {:.0})",
+                x.min_samples,
+                x.probability_best,
+                1.0 / x.alpha
+            );
+        }
+        if x.adaptive {
+            let k = x.variants.len();
+            let weights = self.weights.read().get(id).map(|w| w.to_vec()).unwrap_or_else(|| {
+                let total: f64 = x.variants.iter().map(|v| v.weight).sum();
+                x.variants.iter().map(|v| v.weight / total).collect()
+            });
+            let probability_best = state
+                .map(|s| s.probability_best.clone())
+                .filter(|p| p.len() == k)
+                .unwrap_or_else(|| vec![1.0 / k as f64; k]);
+            out.adaptive = Some(AdaptiveResults {
+                weights,
+                probability_best,
+            });
+        }
+        Ok(out)
     }
+}
+
+/// The adaptive stopping rule (module doc): the leader and the verdict, once it holds.
+fn adaptive_verdict(x: &Experiment, arms: &[Arm], p: &[f64]) -> Option<(usize, String)> {
+    if arms.iter().any(|a| a.requests < x.min_samples) {
+        return None;
+    }
+    let leader = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b]))?;
+    if p[leader] < x.probability_best {
+        return None;
+    }
+    let l = &arms[leader];
+    let rate = |a: &Arm| a.successes as f64 / a.requests as f64;
+    let mut weakest = f64::INFINITY;
+    for (i, a) in arms.iter().enumerate() {
+        if i == leader {
+            continue;
+        }
+        let m = msprt(
+            (l.successes as f64, l.requests as f64),
+            (a.successes as f64, a.requests as f64),
+            x.mixture_sd,
+        )?;
+        if rate(l) <= rate(a) || m < 1.0 / x.alpha {
+            return None;
+        }
+        weakest = weakest.min(m);
+    }
+    Some((
+        leader,
+        format!(
+            "success rate {:.4}: probability of best {:.3} >= {} ({} draws) and mSPRT likelihood ratio against every other variant >= 1/alpha = {:.0} (smallest {:.1})",
+            rate(l),
+            p[leader],
+            x.probability_best,
+            ADAPTIVE_DRAWS,
+            1.0 / x.alpha,
+            weakest
+        ),
+    ))
 }
 
 fn evaluate(x: &Experiment, arms: &[Arm]) -> ExperimentResults {
@@ -382,6 +592,7 @@ fn evaluate(x: &Experiment, arms: &[Arm]) -> ExperimentResults {
         comparisons,
         winner,
         verdict,
+        adaptive: None,
     }
 }
 

@@ -40,6 +40,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 mod accounting;
+pub mod adaptive;
 pub mod breaker;
 pub mod budget;
 mod clock;
@@ -67,6 +68,7 @@ pub mod strategy;
 pub mod usage;
 mod watch;
 
+pub use adaptive::{AdaptiveConfig, AdaptiveContext, AdaptiveExplanation, ArmDraw, ModelSelection, RewardWeights};
 pub use budget::{BudgetLimits, BudgetMode, BudgetScope, BudgetStatus, Consistency, OnStoreError, ScopedBudget};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FailoverConfig, PanicMode, RouterConfig};
@@ -74,7 +76,9 @@ pub use decision::{Decision, DecisionId, DecisionRecord, FallbackTarget, ModelCh
 pub use endpoint::{Endpoint, EndpointKind, HeadStatus, HeadStatusUpdate};
 pub use error::{Error, Problem, Result};
 pub use events::{Event, EventBus, EventStream, SubscriptionId};
-pub use experiment::{AssignmentKey, Comparison, Experiment, ExperimentResults, Variant, VariantResults};
+pub use experiment::{
+    AdaptiveResults, AssignmentKey, Comparison, Experiment, ExperimentResults, Variant, VariantResults,
+};
 pub use health::{HealthConfig, HealthReport, ProbeTarget};
 pub use history::PolicyVersion;
 pub use limits::{LimitScope, RateLimit};

@@ -67,6 +67,7 @@ impl RouterBuilder {
             history: Default::default(),
             usage: Usage::default(),
             experiments: Default::default(),
+            adaptive: Default::default(),
         });
         let router = Router { inner };
         router.inner.replace_policy_as(self.policy, false, "initial policy")?;
@@ -88,6 +89,7 @@ struct Inner {
     history: crate::history::History,
     usage: Usage,
     experiments: crate::experiment::Results,
+    adaptive: crate::adaptive::Adaptive,
 }
 
 impl std::fmt::Debug for Inner {
@@ -375,6 +377,25 @@ fn build_mask(
     Some(mask)
 }
 
+/// Whether the request's model is chosen adaptively: the matched rule's `model_selection`,
+/// else the agent type's, else the router's `adaptive.enabled`; never for a named model or a
+/// single candidate model.
+fn adaptive_mode(snap: &Snapshot, req: &RouteRequest, scope: &Scope<'_>) -> bool {
+    if scope.choice == ModelChoice::Explicit || scope.pool.models.len() < 2 {
+        return false;
+    }
+    let rule = scope.rule.and_then(|r| r.rule.model_selection);
+    let agent = || {
+        req.agent_type
+            .as_deref()
+            .and_then(|a| snap.agents.get(a))
+            .and_then(|p| p.model_selection)
+    };
+    rule.or_else(agent).map_or(snap.config.adaptive.enabled, |m| {
+        m == crate::adaptive::ModelSelection::Adaptive
+    })
+}
+
 fn strategy_for(req: &RouteRequest, scope: &Scope<'_>, config: &RouterConfig) -> (StrategyKind, StrategySource) {
     let rule = scope.rule.and_then(|r| r.strategy);
     match (req.strategy, rule, scope.model_strategy) {
@@ -550,6 +571,7 @@ impl Router {
             }
         }
         let (kind, source) = strategy_for(req, &scope, &snap.config);
+        let restricted;
         let mut c = Candidates {
             pool: scope.pool,
             config: &snap.config,
@@ -560,6 +582,18 @@ impl Router {
             quality: scope.quality,
             dry_run: false,
         };
+        // Adaptive choice: the model first (Thompson sampling), then the strategy among its
+        // endpoints; the next-best models' endpoints follow its own in the fallbacks.
+        let mut adaptive = None;
+        let mut others = [None; MAX_FALLBACKS];
+        if adaptive_mode(&snap, req, &scope) {
+            if let Some(ch) = self.inner.adaptive.choose(&snap, req, &mut c, Some(&self.inner.events)) {
+                restricted = ch.mask;
+                c.mask = Some(&restricted);
+                others = ch.others;
+                adaptive = Some(ch.pick);
+            }
+        }
         let panic = scope.panic_mode.unwrap_or(snap.config.panic_mode);
         let forced_member = forced
             .and_then(|f| f.endpoint_id.as_deref())
@@ -571,12 +605,27 @@ impl Router {
                 false,
                 None,
             )),
-            None => pick(kind, &mut c, panic, true),
+            None => pick(kind, &mut c, panic, true).or_else(|| {
+                // The chosen model's last endpoint went away meanwhile: every candidate again.
+                adaptive.as_ref()?;
+                c.mask = scope.mask.as_ref();
+                pick(kind, &mut c, panic, true)
+            }),
         };
-        let Some((p, tier, probe, transition)) = picked else {
+        let Some((mut p, tier, probe, transition)) = picked else {
             c.tier = Tier::Healthy;
+            c.mask = scope.mask.as_ref();
             return Err(no_healthy(&c, scope.label.clone()));
         };
+        for m in others.into_iter().flatten() {
+            let m = m as usize;
+            if p.fallbacks.is_full(snap.config.max_fallbacks) {
+                break;
+            }
+            if m != p.member && !p.fallbacks.contains(m) {
+                p.fallbacks.push(m);
+            }
+        }
         let slot = &scope.pool.members[p.member];
         if let Some(t) = transition {
             self.inner.breaker_event(slot, t, now_ms);
@@ -604,10 +653,12 @@ impl Router {
                 experiment: arm,
                 downgraded,
                 forced: forced.map(|f| f.reason.clone()),
+                accounted: true,
+                adaptive,
                 store: Arc::clone(&self.inner.store),
             }))
         } else {
-            None
+            adaptive.map(|a| Box::new(Ticket::adaptive_only(a, &self.inner.store)))
         };
         slot.state.acquire();
         if slot.config.rpm.is_some() || slot.config.tpm.is_some() {
@@ -743,7 +794,7 @@ impl Router {
     pub fn explain(&self, req: &RouteRequest) -> Explanation {
         let snap = self.inner.registry.load_full();
         let now_ms = self.inner.clock.now_ms();
-        let mut out = explain(&snap, req, now_ms);
+        let mut out = explain(&snap, req, now_ms, &self.inner.adaptive);
         if accounting::needed(&snap, req) {
             if let Some((x, v, model)) = self.inner.experiments.assign(&snap.config, req) {
                 out.accounting
@@ -1360,6 +1411,10 @@ impl Inner {
         let slot = decision.slot();
         let now = self.clock.now_ms();
         let reported = outcome.tokens_in > 0 || outcome.tokens_out > 0;
+        if let Some(a) = ticket.and_then(|t| t.adaptive.as_ref()) {
+            a.report(&cfg.adaptive, &slot.model_id, slot.cost_per_1k, outcome);
+        }
+        let ticket = ticket.filter(|t| t.accounted);
         let (tokens_in, tokens_out) = match ticket {
             Some(t) if !reported && outcome.is_success() => (t.est_in, t.est_out),
             _ => (outcome.tokens_in, outcome.tokens_out),
@@ -1387,8 +1442,12 @@ impl Inner {
                 }
             }
             if let Some((x, v)) = &t.experiment {
-                self.experiments
-                    .record(cfg, x, *v, outcome, cost_micros, &self.events, now);
+                if let Some(p) = self
+                    .experiments
+                    .record(cfg, x, *v, outcome, cost_micros, &self.events, now)
+                {
+                    self.promote(&p);
+                }
             }
         }
         if !cfg.usage.enabled {
@@ -1428,6 +1487,21 @@ impl Inner {
             at_ms: now,
         });
         self.usage.record(&sample, &cfg.usage, record);
+    }
+
+    /// Give a concluded adaptive experiment's winner all the traffic: a new configuration in
+    /// which its weight is 100, the others' 0, and adaptation is off.
+    fn promote(&self, p: &crate::experiment::Promotion) {
+        let mut cfg = (*self.registry.load().config).clone();
+        let Some(x) = cfg.experiments.iter_mut().find(|x| x.id == p.experiment_id) else {
+            return;
+        };
+        for (i, v) in x.variants.iter_mut().enumerate() {
+            v.weight = if i == p.winner { 100.0 } else { 0.0 };
+        }
+        x.adaptive = false;
+        // A store that cannot publish reports itself; the local configuration still changes.
+        let _ = self.commit(|d| d.set_config(cfg), true);
     }
 
     /// Tell the other instances that `slot` takes no traffic until `until_ms`. A store error is
@@ -1957,6 +2031,9 @@ pub struct Explanation {
     /// out by spent budgets, the experiment variant).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub accounting: Vec<String>,
+    /// The adaptive model choice: every candidate model's posterior mean, samples and draw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<crate::adaptive::AdaptiveExplanation>,
 }
 
 /// Endpoints per health, for one model ([`Router::health_overview`]).
@@ -1996,7 +2073,7 @@ pub struct ExplainedError {
     pub message: String,
 }
 
-fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
+fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64, adaptive: &crate::adaptive::Adaptive) -> Explanation {
     let tenant = Tenant::of(snap, req);
     let requested_type = req.model_type.clone().unwrap_or_default();
     let models = snap
@@ -2036,6 +2113,7 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
         decision: None,
         error: None,
         accounting: Vec::new(),
+        adaptive: None,
     };
     let fail = |out: &mut Explanation, e: Error| {
         out.error = Some(ExplainedError {
@@ -2113,6 +2191,14 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64) -> Explanation {
             }
         })
         .collect();
+    let restricted;
+    if adaptive_mode(snap, req, &scope) {
+        if let Some(ch) = adaptive.choose(snap, req, &mut c, None) {
+            restricted = ch.mask;
+            c.mask = Some(&restricted);
+            out.adaptive = Some((&ch.pick).into());
+        }
+    }
     match pick(kind, &mut c, panic, false) {
         None => {
             c.tier = Tier::Healthy;

@@ -85,6 +85,7 @@ fn highest_priority_wins_ties_by_id_disabled_never() {
         priority: prio,
         enabled,
         strategy: None,
+        model_selection: None,
     };
     p.rules = vec![
         rule("b", 10, "gpt-4", true),

@@ -25,6 +25,10 @@ pub struct AgentPreferences {
     /// Quality and price bounds.
     #[serde(alias = "performanceRequirements", skip_serializing_if = "Option::is_none")]
     pub performance_requirements: Option<PerformanceRequirements>,
+    /// How the model is chosen among this agent type's candidates when no rule with its own
+    /// `model_selection` matched (default: the router's `adaptive.enabled`).
+    #[serde(alias = "modelSelection", skip_serializing_if = "Option::is_none")]
+    pub model_selection: Option<crate::adaptive::ModelSelection>,
 }
 
 /// An agent's bounds.

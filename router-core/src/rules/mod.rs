@@ -44,6 +44,9 @@ pub struct Rule {
     /// The strategy for requests this rule matches (a request override still wins).
     #[serde(default, alias = "routingStrategy", skip_serializing_if = "Option::is_none")]
     pub strategy: Option<StrategyKind>,
+    /// How the model is chosen among the targets (default: the router's `adaptive.enabled`).
+    #[serde(default, alias = "modelSelection", skip_serializing_if = "Option::is_none")]
+    pub model_selection: Option<crate::adaptive::ModelSelection>,
 }
 
 fn yes() -> bool {
