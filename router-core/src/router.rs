@@ -1539,11 +1539,11 @@ impl Inner {
     fn commit<T>(&self, f: impl FnOnce(&mut crate::registry::Draft) -> Result<T>, publish: bool) -> Result<T> {
         let now = self.clock.now_ms();
         let (out, events, changes) = self.registry.mutate(now, f)?;
-        if !changes.is_empty() {
-            self.record_version(describe(&changes));
-        }
         for e in &events {
             self.events.emit(e);
+        }
+        if !changes.is_empty() {
+            self.record_version(describe(&changes));
         }
         if publish {
             for c in &changes {

@@ -23,7 +23,13 @@ def test_callbacks_receive_registry_events_until_unsubscribed(router: mr.Router,
     router.register_endpoint({"id": "m2-a", "model_id": "m2", "url": "http://a"})
     router.update_head_status(head_id="m2-a", status="degraded", current_load=4)
     router.deregister_endpoint("m2-a")
-    assert [e["type"] for e in seen] == ["model_registered", "head_registered", "head_status_changed", "head_deregistered"]
+    # Each accepted configuration change also says which policy version it made.
+    assert [e["type"] for e in seen] == [
+        "model_registered", "policy_changed", "head_registered", "policy_changed",
+        "head_status_changed", "head_deregistered", "policy_changed",
+    ]
+    assert seen[1]["version"] == 2 and seen[1]["comment"] == "model m2 set"
+    seen[:] = [e for e in seen if e["type"] != "policy_changed"]
     assert seen[1] == {"type": "head_registered", "endpoint_id": "m2-a", "model_id": "m2", "url": "http://a",
                        "at_ms": clock.now_ms()}
     assert seen[2]["from"] == "healthy" and seen[2]["to"] == "degraded" and seen[2]["current_load"] == 4
@@ -80,9 +86,9 @@ def test_iterator_form(router: mr.Router) -> None:
         router.register_endpoint({"id": "m2-a", "model_id": "m2", "url": "u"})
         event = next(stream)
         assert event["type"] == "model_registered"
-        assert [e["type"] for e in stream] == ["head_registered"]
+        assert [e["type"] for e in stream] == ["policy_changed", "head_registered", "policy_changed"]
         router.deregister_model("m2")
-        assert [e["type"] for e in stream.drain()] == ["head_deregistered", "model_deregistered"]
+        assert [e["type"] for e in stream.drain()] == ["head_deregistered", "model_deregistered", "policy_changed"]
         assert stream.wait(0.01) is None
     assert stream.closed
     router.register_model({"id": "m4"})
@@ -144,7 +150,7 @@ def test_a_callback_that_closes_over_its_router_is_collected() -> None:
     seen: list[str] = []
     r.subscribe(lambda e: seen.append(f"{e['type']} at generation {r.generation}"))
     r.register_model({"id": "x"})
-    assert seen == ["model_registered at generation 2"]
+    assert seen == ["model_registered at generation 2", "policy_changed at generation 2"]
     ref = weakref.ref(r)
     del r
     gc.collect()
