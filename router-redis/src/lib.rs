@@ -252,7 +252,9 @@ impl RedisStore {
         let pooled = sh.pool.lock().pop();
         let mut con = match pooled {
             Some(c) => c,
-            None => sh.connect(sh.cfg.timeout).map_err(|e| {
+            // redis-rs applies the timeout to each read of its connection handshake (several
+            // commands): a quarter of ours keeps the whole call within it.
+            None => sh.connect(sh.cfg.timeout / 4).map_err(|e| {
                 let why = format!("redis: {e}");
                 sh.set_up(true, false, Some(why.clone()));
                 Unanswered::NotSent(why)
