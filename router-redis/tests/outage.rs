@@ -76,7 +76,7 @@ fn run(outage: Duration) {
                     let c0 = Instant::now();
                     s.add("{ws:o}:spend", cost, 0).unwrap();
                     t.added += cost;
-                    if n % 10 == 0 {
+                    if n.is_multiple_of(10) {
                         let _ = s.try_add("{ws:o}:strict", 1, i64::MAX, 0);
                     }
                     t.worst_store_call = t.worst_store_call.max(c0.elapsed());
