@@ -45,6 +45,11 @@ mod writer;
 
 pub use config::{FailMode, RedisConfig};
 
+/// The README's example, compiled as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 use parking_lot::Mutex;
 use redis::Connection;
 use serde::Serialize;
