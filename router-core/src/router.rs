@@ -139,6 +139,8 @@ pub enum ModelVerdict {
     TooCostly,
     /// Not among the agent's preferred (or, failing those, fallback) models.
     NotPreferred,
+    /// Its model or provider budget is spent.
+    BudgetExhausted,
 }
 
 impl ModelVerdict {
@@ -157,6 +159,7 @@ impl ModelVerdict {
             ModelVerdict::MissingCompliance => "lacks a compliance label the workspace requires",
             ModelVerdict::TooCostly => "dearer per token than the agent allows",
             ModelVerdict::NotPreferred => "not among the agent's preferred or fallback models",
+            ModelVerdict::BudgetExhausted => "its model or provider budget is spent",
         }
     }
 }
@@ -810,7 +813,16 @@ impl Router {
                     now_ms,
                 };
                 match acc.precheck(scope.pool) {
-                    Ok(pre) => out.accounting.extend(pre.notes),
+                    Ok(pre) => {
+                        for &mi in &pre.exhausted {
+                            let id = &snap.models[mi as usize].model.id;
+                            if let Some(m) = out.models.iter_mut().find(|m| &m.model_id == id) {
+                                m.verdict = ModelVerdict::BudgetExhausted;
+                                m.reason = ModelVerdict::BudgetExhausted.describe();
+                            }
+                        }
+                        out.accounting.extend(pre.notes)
+                    }
                     Err(e) => out.accounting.push(e.to_string()),
                 }
             }

@@ -315,11 +315,10 @@ fn spent_model_budgets_remove_their_models() {
     for _ in 0..6 {
         assert_eq!(r.route(&by_type).unwrap().model_id(), "small");
     }
-    assert!(r
-        .explain(&by_type)
-        .accounting
-        .iter()
-        .any(|n| n.contains("model `big` left out")));
+    let x = r.explain(&by_type);
+    assert!(x.accounting.iter().any(|n| n.contains("model `big` left out")));
+    let big = x.models.iter().find(|m| m.model_id == "big").unwrap();
+    assert_eq!(big.verdict, ModelVerdict::BudgetExhausted);
     // Asking for the spent model by name fails with a clear error.
     assert!(matches!(
         r.route(&RouteRequest::for_model("big")),
