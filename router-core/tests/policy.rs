@@ -382,3 +382,60 @@ fn explain_shows_the_strategy_scores() {
     });
     assert!(rr.endpoints.iter().all(|e| e.score.is_none()));
 }
+
+mod round_trip {
+    use super::*;
+    use proptest::prelude::*;
+
+    prop_compose! {
+        fn valid_policy()(
+            models in 1usize..5,
+            eps in proptest::collection::vec((0usize..4, 0.0f64..10.0, prop::option::of(1u32..500), any::<bool>()), 1..8),
+            prices in proptest::collection::vec((0.0f64..0.1, 0.0f64..0.1), 4),
+            rules in proptest::collection::vec((0usize..4, 0.01f64..5.0, -5i64..50, any::<bool>()), 0..4),
+            strategy in 0usize..10,
+            ttl in prop::option::of(1u64..100_000),
+        ) -> serde_json::Value {
+            let models_json: Vec<_> = (0..models)
+                .map(|i| json!({"id": format!("m{i}"), "provider": format!("p{}", i % 2),
+                    "pricing": {"input_per_1k": prices[i].0, "output_per_1k": prices[i].1}}))
+                .collect();
+            let eps_json: Vec<_> = eps.iter().enumerate()
+                .map(|(k, (m, w, cap, eu))| {
+                    let mut e = json!({"id": format!("e{k}"), "model_id": format!("m{}", m % models),
+                        "url": format!("http://e{k}"), "weight": w});
+                    if let Some(c) = cap { e["capacity"] = json!(c); }
+                    if *eu { e["region"] = json!("eu-west"); }
+                    e
+                })
+                .collect();
+            let rules_json: Vec<_> = rules.iter().enumerate()
+                .map(|(k, (m, w, prio, agent))| {
+                    let mut r = json!({"id": format!("r{k}"), "priority": prio,
+                        "target_models": [{"model_id": format!("m{}", m % models), "weight": w}]});
+                    if *agent { r["condition"] = json!({"agent_type": format!("a{k}")}); }
+                    r
+                })
+                .collect();
+            let mut p = json!({"models": models_json, "endpoints": eps_json, "rules": rules_json,
+                "default_strategy": StrategyKind::ALL[strategy]});
+            if let Some(t) = ttl { p["heartbeat_ttl_ms"] = json!(t); }
+            p
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// accept → export → import → export is byte-identical, in JSON and in YAML.
+        #[test]
+        fn export_import_export_is_byte_identical(doc in valid_policy()) {
+            let r = router(Policy::from_json(&doc.to_string()).unwrap(), clock());
+            let json = r.policy().to_json();
+            let r2 = router(Policy::from_json(&json).unwrap(), clock());
+            prop_assert_eq!(r2.policy().to_json(), json);
+            let yaml = r.policy().to_yaml();
+            let r3 = router(Policy::from_yaml(&yaml).unwrap(), clock());
+            prop_assert_eq!(r3.policy().to_yaml(), yaml);
+        }
+    }
+}
