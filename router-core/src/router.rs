@@ -1846,7 +1846,15 @@ fn first_decision(
     released: bool,
 ) -> Decision {
     let mut fallbacks: [Option<Arc<Slot>>; MAX_FALLBACKS] = Default::default();
-    for (k, i) in p.fallbacks.iter().enumerate() {
+    let ordered = scope
+        .rule
+        .filter(|r| r.rule.target_models.iter().any(|t| t.fallback_order.is_some()))
+        .map(|r| rule_fallbacks(snap, scope, p, r, now_ms));
+    let chain: Vec<usize> = match ordered {
+        Some(c) => c,
+        None => p.fallbacks.iter().collect(),
+    };
+    for (k, i) in chain.into_iter().take(snap.config.max_fallbacks).enumerate() {
         fallbacks[k] = Some(scope.pool.members[i].clone());
     }
     Decision {
@@ -1870,6 +1878,40 @@ fn first_decision(
         rule: scope.rule.map(|r| r.id.clone()),
         ticket: None,
     }
+}
+
+/// The fallback chain of a rule whose targets give a `fallback_order`: the chosen model's other
+/// endpoints the strategy ranked next, then one endpoint of each other target model in
+/// fallback order (lower first; targets without one last, in their listed order): the one the
+/// strategy ranked, else the first that can take traffic.
+fn rule_fallbacks(snap: &Snapshot, scope: &Scope<'_>, p: &Pick, rule: &CompiledRule, now_ms: u64) -> Vec<usize> {
+    let members = &scope.pool.members;
+    let chosen = &members[p.member].model_id;
+    let mut out: Vec<usize> = p.fallbacks.iter().filter(|&i| &members[i].model_id == chosen).collect();
+    let mut targets: Vec<(u32, usize, &str)> = rule
+        .rule
+        .target_models
+        .iter()
+        .enumerate()
+        .map(|(k, t)| (t.fallback_order.unwrap_or(u32::MAX), k, t.model_id.as_str()))
+        .collect();
+    targets.sort_unstable();
+    for (_, _, model) in targets {
+        if model == &**chosen || out.iter().any(|&i| &*members[i].model_id == model) {
+            continue;
+        }
+        let ranked = p.fallbacks.iter().find(|&i| &*members[i].model_id == model);
+        let any = || {
+            (0..members.len()).find(|&i| {
+                &*members[i].model_id == model
+                    && slot_verdict(&members[i], now_ms, &snap.config, Tier::Degraded) == Verdict::Eligible
+            })
+        };
+        if let Some(i) = ranked.or_else(any) {
+            out.push(i);
+        }
+    }
+    out
 }
 
 /// Whether the ejection cap lets `slot` open its breaker: at most `max_ejection_percent` of its

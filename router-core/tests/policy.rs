@@ -439,3 +439,43 @@ mod round_trip {
         }
     }
 }
+
+#[test]
+fn a_rules_fallback_order_orders_the_fallback_chain() {
+    let d = json!({
+        "models": [
+            {"id": "a", "provider": "p"}, {"id": "b", "provider": "p"}, {"id": "c", "provider": "p"}
+        ],
+        "endpoints": [
+            {"id": "a1", "model_id": "a", "url": "http://a1"},
+            {"id": "a2", "model_id": "a", "url": "http://a2"},
+            {"id": "b1", "model_id": "b", "url": "http://b1"},
+            {"id": "c1", "model_id": "c", "url": "http://c1"}
+        ],
+        "rules": [{"id": "r", "target_models": [
+            {"model_id": "a", "weight": 1, "fallback_order": 0},
+            {"model_id": "b", "weight": 1, "fallback_order": 2},
+            {"model_id": "c", "weight": 1, "fallback_order": 1}
+        ]}],
+        "max_fallbacks": 3
+    });
+    let r = router(Policy::from_json(&d.to_string()).unwrap(), clock());
+    let req = RouteRequest {
+        strategy: Some(StrategyKind::RoundRobin),
+        ..Default::default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..12 {
+        let dcs = r.route(&req).unwrap();
+        let models: Vec<String> = dcs.fallbacks().map(|f| f.model_id).collect();
+        let want: Vec<&str> = match dcs.model_id() {
+            "a" => vec!["a", "c", "b"],
+            "b" => vec!["a", "c"],
+            "c" => vec!["a", "b"],
+            other => panic!("{other}"),
+        };
+        assert_eq!(models, want, "chosen {}", dcs.endpoint_id());
+        seen.insert(dcs.model_id().to_owned());
+    }
+    assert_eq!(seen.len(), 3);
+}
