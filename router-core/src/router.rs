@@ -232,6 +232,9 @@ struct Scope<'s> {
     quality: Option<Quality>,
     panic_mode: Option<PanicMode>,
     mask: Option<ModelMask>,
+    /// The agent's fallback models, when its preferred models are the candidates: they follow
+    /// the chosen model's endpoints in the fallback chain.
+    fallback_models: Vec<u32>,
     /// What the request asked for, for errors: formatted only when one is returned.
     label: Label<'s>,
 }
@@ -279,6 +282,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
             quality,
             panic_mode: m.panic_mode,
             mask: None,
+            fallback_models: Vec::new(),
             label: Label::Model(&entry.id),
         });
     }
@@ -309,6 +313,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
             quality,
             panic_mode: None,
             mask,
+            fallback_models: Vec::new(),
             label: Label::Rule(&r.id),
         });
     }
@@ -316,20 +321,33 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
     let pool = snap.type_pool(&t).ok_or_else(|| Error::NoCandidateModel {
         reason: format!("no active model of type `{t}`"),
     })?;
+    let mut fallback_models: Vec<u32> = Vec::new();
     let mask = match tenant.preference_lists() {
         // Agent preferences: the preferred models, else the fallback models.
-        Some(lists) => Some(
-            lists
+        Some(lists) => {
+            let (k, mask) = lists
                 .iter()
-                .filter(|l| !l.is_empty())
-                .filter_map(|l| build_mask(snap, pool, req, tenant, Some(l)))
-                .find(|m| !m.is_empty())
+                .enumerate()
+                .filter(|(_, l)| !l.is_empty())
+                .filter_map(|(k, l)| build_mask(snap, pool, req, tenant, Some(l)).map(|m| (k, m)))
+                .find(|(_, m)| !m.is_empty())
                 .ok_or_else(|| Error::NoCandidateModel {
                     reason: format!(
                         "none of the agent's preferred or fallback models is an active `{t}` model passing the filters"
                     ),
-                })?,
-        ),
+                })?;
+            if k == 0 {
+                // The fallback models that pass the same filters, in the agent's order.
+                if let Some(fm) = build_mask(snap, pool, req, tenant, Some(lists[1])) {
+                    fallback_models = lists[1]
+                        .iter()
+                        .filter_map(|id| snap.model(id).map(|(mi, _)| mi))
+                        .filter(|&mi| fm.contains(mi))
+                        .collect();
+                }
+            }
+            Some(mask)
+        }
         None => build_mask(snap, pool, req, tenant, None),
     };
     if mask.as_ref().is_some_and(ModelMask::is_empty) {
@@ -350,6 +368,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
         quality,
         panic_mode: None,
         mask,
+        fallback_models,
         label: Label::Type(t),
     })
 }
@@ -1850,10 +1869,24 @@ fn first_decision(
         .rule
         .filter(|r| r.rule.target_models.iter().any(|t| t.fallback_order.is_some()))
         .map(|r| rule_fallbacks(snap, scope, p, r, now_ms));
-    let chain: Vec<usize> = match ordered {
+    let mut chain: Vec<usize> = match ordered {
         Some(c) => c,
         None => p.fallbacks.iter().collect(),
     };
+    // An agent's fallback models follow the endpoints of its preferred models.
+    for &mi in &scope.fallback_models {
+        let members = &scope.pool.members;
+        if chain.iter().any(|&i| members[i].model_idx == mi) {
+            continue;
+        }
+        let eligible = (0..members.len()).find(|&i| {
+            members[i].model_idx == mi
+                && slot_verdict(&members[i], now_ms, &snap.config, Tier::Degraded) == Verdict::Eligible
+        });
+        if let Some(i) = eligible {
+            chain.push(i);
+        }
+    }
     for (k, i) in chain.into_iter().take(snap.config.max_fallbacks).enumerate() {
         fallbacks[k] = Some(scope.pool.members[i].clone());
     }

@@ -479,3 +479,32 @@ fn a_rules_fallback_order_orders_the_fallback_chain() {
     }
     assert_eq!(seen.len(), 3);
 }
+
+#[test]
+fn an_agents_fallback_models_follow_its_preferred_ones_in_the_chain() {
+    let mut d = doc();
+    d["agents"] = json!({"writer": {"preferredModels": ["gpt-4"], "fallbackModels": ["haiku"]}});
+    d["max_fallbacks"] = json!(2);
+    let r = router(Policy::from_json(&d.to_string()).unwrap(), clock());
+    let req = RouteRequest {
+        agent_type: Some("writer".into()),
+        ..Default::default()
+    };
+    let dcs = r.route(&req).unwrap();
+    assert_eq!(dcs.model_id(), "gpt-4");
+    let chain: Vec<String> = dcs.fallbacks().map(|f| f.endpoint_id).collect();
+    assert_eq!(chain, ["h1"]);
+    // A fallback model the workspace forbids is not offered.
+    r.set_workspace_config(
+        "ws",
+        serde_json::from_value(json!({"modelRestrictions": ["gpt-4"]})).unwrap(),
+    )
+    .unwrap();
+    let dcs = r
+        .route(&RouteRequest {
+            workspace_id: Some("ws".into()),
+            ..req
+        })
+        .unwrap();
+    assert_eq!(dcs.fallbacks().count(), 0);
+}
