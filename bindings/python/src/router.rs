@@ -69,20 +69,11 @@ fn policy_of(obj: &Bound<'_, PyAny>) -> PyResult<Policy> {
     from_py(obj, Shape::Object, "policy")
 }
 
-/// Read a JSON policy file. A missing or unreadable file raises the `OSError` subclass Python
+/// Read a JSON or YAML (`.yaml`, `.yml`) policy file. A missing or unreadable file raises the `OSError` subclass Python
 /// raises for it (`FileNotFoundError`, `PermissionError`, ...), with the file name.
 fn policy_from_file(path: &Path) -> PyResult<Policy> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if ext.eq_ignore_ascii_case("yaml") || ext.eq_ignore_ascii_case("yml") {
-        return Err(errors::parse(
-            "policy",
-            None,
-            format!(
-                "{}: YAML policies are not supported yet (router-core reads JSON only); convert it to JSON",
-                path.display()
-            ),
-        ));
-    }
+    let yaml = ext.eq_ignore_ascii_case("yaml") || ext.eq_ignore_ascii_case("yml");
     let bytes = std::fs::read(path).map_err(|e| {
         let name = path.display().to_string();
         match e.raw_os_error() {
@@ -95,6 +86,9 @@ fn policy_from_file(path: &Path) -> PyResult<Policy> {
             None => PyOSError::new_err(format!("{name}: {e}")),
         }
     })?;
+    if yaml {
+        return Policy::from_yaml(&String::from_utf8_lossy(&bytes)).map_err(to_py);
+    }
     convert::from_json_text(&bytes, Shape::Object, "policy")
 }
 
@@ -602,9 +596,39 @@ impl Router {
     /// Replace the whole configuration with a policy (a dict, JSON text or a path), validated
     /// first; on error the previous configuration keeps serving. Endpoints that stay keep their
     /// live state.
-    fn load_policy(&self, py: Python<'_>, policy: &Bound<'_, PyAny>) -> PyResult<()> {
+    ///
+    /// With ``comment``, the new policy version records it; returns the new version either way.
+    #[pyo3(signature = (policy, comment=None))]
+    fn load_policy(&self, py: Python<'_>, policy: &Bound<'_, PyAny>, comment: Option<String>) -> PyResult<u64> {
         let p = policy_of(policy)?;
-        py.detach(|| self.core.load_policy(p)).map_err(to_py)
+        py.detach(|| {
+            self.core
+                .load_policy_with_comment(p, comment.as_deref().unwrap_or("policy loaded"))
+        })
+        .map_err(to_py)
+    }
+
+    /// The configuration version now serving (each accepted change adds one).
+    #[getter]
+    fn policy_version(&self) -> u64 {
+        self.core.policy_version()
+    }
+
+    /// The versions kept, oldest first, as dicts: ``version``, ``at_ms``, ``comment``.
+    fn policy_versions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let v = py.detach(|| self.core.policy_versions());
+        convert::to_py(py, &v)
+    }
+
+    /// The policy document of a kept version, as a dict; ``NotFound`` when it is not kept.
+    fn policy_at<'py>(&self, py: Python<'py>, version: u64) -> PyResult<Bound<'py, PyAny>> {
+        let p = py.detach(|| self.core.policy_at(version)).map_err(to_py)?;
+        convert::to_py(py, &p)
+    }
+
+    /// Go back to a kept version (loaded as a new version); returns the new version.
+    fn rollback(&self, py: Python<'_>, version: u64) -> PyResult<u64> {
+        py.detach(|| self.core.rollback(version)).map_err(to_py)
     }
 
     /// The router settings as a dict (``default_strategy``, ``heartbeat_ttl_ms``, ``breaker``,

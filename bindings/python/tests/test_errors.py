@@ -267,3 +267,18 @@ def test_a_policy_with_several_problems_lists_them_all(clock: mr.ManualClock) ->
     assert e.value.field == "endpoints[0].weight"
     assert [p["path"] for p in e.value.problems] == ["endpoints[0].weight", "endpoints[1].model_id"]
     assert r.policy() == before
+
+
+def test_policy_versions_and_rollback(clock: mr.ManualClock) -> None:
+    r = mr.Router(fleet(2), clock=clock)
+    assert r.policy_version == 1
+    first = r.policy()
+    r.register_endpoint({"id": "extra", "model_id": "m", "url": "http://x"})
+    p = r.policy()
+    p["default_strategy"] = "least_loaded"
+    assert r.load_policy(p, comment="least loaded") == 3
+    assert [v["comment"] for v in r.policy_versions()] == ["initial policy", "endpoint extra set", "least loaded"]
+    assert r.policy_at(1) == first
+    assert r.rollback(1) == 4 and r.policy() == first
+    with pytest.raises(mr.NotFound):
+        r.policy_at(99)

@@ -119,9 +119,12 @@ def test_policy_files_fail_the_python_way(tmp_path: pathlib.Path) -> None:
     with pytest.raises(FileNotFoundError):
         mr.Router(str(tmp_path / "missing.json"))
     yaml = tmp_path / "policy.yaml"
-    yaml.write_text("models: []\n")
-    with pytest.raises(mr.ParseError, match="YAML"):
+    yaml.write_text("models:\n  - {id: m, provider: p}\nendpoints:\n  - {id: e, model_id: m, url: 'http://e'}\n")
+    assert mr.Router(yaml).route().endpoint_id == "e"
+    yaml.write_text("models:\n  - id: [1]\n")
+    with pytest.raises(mr.ParseError) as ye:
         mr.Router(yaml)
+    assert "models[0]" in str(ye.value)
     broken = tmp_path / "broken.json"
     broken.write_text('{"endpoints": [{"id": "e", "model_id": "m", "url": "u", "weight": "heavy"}]}')
     with pytest.raises(mr.ParseError) as pe:
