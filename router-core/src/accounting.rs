@@ -24,7 +24,7 @@ pub(crate) struct Reservation {
     pub(crate) scope: BudgetScope,
     pub(crate) id: String,
     pub(crate) window: BudgetWindow,
-    pub(crate) key: String,
+    pub(crate) key: Arc<str>,
     pub(crate) micros: i64,
     pub(crate) limit_micros: i64,
     pub(crate) expires_at_ms: u64,
@@ -222,21 +222,31 @@ impl Accounting<'_> {
         }
         let shared = rl.consistency == Consistency::Strict;
         let now_us = self.now_ms.saturating_mul(1000);
+        if dry_run {
+            return Ok(());
+        }
+        thread_local! {
+            // The limiter key, formatted without allocating on the decision path.
+            static KEY: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(64));
+        }
         for (unit, gcra, tokens) in rl.limiters() {
-            let key = format!("{{rl:{}:{value}}}:{unit}", rl.scope.as_str());
             let n = if tokens { est_tokens.max(1) } else { 1 };
-            let verdict = if dry_run {
-                // A probe on a copy: the local store's state is not advanced.
-                continue;
-            } else if shared {
-                match self.store.gcra(&key, gcra, n, false, now_us) {
-                    Ok(v) => v,
-                    Err(e) if rl.on_store_error == OnStoreError::FailClosed => return Err(e),
-                    Err(_) => self.local.gcra(&key, gcra, n, false, now_us)?,
-                }
-            } else {
-                self.local.gcra(&key, gcra, n, false, now_us)?
-            };
+            let (verdict, key) = KEY.with(|k| -> Result<_> {
+                use std::fmt::Write;
+                let mut key = k.borrow_mut();
+                key.clear();
+                let _ = write!(key, "{{rl:{}:{value}}}:{unit}", rl.scope.as_str());
+                let verdict = if shared {
+                    match self.store.gcra(&key, gcra, n, false, now_us) {
+                        Ok(v) => v,
+                        Err(e) if rl.on_store_error == OnStoreError::FailClosed => return Err(e),
+                        Err(_) => self.local.gcra(&key, gcra, n, false, now_us)?,
+                    }
+                } else {
+                    self.local.gcra(&key, gcra, n, false, now_us)?
+                };
+                Ok((verdict, (tokens && verdict.allowed).then(|| key.clone())))
+            })?;
             if !verdict.allowed {
                 let retry_after_ms = verdict.retry_after_us.div_ceil(1000);
                 let key = format!("{}:{value}:{unit}", rl.scope.as_str());
@@ -247,7 +257,7 @@ impl Accounting<'_> {
                 });
                 return Err(Error::RateLimited { key, retry_after_ms });
             }
-            if tokens {
+            if let Some(key) = key {
                 charges.push(TokenCharge { key, gcra, shared });
             }
         }
@@ -339,7 +349,7 @@ impl Accounting<'_> {
             for w in BudgetWindow::ALL {
                 let Some(limit) = b.limit(w) else { continue };
                 let limit_micros = to_micros(limit);
-                let key = counter_key(scope, id, w, self.now_ms);
+                let key = crate::budget::counter_key_shared(scope, id, w, self.now_ms);
                 let expires_at_ms = w.with_current(self.now_ms, |_, end, _| end);
                 let enforce = b.mode == BudgetMode::Reject;
                 let admitted = match (b.consistency, enforce) {

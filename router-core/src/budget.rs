@@ -216,6 +216,38 @@ pub(crate) fn counter_key(scope: BudgetScope, id: &str, window: BudgetWindow, no
     window.with_current(now_ms, |_, _, label| format!("{{{}:{id}}}:budget:{label}", scope.tag()))
 }
 
+/// [`counter_key`], shared: the decision path asks for the same few keys over and over, so each
+/// thread keeps the current window's keys (a few thousand at most) and hands out clones.
+pub(crate) fn counter_key_shared(
+    scope: BudgetScope,
+    id: &str,
+    window: BudgetWindow,
+    now_ms: u64,
+) -> std::sync::Arc<str> {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+    type Cache = [rustc_hash::FxHashMap<String, (u64, Arc<str>)>; 9];
+    thread_local! {
+        static KEYS: RefCell<Cache> = RefCell::new(Default::default());
+    }
+    let start = window.with_current(now_ms, |start, _, _| start);
+    KEYS.with(|c| {
+        let mut c = c.borrow_mut();
+        let map = &mut c[scope as usize * 3 + window as usize];
+        if let Some((s, k)) = map.get(id) {
+            if *s == start {
+                return Arc::clone(k);
+            }
+        }
+        if map.len() >= 4096 {
+            map.clear();
+        }
+        let k: Arc<str> = counter_key(scope, id, window, now_ms).into();
+        map.insert(id.to_owned(), (start, Arc::clone(&k)));
+        k
+    })
+}
+
 /// Spend of one budget window, as [`crate::Router::budget_status`] reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BudgetStatus {
