@@ -46,6 +46,8 @@ struct Subscription {
 #[pyclass(frozen, weakref, module = "model_router", name = "Router")]
 pub(crate) struct Router {
     core: router_core::Router,
+    /// The Redis store, when the router was made with ``redis_url``.
+    redis: Option<std::sync::Arc<router_redis::RedisStore>>,
     clock: Option<Py<ManualClock>>,
     subs: Mutex<HashMap<u64, Subscription>>,
     next_sub: AtomicU64,
@@ -110,14 +112,29 @@ fn named_value<T: serde::de::DeserializeOwned>(name: &str, field: &'static str, 
 }
 
 impl Router {
-    fn build(py: Python<'_>, policy: Policy, clock: Option<Py<ManualClock>>) -> PyResult<Self> {
+    fn build(
+        py: Python<'_>,
+        policy: Policy,
+        clock: Option<Py<ManualClock>>,
+        redis: Option<router_redis::RedisConfig>,
+    ) -> PyResult<Self> {
         let mut b = router_core::Router::builder().policy(policy);
         if let Some(c) = &clock {
             b = b.clock(c.get().inner.clone());
         }
+        let store = match redis {
+            Some(cfg) => Some(std::sync::Arc::new(
+                py.detach(|| router_redis::RedisStore::connect(cfg)).map_err(to_py)?,
+            )),
+            None => None,
+        };
+        if let Some(s) = &store {
+            b = b.store(s.clone() as std::sync::Arc<dyn router_core::StateStore>);
+        }
         let core = py.detach(|| b.build()).map_err(to_py)?;
         Ok(Router {
             core,
+            redis: store,
             clock,
             subs: Mutex::new(HashMap::new()),
             next_sub: AtomicU64::new(1),
@@ -136,14 +153,55 @@ impl Router {
 
 #[pymethods]
 impl Router {
+    /// ``redis_url`` (``redis://host:port/db``) shares state with every router on the same
+    /// Redis and ``redis_prefix``: configuration, head status, budgets and limits (see
+    /// docs/redis.md); ``redis_timeout_ms`` bounds every Redis call (default 100).
     #[new]
-    #[pyo3(signature = (policy=None, *, clock=None))]
-    fn new(py: Python<'_>, policy: Option<&Bound<'_, PyAny>>, clock: Option<Py<ManualClock>>) -> PyResult<Self> {
+    #[pyo3(signature = (policy=None, *, clock=None, redis_url=None, redis_prefix=None, redis_timeout_ms=None))]
+    fn new(
+        py: Python<'_>,
+        policy: Option<&Bound<'_, PyAny>>,
+        clock: Option<Py<ManualClock>>,
+        redis_url: Option<String>,
+        redis_prefix: Option<String>,
+        redis_timeout_ms: Option<u64>,
+    ) -> PyResult<Self> {
         let policy = match policy {
             None => Policy::default(),
             Some(p) => policy_of(p)?,
         };
-        Router::build(py, policy, clock)
+        let redis = match redis_url {
+            Some(url) => {
+                let mut c = router_redis::RedisConfig::new(url);
+                if let Some(p) = redis_prefix {
+                    c = c.with_prefix(p);
+                }
+                if let Some(ms) = redis_timeout_ms {
+                    c = c.with_timeout(std::time::Duration::from_millis(ms));
+                }
+                Some(c)
+            }
+            None if redis_prefix.is_some() || redis_timeout_ms.is_some() => {
+                return Err(errors::invalid_request(
+                    "redis_url",
+                    "redis_prefix and redis_timeout_ms need a redis_url",
+                ));
+            }
+            None => None,
+        };
+        Router::build(py, policy, clock, redis)
+    }
+
+    /// The Redis store's health as a dict (``status``, ``connected``, ``subscribed``,
+    /// ``config_version``, ``queue_depth``, ``overflow``, ...), or None without Redis.
+    fn store_health<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match &self.redis {
+            Some(s) => {
+                let h = py.detach(|| s.health());
+                convert::to_py(py, &h).map(Some)
+            }
+            None => Ok(None),
+        }
     }
 
     /// A router serving the JSON policy file at ``path``.
@@ -151,7 +209,7 @@ impl Router {
     #[pyo3(signature = (path, *, clock=None))]
     fn from_file(py: Python<'_>, path: PathBuf, clock: Option<Py<ManualClock>>) -> PyResult<Self> {
         let policy = policy_from_file(&path)?;
-        Router::build(py, policy, clock)
+        Router::build(py, policy, clock, None)
     }
 
     /// The configuration generation now serving; it increases with every change.

@@ -147,7 +147,16 @@ class EventStream:
 
 @final
 class Router:
-    def __new__(cls, policy: _Policy | None = None, *, clock: ManualClock | None = None) -> Self: ...
+    def __new__(
+        cls,
+        policy: _Policy | None = None,
+        *,
+        clock: ManualClock | None = None,
+        redis_url: str | None = None,
+        redis_prefix: str | None = None,
+        redis_timeout_ms: int | None = None,
+    ) -> Self: ...
+    def store_health(self) -> dict[str, Any] | None: ...
     @staticmethod
     def from_file(path: str | os.PathLike[str], *, clock: ManualClock | None = None) -> Router: ...
     @property
