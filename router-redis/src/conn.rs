@@ -256,7 +256,11 @@ fn crc16(data: &[u8]) -> u16 {
     for &b in data {
         crc ^= u16::from(b) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
         }
     }
     crc
@@ -272,8 +276,7 @@ pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
         || e.is_cluster_error()
         || matches!(
             e.kind(),
-            ErrorKind::ClusterConnectionNotFound
-                | ErrorKind::Server(S::MasterDown | S::ReadOnly | S::BusyLoading)
+            ErrorKind::ClusterConnectionNotFound | ErrorKind::Server(S::MasterDown | S::ReadOnly | S::BusyLoading)
         )
 }
 

@@ -2,6 +2,7 @@
 //! instance (`child_instance`, which does nothing unless `MR_CHILD_URL` is set) and drives it
 //! through stdin/stdout, one command per line; the child's answers start with `@@`.
 
+#[macro_use]
 mod common;
 
 use common::*;

@@ -1,5 +1,6 @@
 //! Store-level tests against a real redis-server: shared counters, GCRA, scripts, failures.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -16,21 +17,11 @@ fn get(b: &dyn Backend, key: &str) -> Option<i64> {
     get_int(b, key)
 }
 
-/// A test body run against one redis-server and against the shared cluster.
-macro_rules! on_both {
-    ($body:ident, $single:ident, $cluster:ident) => {
-        #[test]
-        fn $single() {
-            $body(&RedisServer::start());
-        }
-        #[test]
-        fn $cluster() {
-            $body(shared_cluster());
-        }
-    };
-}
-
-on_both!(strict_budget, strict_budget_never_overshoots_across_three_instances, strict_budget_never_overshoots_on_a_cluster);
+on_both!(
+    strict_budget,
+    strict_budget_never_overshoots_across_three_instances,
+    strict_budget_never_overshoots_on_a_cluster
+);
 
 /// RELIABILITY 17, strict: $1.00 spent by 3 instances at once never exceeds $1.00.
 fn strict_budget(srv: &dyn Backend) {
@@ -72,7 +63,11 @@ fn strict_budget(srv: &dyn Backend) {
     assert!(spent > BUDGET - 9_000, "the budget was used up: {spent}");
 }
 
-on_both!(batched_adds, batched_adds_from_three_instances_total_exactly, batched_adds_total_exactly_on_a_cluster);
+on_both!(
+    batched_adds,
+    batched_adds_from_three_instances_total_exactly,
+    batched_adds_total_exactly_on_a_cluster
+);
 
 /// RELIABILITY 17, batched: adds from 3 instances total exactly after flush; each instance's
 /// view is within the documented bound before.
@@ -127,7 +122,11 @@ fn router_core_now_ms() -> u64 {
         .as_millis() as u64
 }
 
-on_both!(shared_gcra, shared_gcra_admits_the_limit_with_skewed_clocks, shared_gcra_admits_the_limit_on_a_cluster);
+on_both!(
+    shared_gcra,
+    shared_gcra_admits_the_limit_with_skewed_clocks,
+    shared_gcra_admits_the_limit_on_a_cluster
+);
 
 /// RELIABILITY 16: 3 instances share a 100/min GCRA limit on Redis TIME: 100 ± 1 admitted,
 /// whatever the instances' own clocks say (skewed ±5 s).
@@ -172,7 +171,11 @@ fn shared_gcra(srv: &dyn Backend) {
     assert!(v.retry_after_us > 29_000_000 && v.retry_after_us <= 30_000_000, "{v:?}");
 }
 
-on_both!(noscript, noscript_after_script_flush_never_reaches_a_caller, noscript_never_reaches_a_caller_on_a_cluster);
+on_both!(
+    noscript,
+    noscript_after_script_flush_never_reaches_a_caller,
+    noscript_never_reaches_a_caller_on_a_cluster
+);
 
 /// The script cache empties on restart, failover or SCRIPT FLUSH: NOSCRIPT never reaches a
 /// caller, through single calls or the writer's pipelines.

@@ -1,7 +1,21 @@
 //! Test harness: a private `redis-server` per test on a free loopback port (never 6379),
 //! killed by PID when the guard drops (also on panic); a TCP proxy that can swallow replies;
 //! fixtures.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_macros)]
+
+/// A test body run against one redis-server and against the shared cluster.
+macro_rules! on_both {
+    ($body:ident, $single:ident, $cluster:ident) => {
+        #[test]
+        fn $single() {
+            $body(&RedisServer::start());
+        }
+        #[test]
+        fn $cluster() {
+            $body(shared_cluster());
+        }
+    };
+}
 
 use std::io::{Read, Write as _};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -322,7 +336,12 @@ impl redis::ConnectionLike for AnyCon {
             AnyCon::Cluster(c) => c.req_packed_command(cmd),
         }
     }
-    fn req_packed_commands(&mut self, cmd: &[u8], offset: usize, count: usize) -> redis::RedisResult<Vec<redis::Value>> {
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
         match self {
             AnyCon::Single(c) => c.req_packed_commands(cmd, offset, count),
             AnyCon::Cluster(c) => c.req_packed_commands(cmd, offset, count),
@@ -358,6 +377,9 @@ pub trait Backend: Sync {
     /// A connection for assertions.
     fn conn(&self) -> AnyCon;
     fn is_cluster(&self) -> bool;
+    /// A plain connection to one node (for pub/sub: on a cluster, any node hears every
+    /// PUBLISH).
+    fn node_con(&self) -> redis::Connection;
 }
 
 impl Backend for RedisServer {
@@ -369,6 +391,9 @@ impl Backend for RedisServer {
     }
     fn is_cluster(&self) -> bool {
         false
+    }
+    fn node_con(&self) -> redis::Connection {
+        self.con()
     }
 }
 
@@ -434,7 +459,11 @@ impl RedisCluster {
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli");
-        assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         c.wait_ok(Duration::from_secs(20));
         c
     }
@@ -444,7 +473,9 @@ impl RedisCluster {
     pub fn wait_ok(&self, within: Duration) {
         let ok = eventually(within, || {
             self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
-                let Ok(mut con) = redis::Client::open(format!("redis://127.0.0.1:{}", n.port)).and_then(|c| c.get_connection()) else {
+                let Ok(mut con) =
+                    redis::Client::open(format!("redis://127.0.0.1:{}", n.port)).and_then(|c| c.get_connection())
+                else {
                     return false;
                 };
                 let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut con).unwrap_or_default();
@@ -468,7 +499,11 @@ impl RedisCluster {
     }
 
     pub fn keyslot(&self, key: &str) -> u16 {
-        let v: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(&mut self.conn()).unwrap();
+        let v: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut self.conn())
+            .unwrap();
         v as u16
     }
 
@@ -482,7 +517,11 @@ impl RedisCluster {
     }
 
     pub fn live_ports(&self) -> Vec<u16> {
-        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.port).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.port)
+            .collect()
     }
 }
 
@@ -492,11 +531,27 @@ impl Backend for RedisCluster {
         format!("redis+cluster://{}", seeds.join(","))
     }
     fn conn(&self) -> AnyCon {
-        let seeds: Vec<String> = self.live_ports().iter().map(|p| format!("redis://127.0.0.1:{p}")).collect();
-        AnyCon::Cluster(redis::cluster::ClusterClient::new(seeds).unwrap().get_connection().unwrap())
+        let seeds: Vec<String> = self
+            .live_ports()
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect();
+        AnyCon::Cluster(
+            redis::cluster::ClusterClient::new(seeds)
+                .unwrap()
+                .get_connection()
+                .unwrap(),
+        )
     }
     fn is_cluster(&self) -> bool {
         true
+    }
+    fn node_con(&self) -> redis::Connection {
+        let port = self.live_ports()[0];
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_connection()
+            .unwrap()
     }
 }
 
