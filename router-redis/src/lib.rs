@@ -109,6 +109,9 @@ pub struct Health {
     pub flushes: u64,
     /// Of which, batches acknowledged after a failed send (replays).
     pub replayed_flushes: u64,
+    /// With `replica_acks` on a cluster: counter groups acknowledged by a master that had
+    /// fewer replicas connected than asked (e.g. a promoted replica whose old master is gone).
+    pub unreplicated_flushes: u64,
     /// Writes Redis refused (and that were dropped: they would be refused again).
     pub write_errors: u64,
     /// How many times the store went degraded.
@@ -194,6 +197,7 @@ impl RedisStore {
             overflow: sh.overflow.load(Ordering::Relaxed),
             flushes: sh.stats.flushes.load(Ordering::Relaxed),
             replayed_flushes: sh.stats.replayed_flushes.load(Ordering::Relaxed),
+            unreplicated_flushes: sh.stats.unreplicated_flushes.load(Ordering::Relaxed),
             write_errors: sh.stats.write_errors.load(Ordering::Relaxed),
             degraded_count: sh.stats.degraded_count.load(Ordering::Relaxed),
         }
@@ -407,7 +411,7 @@ impl StateStore for RedisStore {
                 // Best effort: the answer stands either way (the add was made on the master).
                 let mut wait = redis::cmd("WAIT");
                 wait.arg(sh.cfg.replica_acks)
-                    .arg((sh.cfg.timeout.as_millis() as u64 / 3).max(1));
+                    .arg((sh.cfg.timeout.as_millis() as u64 / 6).max(1));
                 let _ = con.on_slot_of(&redis_key, &wait);
             }
             Ok(v)

@@ -47,6 +47,7 @@ pub(crate) enum Write {
 pub(crate) struct Stats {
     pub(crate) flushes: AtomicU64,
     pub(crate) replayed_flushes: AtomicU64,
+    pub(crate) unreplicated_flushes: AtomicU64,
     pub(crate) write_errors: AtomicU64,
     pub(crate) degraded_count: AtomicU64,
     pub(crate) last_sync_ms: AtomicU64,

@@ -428,9 +428,13 @@ impl RedisCluster {
             let child = Command::new(redis_server_bin())
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--cluster-enabled", "yes"])
+                // The bus port is port + 10,000 unless set: it could be taken, or above 65,535.
+                .args(["--cluster-port", &free_port().to_string()])
                 .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
                 .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
                 .args(["--save", "", "--appendonly", "no"])
+                // Replicas sync at once (the default waits 5 s for more replicas).
+                .args(["--repl-diskless-sync-delay", "0"])
                 .args(["--dir", dir.to_str().unwrap()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -468,8 +472,8 @@ impl RedisCluster {
         c
     }
 
-    /// Wait until every live node says `cluster_state:ok` and sees 3 masters with a live
-    /// replica each.
+    /// Wait until every live node says `cluster_state:ok` and sees 3 masters, and every
+    /// replica has synced with its master.
     pub fn wait_ok(&self, within: Duration) {
         let ok = eventually(within, || {
             self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
@@ -479,7 +483,13 @@ impl RedisCluster {
                     return false;
                 };
                 let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut con).unwrap_or_default();
-                info.contains("cluster_state:ok") && info.contains("cluster_size:3")
+                let repl: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut con)
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_size:3")
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up"))
             })
         });
         assert!(ok.is_some(), "cluster never reached cluster_state:ok");
@@ -487,15 +497,24 @@ impl RedisCluster {
 
     /// The port of the master serving `slot`.
     pub fn master_of(&self, slot: u16) -> u16 {
+        self.try_master_of(slot)
+            .unwrap_or_else(|| panic!("slot {slot} not served"))
+    }
+
+    /// The port of the master serving `slot`, as a live node sees it.
+    pub fn try_master_of(&self, slot: u16) -> Option<u16> {
         let mut con = self.conn();
-        let v: Vec<(i64, i64, Vec<redis::Value>)> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut con).unwrap();
-        for (start, end, master) in v {
+        let v: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut con).ok()?;
+        for range in v {
+            let start: i64 = redis::from_redis_value(range.first()?.clone()).ok()?;
+            let end: i64 = redis::from_redis_value(range.get(1)?.clone()).ok()?;
             if (start..=end).contains(&i64::from(slot)) {
-                let port: i64 = redis::from_redis_value(master[1].clone()).unwrap();
-                return port as u16;
+                let master: Vec<redis::Value> = redis::from_redis_value(range.get(2)?.clone()).ok()?;
+                let port: i64 = redis::from_redis_value(master.get(1)?.clone()).ok()?;
+                return Some(port as u16);
             }
         }
-        panic!("slot {slot} not served");
+        None
     }
 
     pub fn keyslot(&self, key: &str) -> u16 {
@@ -514,6 +533,15 @@ impl RedisCluster {
             let _ = Command::new("kill").args(["-9", &c.id().to_string()]).status();
             let _ = c.wait();
         }
+    }
+
+    /// `CLUSTER NODES` as a live node sees it (for failure messages).
+    pub fn describe(&self) -> String {
+        let port = self.live_ports()[0];
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("CLUSTER").arg("NODES").query::<String>(&mut c))
+            .unwrap_or_else(|e| e.to_string())
     }
 
     pub fn live_ports(&self) -> Vec<u16> {
