@@ -118,6 +118,9 @@ impl Target {
     }
 }
 
+/// A node's host and port.
+pub(crate) type NodeAddr = (String, u16);
+
 /// A connection to one Redis or to a cluster.
 pub(crate) enum Conn {
     Single(Connection),
@@ -172,7 +175,7 @@ impl Conn {
 
     /// The masters and every node (`host`, `port`) of the cluster, from `CLUSTER SLOTS`;
     /// one Redis: empty.
-    pub(crate) fn topology(&mut self) -> RedisResult<(Vec<(String, u16)>, Vec<(String, u16)>)> {
+    pub(crate) fn topology(&mut self) -> RedisResult<(Vec<NodeAddr>, Vec<NodeAddr>)> {
         if !self.is_cluster() {
             return Ok((Vec::new(), Vec::new()));
         }

@@ -181,7 +181,17 @@ impl Shared {
         let acks = self.cfg.replica_acks;
         // Within one attempt's read timeout (a third of the timeout).
         let wait_ms = (self.cfg.timeout.as_millis() as u64 / 6).max(1);
-        let mut reloaded = false;
+        // A NOSCRIPT (a script cache emptied: restart, failover, SCRIPT FLUSH) reloads the
+        // scripts and resends; one that persists ends this send like a lost connection (the
+        // rest is resent later), never as a refusal.
+        let mut reloads = 0;
+        let mut noscript = |con: &mut Conn, e: redis::RedisError| -> RedisResult<()> {
+            reloads += 1;
+            if reloads > 3 {
+                return Err(e);
+            }
+            self.load_scripts(con)
+        };
         // Writes first, in order.
         let mut sent = 0;
         let mut failure = None;
@@ -189,9 +199,11 @@ impl Shared {
             let cmd = self.write_cmd(&writes[sent]);
             match cmd.query::<Value>(con) {
                 Ok(_) => sent += 1,
-                Err(e) if is_noscript(&e) && !reloaded => {
-                    reloaded = true;
-                    self.load_scripts(con)?;
+                Err(e) if is_noscript(&e) => {
+                    if let Err(e) = noscript(con, e) {
+                        failure = Some(e);
+                        break;
+                    }
                 }
                 Err(e) if is_transient(&e) => {
                     failure = Some(e);
@@ -215,8 +227,12 @@ impl Shared {
             }
             let cmd = self.flush_cmd(b, i);
             let mut r = cmd.query::<Value>(con);
-            if matches!(&r, Err(e) if is_noscript(e)) {
-                self.load_scripts(con)?;
+            while let Err(e) = r {
+                if !is_noscript(&e) {
+                    r = Err(e);
+                    break;
+                }
+                noscript(con, e)?;
                 r = cmd.query::<Value>(con);
             }
             match r {

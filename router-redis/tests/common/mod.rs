@@ -326,7 +326,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, swallow: Option<Arc<AtomicBool>>
 /// A connection for assertions, to one Redis or to a cluster.
 pub enum AnyCon {
     Single(redis::Connection),
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl redis::ConnectionLike for AnyCon {
@@ -564,12 +564,11 @@ impl Backend for RedisCluster {
             .iter()
             .map(|p| format!("redis://127.0.0.1:{p}"))
             .collect();
-        AnyCon::Cluster(
-            redis::cluster::ClusterClient::new(seeds)
-                .unwrap()
-                .get_connection()
-                .unwrap(),
-        )
+        let con = redis::cluster::ClusterClient::new(seeds)
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        AnyCon::Cluster(Box::new(con))
     }
     fn is_cluster(&self) -> bool {
         true
@@ -610,6 +609,8 @@ pub fn shared_cluster() -> &'static RedisCluster {
             pids = pids.join(" "),
             dir = c.dir.display()
         );
+        // Not waited for: it outlives this process by design.
+        #[allow(clippy::zombie_processes)]
         Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
