@@ -27,7 +27,9 @@ pub enum FailMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` (or `redis+unix:///path`).
+    /// One Redis: `redis://[user:password@]host:port[/db]` (or `rediss://`, `redis+unix:///path`).
+    /// A Redis Cluster: `redis+cluster://[user:password@]host:port[,host:port...]` (or
+    /// `rediss+cluster://`), some of its nodes as seeds.
     pub url: String,
     /// Put in front of every key and channel (default `mr:`). Must not contain `{` or `}`:
     /// hash tags are the store's to choose.
@@ -59,6 +61,11 @@ pub struct RedisConfig {
     /// retried after a timeout is not applied twice (default 1 h).
     #[serde(with = "millis")]
     pub idempotency_ttl: Duration,
+    /// On a Redis Cluster: how many replicas of a master must have a batched flush (and a
+    /// strict `try_add`) before it counts as written (`WAIT`; default 0). With 1, a master
+    /// killed before replicating loses nothing: the flush is replayed, exactly once, on the
+    /// promoted replica. Costs one more round trip per flush and per strict `try_add`.
+    pub replica_acks: u32,
 }
 
 impl Default for RedisConfig {
@@ -74,6 +81,7 @@ impl Default for RedisConfig {
             head_ttl: Duration::from_secs(60),
             log_retention: 1_000,
             idempotency_ttl: Duration::from_secs(3_600),
+            replica_acks: 0,
         }
     }
 }
@@ -102,6 +110,12 @@ impl RedisConfig {
     /// Answer strict counters this way while Redis is unreachable.
     pub fn with_fail_mode(mut self, mode: FailMode) -> Self {
         self.fail_mode = mode;
+        self
+    }
+
+    /// Wait for this many replicas on a cluster (see [`RedisConfig::replica_acks`]).
+    pub fn with_replica_acks(mut self, n: u32) -> Self {
+        self.replica_acks = n;
         self
     }
 

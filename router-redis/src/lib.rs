@@ -36,6 +36,7 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 mod config;
+mod conn;
 mod counters;
 mod keys;
 mod scripts;
@@ -51,7 +52,6 @@ pub use config::{FailMode, RedisConfig};
 pub struct ReadmeDoctests;
 
 use parking_lot::Mutex;
-use redis::Connection;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -64,6 +64,7 @@ use router_core::{
     TryAdd,
 };
 
+use crate::conn::{is_transient, Conn, Target};
 use crate::keys::HeadKey;
 use crate::shared::{Shared, Write};
 
@@ -108,6 +109,9 @@ pub struct Health {
     pub flushes: u64,
     /// Of which, batches acknowledged after a failed send (replays).
     pub replayed_flushes: u64,
+    /// With `replica_acks` on a cluster: counter groups acknowledged by a master that had
+    /// fewer replicas connected than asked (e.g. a promoted replica whose old master is gone).
+    pub unreplicated_flushes: u64,
     /// Writes Redis refused (and that were dropped: they would be refused again).
     pub write_errors: u64,
     /// How many times the store went degraded.
@@ -144,11 +148,8 @@ impl RedisStore {
     /// (and loads or seeds the stored configuration) as soon as Redis answers.
     pub fn connect(config: RedisConfig) -> Result<RedisStore> {
         config.validate()?;
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| Error::InvalidConfig {
-            field: "url".into(),
-            reason: e.to_string(),
-        })?;
-        let sh = Arc::new(Shared::new(config, client));
+        let target = Target::parse(&config.url)?;
+        let sh = Arc::new(Shared::new(config, target));
         // A first connection before returning, so that a store on a reachable Redis starts
         // healthy and its first router loads the stored configuration at once.
         if let Ok(mut c) = sh.connect(sh.cfg.timeout) {
@@ -196,6 +197,7 @@ impl RedisStore {
             overflow: sh.overflow.load(Ordering::Relaxed),
             flushes: sh.stats.flushes.load(Ordering::Relaxed),
             replayed_flushes: sh.stats.replayed_flushes.load(Ordering::Relaxed),
+            unreplicated_flushes: sh.stats.unreplicated_flushes.load(Ordering::Relaxed),
             write_errors: sh.stats.write_errors.load(Ordering::Relaxed),
             degraded_count: sh.stats.degraded_count.load(Ordering::Relaxed),
         }
@@ -245,7 +247,7 @@ impl RedisStore {
     }
 
     /// Run a strict call on a pooled connection, within the timeout.
-    fn strict<T>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T, Unanswered> {
+    fn strict<T>(&self, f: impl FnOnce(&mut Conn) -> redis::RedisResult<T>) -> Result<T, Unanswered> {
         let sh = &self.sh;
         if !sh.writer_up.load(Ordering::SeqCst) {
             return Err(Unanswered::NotSent(format!(
@@ -269,8 +271,7 @@ impl RedisStore {
         if left.is_zero() {
             return Err(Unanswered::NotSent("redis: connecting took the whole timeout".into()));
         }
-        let _ = con.set_read_timeout(Some(left));
-        let _ = con.set_write_timeout(Some(left));
+        let _ = con.set_timeout(left);
         match f(&mut con) {
             Ok(v) => {
                 let mut pool = sh.pool.lock();
@@ -279,7 +280,7 @@ impl RedisStore {
                 }
                 Ok(v)
             }
-            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+            Err(e) if is_transient(&e) => {
                 // Until the writer gets an answer again, strict calls do not wait on Redis.
                 let why = format!("redis: {e}");
                 sh.set_up(true, false, Some(why.clone()));
@@ -398,13 +399,22 @@ impl StateStore for RedisStore {
         let sh = &self.sh;
         let redis_key = sh.keys.counter(key);
         let r = self.strict(|con| {
-            sh.scripts
+            let v = sh
+                .scripts
                 .try_add
                 .key(&redis_key)
                 .arg(delta)
                 .arg(limit)
                 .arg(expires_at_ms)
-                .invoke::<(i64, i64)>(con)
+                .invoke::<(i64, i64)>(con)?;
+            if sh.cfg.replica_acks > 0 && con.is_cluster() && v.0 == 1 {
+                // Best effort: the answer stands either way (the add was made on the master).
+                let mut wait = redis::cmd("WAIT");
+                wait.arg(sh.cfg.replica_acks)
+                    .arg((sh.cfg.timeout.as_millis() as u64 / 6).max(1));
+                let _ = con.on_slot_of(&redis_key, &wait);
+            }
+            Ok(v)
         });
         match r {
             Ok((admitted, total)) => {

@@ -1,7 +1,7 @@
 //! What the store's threads and its callers share: configuration, queues, status, sinks.
 
 use parking_lot::{Condvar, Mutex};
-use redis::{Connection, RedisResult, Value};
+use redis::{RedisResult, Value};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use router_core::{InMemoryStore, StateChange, StateSink, StoreStatus};
 
 use crate::config::RedisConfig;
+use crate::conn::{Conn, Target};
 use crate::counters::Counters;
 use crate::keys::Keys;
 use crate::scripts::Scripts;
@@ -46,6 +47,7 @@ pub(crate) enum Write {
 pub(crate) struct Stats {
     pub(crate) flushes: AtomicU64,
     pub(crate) replayed_flushes: AtomicU64,
+    pub(crate) unreplicated_flushes: AtomicU64,
     pub(crate) write_errors: AtomicU64,
     pub(crate) degraded_count: AtomicU64,
     pub(crate) last_sync_ms: AtomicU64,
@@ -55,7 +57,10 @@ pub(crate) struct Stats {
 
 pub(crate) struct Shared {
     pub(crate) cfg: RedisConfig,
-    pub(crate) client: redis::Client,
+    pub(crate) target: Target,
+    /// Cluster nodes to subscribe on (`redis://` URLs): the seeds, then what `CLUSTER SLOTS`
+    /// lists.
+    pub(crate) nodes: Mutex<Vec<String>>,
     /// This store's id (random): tells its own notifications from others'.
     pub(crate) id: u64,
     pub(crate) keys: Keys,
@@ -83,7 +88,7 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     pub(crate) stop: AtomicBool,
     wake: (Mutex<bool>, Condvar),
-    pub(crate) pool: Mutex<Vec<Connection>>,
+    pub(crate) pool: Mutex<Vec<Conn>>,
     /// The fail-open limiter.
     pub(crate) local_limits: InMemoryStore,
     pub(crate) stats: Stats,
@@ -107,12 +112,13 @@ pub(crate) fn unix_ms() -> u64 {
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: RedisConfig, client: redis::Client) -> Shared {
+    pub(crate) fn new(cfg: RedisConfig, target: Target) -> Shared {
         let keys = Keys::new(&cfg.prefix);
         let cap = cfg.queue_capacity;
         Shared {
             cfg,
-            client,
+            nodes: Mutex::new(target.seeds()),
+            target,
             id: rand::random::<u64>() >> 11,
             keys,
             scripts: Scripts::new(),
@@ -140,12 +146,8 @@ impl Shared {
     }
 
     /// A connection whose every read and write times out after `timeout`.
-    pub(crate) fn connect(&self, timeout: Duration) -> RedisResult<Connection> {
-        let timeout = timeout.max(Duration::from_millis(1));
-        let c = self.client.get_connection_with_timeout(timeout)?;
-        c.set_read_timeout(Some(timeout))?;
-        c.set_write_timeout(Some(timeout))?;
-        Ok(c)
+    pub(crate) fn connect(&self, timeout: Duration) -> RedisResult<Conn> {
+        self.target.connect(timeout)
     }
 
     /// The sinks still alive (the lock is not held while calling them).

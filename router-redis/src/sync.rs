@@ -2,7 +2,7 @@
 //! the log (or the snapshot) when it finds a gap, resyncs after every reconnect and polls the
 //! version periodically (anti-entropy).
 
-use redis::{Connection, RedisResult};
+use redis::RedisResult;
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use router_core::{HeadStatusUpdate, Policy, StateChange, StateSink};
 
+use crate::conn::Conn;
 use crate::keys::HeadKey;
 use crate::shared::{items, text, unix_ms, Shared};
 
@@ -56,7 +57,7 @@ impl Shared {
     }
 
     /// Handle one notification.
-    fn on_message(&self, payload: &[u8], con: &mut Connection) -> RedisResult<()> {
+    fn on_message(&self, payload: &[u8], con: &mut Conn) -> RedisResult<()> {
         let env: Envelope = match serde_json::from_slice(payload) {
             Ok(e) => e,
             Err(_) => {
@@ -91,7 +92,7 @@ impl Shared {
     /// missing entry, else from the snapshot and the log after it. Seeds Redis with the local
     /// configuration when Redis holds an older one (empty, or restarted without persistence).
     /// The caller holds `apply_lock`.
-    pub(crate) fn catch_up(&self, con: &mut Connection) -> RedisResult<()> {
+    pub(crate) fn catch_up(&self, con: &mut Conn) -> RedisResult<()> {
         let sinks = self.live_sinks();
         let Some((_, first)) = sinks.first() else {
             return Ok(());
@@ -152,7 +153,7 @@ impl Shared {
     }
 
     /// Run the snapshot script (`seed` or `compact`); whether it wrote.
-    fn write_snapshot(&self, con: &mut Connection, v: u64, policy: &str, mode: &str) -> RedisResult<bool> {
+    fn write_snapshot(&self, con: &mut Conn, v: u64, policy: &str, mode: &str) -> RedisResult<bool> {
         let k = &self.keys;
         let wrote: i64 = self
             .scripts
@@ -169,7 +170,7 @@ impl Shared {
     }
 
     /// Log entries from version `from` on.
-    fn read_log(&self, con: &mut Connection, from: u64) -> RedisResult<Vec<Envelope>> {
+    fn read_log(&self, con: &mut Conn, from: u64) -> RedisResult<Vec<Envelope>> {
         let reply: redis::Value = redis::cmd("XRANGE")
             .arg(&self.keys.cfg_log)
             .arg(format!("{from}-0"))
@@ -209,19 +210,44 @@ impl Shared {
     }
 
     /// Every head's stored status, heartbeat and cooldown, as changes to apply.
-    pub(crate) fn read_heads(&self, con: &mut Connection) -> RedisResult<Vec<StateChange>> {
+    pub(crate) fn read_heads(&self, con: &mut Conn) -> RedisResult<Vec<StateChange>> {
         let pattern = self.keys.head_pattern();
-        let mut cursor: u64 = 0;
         let mut found = Vec::new();
+        // On a cluster, every master holds its own slots' keys: SCAN each.
+        let (masters, _) = con.topology()?;
+        let nodes: Vec<Option<(String, u16)>> = if masters.is_empty() {
+            vec![None]
+        } else {
+            masters.into_iter().map(Some).collect()
+        };
+        for node in nodes {
+            self.scan_heads(con, node.as_ref(), &pattern, &mut found)?;
+        }
+        // Status before heartbeats, so that a revived head is not marked stale again.
+        found.sort_by_key(|c| !matches!(c, StateChange::HeadStatus(_)));
+        Ok(found)
+    }
+
+    /// The head keys of one node (`None`: the only one).
+    fn scan_heads(
+        &self,
+        con: &mut Conn,
+        node: Option<&(String, u16)>,
+        pattern: &str,
+        found: &mut Vec<StateChange>,
+    ) -> RedisResult<()> {
+        let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query(con)?;
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+            let reply = match node {
+                Some((host, port)) => con.on_node(host, *port, &scan)?,
+                None => scan.query(con)?,
+            };
+            let (next, keys): (u64, Vec<String>) = redis::FromRedisValue::from_redis_value(reply)?;
             if !keys.is_empty() {
+                // One GET per head tag on a cluster would do as well: redis-rs splits an MGET
+                // by slot.
                 let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(con)?;
                 for (key, value) in keys.iter().zip(values) {
                     let (Some((id, what)), Some(value)) = (self.keys.parse_head(key), value) else {
@@ -246,16 +272,13 @@ impl Shared {
             }
             cursor = next;
             if cursor == 0 {
-                break;
+                return Ok(());
             }
         }
-        // Status before heartbeats, so that a revived head is not marked stale again.
-        found.sort_by_key(|c| !matches!(c, StateChange::HeadStatus(_)));
-        Ok(found)
     }
 
     /// Full resync: configuration, then live state, into every local sink.
-    fn resync(&self, con: &mut Connection) -> RedisResult<()> {
+    fn resync(&self, con: &mut Conn) -> RedisResult<()> {
         {
             let _g = self.apply_lock.lock();
             self.catch_up(con)?;
@@ -269,7 +292,7 @@ impl Shared {
 
     /// The periodic check: the stored version against ours; a stale snapshot is rewritten by
     /// an instance that is up to date.
-    fn anti_entropy(&self, con: &mut Connection) -> RedisResult<()> {
+    fn anti_entropy(&self, con: &mut Conn) -> RedisResult<()> {
         let k = &self.keys;
         let (head, sv): (Option<u64>, Option<u64>) = redis::pipe()
             .cmd("GET")
@@ -321,14 +344,35 @@ impl Shared {
         }
     }
 
+    /// Remember every node of the cluster (to subscribe on another one when one fails).
+    fn learn_nodes(&self, con: &mut Conn) {
+        if let Ok((_, all)) = con.topology() {
+            let mut nodes = self.nodes.lock();
+            for (host, port) in all {
+                let url = format!("redis://{host}:{port}");
+                if !nodes.contains(&url) {
+                    nodes.push(url);
+                }
+            }
+        }
+    }
+
     /// The subscriber thread's loop.
     pub(crate) fn run_subscriber(self: Arc<Self>) {
         let timeout = self.cfg.timeout;
+        let mut sub_node = rand::random::<u32>() as usize;
         while !self.stopping() {
-            let conns = self.connect(timeout).and_then(|s| Ok((s, self.connect(timeout)?)));
+            // On a cluster, subscribe on one node (a PUBLISH reaches every node); after a
+            // failure, on the next one.
+            let nodes = self.nodes.lock().clone();
+            let conns = self.connect(timeout).and_then(|mut con| {
+                self.learn_nodes(&mut con);
+                Ok((self.target.connect_pubsub(timeout, &nodes, sub_node)?, con))
+            });
             let (mut sub, mut con) = match conns {
                 Ok(c) => c,
                 Err(e) => {
+                    sub_node = sub_node.wrapping_add(1);
                     self.set_up(false, false, Some(format!("redis: {e}")));
                     std::thread::sleep(POLL);
                     continue;
@@ -340,6 +384,7 @@ impl Shared {
                 .and_then(|_| ps.set_read_timeout(Some(POLL)))
                 .and_then(|_| self.resync(&mut con));
             if let Err(e) = ready {
+                sub_node = sub_node.wrapping_add(1);
                 self.set_up(false, false, Some(format!("redis: {e}")));
                 std::thread::sleep(POLL);
                 continue;
@@ -361,6 +406,7 @@ impl Shared {
                     }
                 });
                 if let Err(e) = r {
+                    sub_node = sub_node.wrapping_add(1);
                     self.set_up(false, false, Some(format!("redis: {e}")));
                     break;
                 }

@@ -1,11 +1,12 @@
 //! The writer thread: every flush interval, one pipeline with the queued writes and the batched
 //! counter deltas; pings when idle; reconnects and replays after a failure.
 
-use redis::{Cmd, Connection, ErrorKind, RedisResult, ServerErrorKind, Value};
+use redis::{Cmd, ErrorKind, RedisResult, ServerErrorKind, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::conn::{is_transient, Conn};
 use crate::counters::Batch;
 use crate::shared::{int, items, Shared, Write};
 
@@ -27,7 +28,7 @@ pub(crate) fn evalsha(script: &redis::Script, keys: &[&str], args: &[&str]) -> C
 
 impl Shared {
     /// Load every script (after connecting, and after a NOSCRIPT).
-    pub(crate) fn load_scripts(&self, con: &mut Connection) -> RedisResult<()> {
+    pub(crate) fn load_scripts(&self, con: &mut Conn) -> RedisResult<()> {
         for s in self.scripts.all() {
             s.prepare_invoke().load(con)?;
         }
@@ -94,7 +95,10 @@ impl Shared {
 
     /// Send the writes and the batch; on success, acknowledge them. An error means the
     /// connection is unusable: nothing acknowledged stays acknowledged-not, and is resent.
-    fn send(&self, con: &mut Connection, writes: &mut Vec<Write>, batch: Option<&Batch>) -> RedisResult<()> {
+    fn send(&self, con: &mut Conn, writes: &mut Vec<Write>, batch: Option<&Batch>) -> RedisResult<()> {
+        if con.is_cluster() {
+            return self.send_cluster(con, writes, batch);
+        }
         // Only the last configuration change of a pipeline carries the policy document: the
         // snapshot it writes covers the ones before.
         if let Some(last) = writes.iter().rposition(|w| matches!(w, Write::Config { .. })) {
@@ -167,11 +171,114 @@ impl Shared {
         Ok(())
     }
 
+    /// The cluster's `send`: one command at a time, each routed to its slot's master (a
+    /// pipeline goes to one node), acknowledged one by one. Stops at the first command that
+    /// could not be delivered (a master down, a failover under way): what was acknowledged
+    /// stays so, the rest is resent later (counter groups with the same flush id). With
+    /// `replica_acks`, a counter group counts as acknowledged only once that many replicas of
+    /// its master have it (`WAIT`), so that a failover cannot lose it.
+    fn send_cluster(&self, con: &mut Conn, writes: &mut Vec<Write>, batch: Option<&Batch>) -> RedisResult<()> {
+        let acks = self.cfg.replica_acks;
+        // Within one attempt's read timeout (a third of the timeout).
+        let wait_ms = (self.cfg.timeout.as_millis() as u64 / 6).max(1);
+        // A NOSCRIPT (a script cache emptied: restart, failover, SCRIPT FLUSH) reloads the
+        // scripts and resends; one that persists ends this send like a lost connection (the
+        // rest is resent later), never as a refusal.
+        let mut reloads = 0;
+        let mut noscript = |con: &mut Conn, e: redis::RedisError| -> RedisResult<()> {
+            reloads += 1;
+            if reloads > 3 {
+                return Err(e);
+            }
+            self.load_scripts(con)
+        };
+        // Writes first, in order.
+        let mut sent = 0;
+        let mut failure = None;
+        while sent < writes.len() {
+            let cmd = self.write_cmd(&writes[sent]);
+            match cmd.query::<Value>(con) {
+                Ok(_) => sent += 1,
+                Err(e) if is_noscript(&e) => {
+                    if let Err(e) = noscript(con, e) {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+                Err(e) if is_transient(&e) => {
+                    failure = Some(e);
+                    break;
+                }
+                Err(_) => {
+                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    sent += 1;
+                }
+            }
+        }
+        writes.drain(..sent);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let Some(b) = batch else { return Ok(()) };
+        for i in 0..b.groups.len() {
+            let g = &b.groups[i];
+            if g.keys.is_empty() {
+                continue;
+            }
+            let cmd = self.flush_cmd(b, i);
+            let mut r = cmd.query::<Value>(con);
+            while let Err(e) = r {
+                if !is_noscript(&e) {
+                    r = Err(e);
+                    break;
+                }
+                noscript(con, e)?;
+                r = cmd.query::<Value>(con);
+            }
+            match r {
+                Ok(v) => {
+                    if acks > 0 {
+                        let mut wait = redis::cmd("WAIT");
+                        wait.arg(acks).arg(wait_ms);
+                        let got = int(&con.on_slot_of(&g.flush_key, &wait)?).unwrap_or(0);
+                        if got < i64::from(acks) {
+                            // A master with fewer replicas than asked (a promoted replica whose
+                            // old master is gone) cannot do better: accept, and count it.
+                            let role = con.on_slot_of(&g.flush_key, &redis::cmd("ROLE"))?;
+                            let replicas = items(&role).get(2).map_or(0, |r| items(r).len()) as i64;
+                            if got < replicas.min(i64::from(acks)) {
+                                return Err(redis::RedisError::from((
+                                    ErrorKind::Io,
+                                    "replicas did not acknowledge a flush",
+                                    format!("WAIT {acks}: {got} of {replicas}"),
+                                )));
+                            }
+                            self.stats.unreplicated_flushes.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    let totals: Vec<i64> = items(&v).iter().map(|x| int(x).unwrap_or(0)).collect();
+                    if let Some((true, replay)) = self.counters.lock().ack_group(i, &totals) {
+                        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                        if replay {
+                            self.stats.replayed_flushes.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Err(e) if is_transient(&e) => return Err(e),
+                Err(_) => {
+                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    self.counters.lock().ack_group(i, &vec![0; g.keys.len()]);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The writer thread's loop.
     pub(crate) fn run_writer(self: Arc<Self>) {
         let timeout = self.cfg.timeout;
         let ping_every = (timeout / 2).max(Duration::from_millis(5));
-        let mut con: Option<Connection> = None;
+        let mut con: Option<Conn> = None;
         let mut writes: Vec<Write> = Vec::new();
         let mut last_ok = Instant::now();
         let mut next_connect = Instant::now();

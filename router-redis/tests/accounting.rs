@@ -1,6 +1,7 @@
 //! Issue 6 (c) and (d) at the router level: budgets and rate limits set in the policy, spent by
 //! three routers (each with its own RedisStore, as separate instances) sharing one redis-server.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -30,11 +31,15 @@ fn fleet(url: &str, p: &str, policy: Policy) -> Vec<Router> {
         .collect()
 }
 
+on_both!(
+    strict_workspace_budget,
+    a_strict_workspace_budget_holds_across_instances,
+    a_strict_workspace_budget_holds_on_a_cluster
+);
+
 /// (c) A $1.00 workspace budget, strict, spent by 3 instances at once: never more than $1.00
 /// plus one request's cost.
-#[test]
-fn a_strict_workspace_budget_holds_across_instances() {
-    let srv = RedisServer::start();
+fn strict_workspace_budget(srv: &dyn Backend) {
     let policy = priced(serde_json::json!({
         "workspaces": {"ws": {"budgetLimits": {"daily": 1.0, "consistency": "strict"}}}
     }));
@@ -85,11 +90,15 @@ fn a_strict_workspace_budget_holds_across_instances() {
     assert!(spent() > 1.0 - one - 1e-9, "stopped early: {}", spent());
 }
 
+on_both!(
+    shared_rate_limit,
+    a_shared_rate_limit_admits_its_limit_across_instances,
+    a_shared_rate_limit_admits_its_limit_on_a_cluster
+);
+
 /// (d) A 100-per-minute limit shared by 3 instances (strict: in Redis, Redis TIME as the
 /// clock) admits 100 ± 1.
-#[test]
-fn a_shared_rate_limit_admits_its_limit_across_instances() {
-    let srv = RedisServer::start();
+fn shared_rate_limit(srv: &dyn Backend) {
     let policy = priced(serde_json::json!({
         "rate_limits": [{"scope": "user", "rpm": 100, "consistency": "strict"}]
     }));

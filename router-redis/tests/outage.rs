@@ -6,6 +6,7 @@
 //! The default run kills Redis for 2 s; `outage_of_10_seconds` (ignored: ~13 s) is the full
 //! length of the reliability check: `cargo test -p router-redis --test outage -- --ignored`.
 
+#[macro_use]
 mod common;
 
 use common::*;

@@ -2,6 +2,7 @@
 //! instance (`child_instance`, which does nothing unless `MR_CHILD_URL` is set) and drives it
 //! through stdin/stdout, one command per line; the child's answers start with `@@`.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -133,11 +134,15 @@ impl Drop for ChildInstance {
     }
 }
 
+on_both!(
+    processes_share_heads,
+    separate_processes_share_heads_and_policy_within_100ms,
+    separate_processes_share_heads_and_policy_on_a_cluster
+);
+
 /// (a), (b) and (f) across processes: heads and policy changes made in this process are live
 /// in two others within 100 ms; a restarted process rebuilds its state from Redis.
-#[test]
-fn separate_processes_share_heads_and_policy_within_100ms() {
-    let srv = RedisServer::start();
+fn processes_share_heads(srv: &dyn Backend) {
     let p = prefix("procs");
     let s = store(&srv.url(), &p);
     let a = router(&s, policy(1));
@@ -201,11 +206,15 @@ fn separate_processes_share_heads_and_policy_within_100ms() {
     );
 }
 
+on_both!(
+    processes_share_limits,
+    separate_processes_share_strict_budgets_and_rate_limits,
+    separate_processes_share_budgets_and_limits_on_a_cluster
+);
+
 /// (c) and (d) across processes: a strict $1.00 budget and a 100/min GCRA limit shared by
 /// three processes.
-#[test]
-fn separate_processes_share_strict_budgets_and_rate_limits() {
-    let srv = RedisServer::start();
+fn processes_share_limits(srv: &dyn Backend) {
     let p = prefix("procs-limits");
     let s = store(&srv.url(), &p);
     ready(&s);
@@ -224,7 +233,7 @@ fn separate_processes_share_strict_budgets_and_rate_limits() {
         .sum();
     let stored: i64 = redis::cmd("GET")
         .arg(format!("{p}{{ws:p}}:budget"))
-        .query(&mut srv.con())
+        .query(&mut srv.conn())
         .unwrap();
     assert_eq!(stored, mine + theirs);
     assert!(stored <= 1_000_000 && stored > 1_000_000 - 9_000, "spent {stored}");
@@ -241,4 +250,39 @@ fn separate_processes_share_strict_budgets_and_rate_limits() {
     let refills = (t0.elapsed().as_millis() / 600) as u64;
     let n = mine + theirs;
     assert!((100..=101 + refills).contains(&n), "admitted {n}");
+}
+
+/// Issue 10: 8 router processes spend one $10.00 workspace budget at once (strict, on a
+/// cluster): they stop within one request's cost of it, never above.
+#[test]
+fn eight_processes_spend_one_budget_on_a_cluster() {
+    const LIMIT: i64 = 10_000_000;
+    let cluster = shared_cluster();
+    let p = prefix("procs8");
+    let t0 = Instant::now();
+    let mut children: Vec<ChildInstance> = (0..8).map(|_| ChildInstance::spawn(&cluster.url(), &p)).collect();
+    let started = t0.elapsed();
+    for c in &mut children {
+        c.send(&format!("spend {LIMIT}"));
+    }
+    let each: Vec<i64> = children
+        .iter_mut()
+        .map(|c| c.answer().strip_prefix("spent ").unwrap().parse::<i64>().unwrap())
+        .collect();
+    let stored: i64 = redis::cmd("GET")
+        .arg(format!("{p}{{ws:p}}:budget"))
+        .query(&mut cluster.conn())
+        .unwrap();
+    eprintln!(
+        "8 processes: started in {started:?}, spent {each:?} = {stored} of {LIMIT} in {:?}",
+        t0.elapsed() - started
+    );
+    assert_eq!(
+        stored,
+        each.iter().sum::<i64>(),
+        "Redis holds exactly what was admitted"
+    );
+    assert!(each.iter().all(|&e| e > 0), "every process spent: {each:?}");
+    // The costs are 1,000..=9,000 micro-dollars: one request's cost at most is left.
+    assert!(stored <= LIMIT && stored > LIMIT - 9_000, "spent {stored}");
 }

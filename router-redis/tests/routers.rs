@@ -1,6 +1,7 @@
 //! Several routers in one process, each with its own RedisStore (as separate instances would
 //! be), sharing one redis-server.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -32,10 +33,14 @@ fn rule(id: &str, priority: i64) -> Rule {
     .unwrap()
 }
 
+on_both!(
+    heads,
+    a_head_registered_on_one_instance_is_routable_on_the_others_within_100ms,
+    heads_are_routable_on_the_others_within_100ms_on_a_cluster
+);
+
 /// (a) A head registered on A is routable on B and C within 100 ms.
-#[test]
-fn a_head_registered_on_one_instance_is_routable_on_the_others_within_100ms() {
-    let srv = RedisServer::start();
+fn heads(srv: &dyn Backend) {
     let f = fleet(&srv.url(), &prefix("heads"), 3, policy(1));
     let (a, b, c) = (&f[0].1, &f[1].1, &f[2].1);
     for (i, from) in [a, b, c].into_iter().enumerate() {
@@ -65,11 +70,15 @@ fn a_head_registered_on_one_instance_is_routable_on_the_others_within_100ms() {
     .is_some());
 }
 
+on_both!(
+    policy_changes,
+    policy_changes_on_one_instance_are_live_on_the_others_within_100ms,
+    policy_changes_are_live_on_the_others_within_100ms_on_a_cluster
+);
+
 /// (b) Rules, workspace configuration, whole policies and cooldowns set on A are live on B
 /// within 100 ms.
-#[test]
-fn policy_changes_on_one_instance_are_live_on_the_others_within_100ms() {
-    let srv = RedisServer::start();
+fn policy_changes(srv: &dyn Backend) {
     let f = fleet(&srv.url(), &prefix("policy"), 2, policy(2));
     let (a, b) = (&f[0].1, &f[1].1);
 
@@ -116,11 +125,15 @@ fn policy_changes_on_one_instance_are_live_on_the_others_within_100ms() {
     assert!(took.is_some_and(|t| t <= WITHIN), "cooldown: {took:?}");
 }
 
+on_both!(
+    restart,
+    a_restarted_instance_rebuilds_its_state_from_redis,
+    a_restarted_instance_rebuilds_its_state_on_a_cluster
+);
+
 /// (f) A restarted instance rebuilds its state (policy, head status) from Redis, whatever
 /// policy it was started with.
-#[test]
-fn a_restarted_instance_rebuilds_its_state_from_redis() {
-    let srv = RedisServer::start();
+fn restart(srv: &dyn Backend) {
     let p = prefix("restart");
     let f = fleet(&srv.url(), &p, 1, policy(2));
     let a = &f[0].1;
@@ -138,13 +151,13 @@ fn a_restarted_instance_rebuilds_its_state_from_redis() {
     assert_eq!(r.policy(), expected);
     assert_eq!(r.endpoint_status("e1").unwrap().status, HeadStatus::Degraded);
     ready(&s);
-    assert_eq!(s.health().config_version, expected_version(&srv, &p));
+    assert_eq!(s.health().config_version, expected_version(srv, &p));
 }
 
-fn expected_version(srv: &RedisServer, p: &str) -> u64 {
+fn expected_version(srv: &dyn Backend, p: &str) -> u64 {
     redis::cmd("GET")
         .arg(format!("{p}{{cfg}}:version"))
-        .query(&mut srv.con())
+        .query(&mut srv.conn())
         .unwrap()
 }
 
@@ -193,11 +206,15 @@ fn changes_missed_while_disconnected_are_caught_up() {
     assert_eq!(kinds.last(), Some(&"recovered"), "{kinds:?}");
 }
 
+on_both!(
+    converge,
+    concurrent_changes_converge_on_every_instance,
+    concurrent_changes_converge_on_a_cluster
+);
+
 /// Concurrent changes on several instances converge: every instance, and one started later,
 /// ends with the same policy (the order Redis versioned them in).
-#[test]
-fn concurrent_changes_converge_on_every_instance() {
-    let srv = RedisServer::start();
+fn converge(srv: &dyn Backend) {
     let p = prefix("converge");
     let f = fleet(&srv.url(), &p, 3, policy(1));
     let threads: Vec<_> = f
@@ -257,15 +274,19 @@ fn canonical(r: &Router) -> Policy {
     p
 }
 
+on_both!(
+    audit,
+    decisions_are_published_on_the_audit_channel,
+    decisions_are_published_on_the_audit_channel_on_a_cluster
+);
+
 /// Decisions are published on the audit channel.
-#[test]
-fn decisions_are_published_on_the_audit_channel() {
-    let srv = RedisServer::start();
+fn audit(srv: &dyn Backend) {
     let p = prefix("audit");
     let s = store(&srv.url(), &p);
     let r = router(&s, policy(1));
     ready(&s);
-    let mut sub = srv.con();
+    let mut sub = srv.node_con();
     let mut ps = sub.as_pubsub();
     ps.subscribe(format!("{p}audit:routing:logs")).unwrap();
     ps.set_read_timeout(Some(Duration::from_secs(2))).unwrap();

@@ -1,5 +1,6 @@
 //! Store-level tests against a real redis-server: shared counters, GCRA, scripts, failures.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -12,14 +13,18 @@ use std::time::{Duration, Instant};
 
 const BUDGET: i64 = 1_000_000; // $1.00 in micro-dollars
 
-fn get(srv: &RedisServer, key: &str) -> Option<i64> {
-    redis::cmd("GET").arg(key).query(&mut srv.con()).unwrap()
+fn get(b: &dyn Backend, key: &str) -> Option<i64> {
+    get_int(b, key)
 }
 
+on_both!(
+    strict_budget,
+    strict_budget_never_overshoots_across_three_instances,
+    strict_budget_never_overshoots_on_a_cluster
+);
+
 /// RELIABILITY 17, strict: $1.00 spent by 3 instances at once never exceeds $1.00.
-#[test]
-fn strict_budget_never_overshoots_across_three_instances() {
-    let srv = RedisServer::start();
+fn strict_budget(srv: &dyn Backend) {
     let p = prefix("strict");
     let stores: Vec<_> = (0..3).map(|_| store(&srv.url(), &p)).collect();
     let admitted = Arc::new(AtomicI64::new(0));
@@ -52,17 +57,21 @@ fn strict_budget_never_overshoots_across_three_instances() {
         t.join().unwrap();
     }
     let spent = admitted.load(Ordering::SeqCst);
-    let stored = get(&srv, &format!("{p}{{ws:w1}}:budget:daily")).unwrap();
+    let stored = get(srv, &format!("{p}{{ws:w1}}:budget:daily")).unwrap();
     assert_eq!(stored, spent, "Redis holds exactly what was admitted");
     assert!(spent <= BUDGET, "spent {spent}");
     assert!(spent > BUDGET - 9_000, "the budget was used up: {spent}");
 }
 
+on_both!(
+    batched_adds,
+    batched_adds_from_three_instances_total_exactly,
+    batched_adds_total_exactly_on_a_cluster
+);
+
 /// RELIABILITY 17, batched: adds from 3 instances total exactly after flush; each instance's
 /// view is within the documented bound before.
-#[test]
-fn batched_adds_from_three_instances_total_exactly() {
-    let srv = RedisServer::start();
+fn batched_adds(srv: &dyn Backend) {
     let p = prefix("batched");
     let stores: Vec<_> = (0..3).map(|_| store(&srv.url(), &p)).collect();
     let expires = router_core_now_ms() + 3_600_000;
@@ -90,8 +99,8 @@ fn batched_adds_from_three_instances_total_exactly() {
     for s in &stores {
         assert!(s.flush(Duration::from_secs(5)));
     }
-    assert_eq!(get(&srv, &format!("{p}{{ws:w2}}:spend")), Some(total));
-    assert_eq!(get(&srv, &format!("{p}{{ws:other}}:spend")), Some(9_000));
+    assert_eq!(get(srv, &format!("{p}{{ws:w2}}:spend")), Some(total));
+    assert_eq!(get(srv, &format!("{p}{{ws:other}}:spend")), Some(9_000));
     // Every instance reads the global total once a flush refreshed it.
     for s in &stores {
         s.get("{ws:w2}:spend").unwrap();
@@ -101,7 +110,7 @@ fn batched_adds_from_three_instances_total_exactly() {
     // The key expires at the absolute time given.
     let pttl: i64 = redis::cmd("PTTL")
         .arg(format!("{p}{{ws:w2}}:spend"))
-        .query(&mut srv.con())
+        .query(&mut srv.conn())
         .unwrap();
     assert!(pttl > 3_500_000 && pttl <= 3_600_000, "pttl {pttl}");
 }
@@ -113,11 +122,15 @@ fn router_core_now_ms() -> u64 {
         .as_millis() as u64
 }
 
+on_both!(
+    shared_gcra,
+    shared_gcra_admits_the_limit_with_skewed_clocks,
+    shared_gcra_admits_the_limit_on_a_cluster
+);
+
 /// RELIABILITY 16: 3 instances share a 100/min GCRA limit on Redis TIME: 100 ± 1 admitted,
 /// whatever the instances' own clocks say (skewed ±5 s).
-#[test]
-fn shared_gcra_admits_the_limit_with_skewed_clocks() {
-    let srv = RedisServer::start();
+fn shared_gcra(srv: &dyn Backend) {
     let p = prefix("gcra");
     let stores: Vec<_> = (0..3).map(|_| store(&srv.url(), &p)).collect();
     let g = Gcra::per_period(100, 60_000, 100).unwrap();
@@ -158,26 +171,30 @@ fn shared_gcra_admits_the_limit_with_skewed_clocks() {
     assert!(v.retry_after_us > 29_000_000 && v.retry_after_us <= 30_000_000, "{v:?}");
 }
 
+on_both!(
+    noscript,
+    noscript_after_script_flush_never_reaches_a_caller,
+    noscript_never_reaches_a_caller_on_a_cluster
+);
+
 /// The script cache empties on restart, failover or SCRIPT FLUSH: NOSCRIPT never reaches a
 /// caller, through single calls or the writer's pipelines.
-#[test]
-fn noscript_after_script_flush_never_reaches_a_caller() {
-    let srv = RedisServer::start();
+fn noscript(srv: &dyn Backend) {
     let p = prefix("noscript");
     let s = store(&srv.url(), &p);
     ready(&s);
     let g = Gcra::per_period(10, 1_000, 10).unwrap();
     for round in 0..3 {
-        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut srv.con()).unwrap();
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut srv.conn()).unwrap();
         assert!(s.try_add("{ws:n}:b", 1, 100, 0).unwrap().admitted, "round {round}");
-        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut srv.con()).unwrap();
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut srv.conn()).unwrap();
         assert!(s.gcra("{ws:n}:r", g, 1, false, 0).unwrap().allowed);
-        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut srv.con()).unwrap();
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut srv.conn()).unwrap();
         s.add("{ws:n}:batched", 5, 0).unwrap();
         assert!(s.flush(Duration::from_secs(5)));
     }
-    assert_eq!(get(&srv, &format!("{p}{{ws:n}}:b")), Some(3));
-    assert_eq!(get(&srv, &format!("{p}{{ws:n}}:batched")), Some(15));
+    assert_eq!(get(srv, &format!("{p}{{ws:n}}:b")), Some(3));
+    assert_eq!(get(srv, &format!("{p}{{ws:n}}:batched")), Some(15));
     let h = s.health();
     assert_eq!(h.write_errors, 0);
     assert_eq!(h.status, StoreStatus::Healthy);
