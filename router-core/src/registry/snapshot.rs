@@ -267,6 +267,7 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// Compile a snapshot. The caller guarantees ids are unique and every endpoint's model
     /// exists; `states` holds a live state for every endpoint.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn build(
         generation: u64,
         config: Arc<RouterConfig>,
