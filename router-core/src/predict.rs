@@ -48,7 +48,10 @@
 //! makes the model's capacity unbounded: it never spills). It stops spilling when the predicted
 //! in-flight falls under `release_share` (default 0.8) of capacity: the hysteresis between the
 //! two keeps it from flapping. The state moves once per second, at the model's roll-over, and
-//! each move emits `spillover_started` / `spillover_stopped`. While a model spills, new
+//! each move emits `spillover_started` / `spillover_stopped`. Between two roll-overs, a model
+//! whose prediction was within the hysteresis band (or that stopped spilling less than a horizon
+//! ago) also starts spilling on the decision that
+//! finds its in-flight now at `spillover_share` (one pass over its endpoints, only while near). While a model spills, new
 //! requests go to its **fallback models**, the request's other candidates:
 //!
 //! - a rule's other target models;
@@ -353,6 +356,13 @@ pub(crate) fn endpoint_load(slot: &Slot, now_ms: u64, config: &RouterConfig) -> 
 pub(crate) struct ModelLoad {
     pub(crate) forecast: Forecaster,
     spilling: AtomicBool,
+    /// Set at the last roll-over when the prediction was at or above `release_share` of
+    /// capacity: then each decision also checks the in-flight now against `spillover_share`.
+    near: AtomicBool,
+    /// The capacity found at the last roll-over (`u64::MAX`: unbounded).
+    capacity: AtomicU64,
+    /// When the model last stopped spilling, Unix ms (it stays near for a horizon after).
+    stopped_ms: AtomicU64,
 }
 
 /// The in-flight of a model's endpoints now, and the capacity of those that serve (`None`:
@@ -382,6 +392,34 @@ impl ModelLoad {
         self.spilling.load(Ordering::Relaxed)
     }
 
+    /// Between two roll-overs, a model near its threshold starts spilling as soon as its
+    /// in-flight now reaches `spillover_share` of its capacity (a ramp can fill it within the
+    /// second otherwise). Costs one pass over its endpoints, only while near.
+    #[inline]
+    fn check_now(&self, snap: &Snapshot, model_idx: u32, now_ms: u64, events: &EventBus) {
+        if self.spilling() || !self.near.load(Ordering::Relaxed) {
+            return;
+        }
+        let cap = self.capacity.load(Ordering::Relaxed);
+        if cap == u64::MAX || cap == 0 {
+            return;
+        }
+        let entry = &snap.models[model_idx as usize];
+        let (current, _) = model_load(&snap.pools[entry.pool as usize].members, now_ms, &snap.config);
+        let p = &snap.config.prediction;
+        if current < p.spillover_share * cap as f64 || self.spilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let predicted = self.forecast.predicted_in_flight(now_ms, p.horizon_ms, current);
+        events.emit(&Event::SpilloverStarted {
+            model_id: entry.id.to_string(),
+            current_in_flight: current,
+            predicted_in_flight: predicted,
+            capacity: cap,
+            at_ms: now_ms,
+        });
+    }
+
     /// Roll the model's buckets over when a new second began, and move its spill-over state
     /// (emitting the event) from the new forecast.
     #[inline]
@@ -403,6 +441,12 @@ impl ModelLoad {
         let p = &cfg.prediction;
         let predicted = self.forecast.predicted_in_flight(now_ms, p.horizon_ms, current);
         let was = self.spilling();
+        self.capacity.store(cap.unwrap_or(u64::MAX), Ordering::Relaxed);
+        let recently = now_ms.saturating_sub(self.stopped_ms.load(Ordering::Relaxed)) < p.horizon_ms;
+        self.near.store(
+            cap.is_some_and(|c| predicted >= p.release_share * c as f64 || (was || recently)),
+            Ordering::Relaxed,
+        );
         let now = match cap {
             None | Some(0) => false,
             Some(c) if was => predicted >= p.release_share * c as f64,
@@ -410,6 +454,10 @@ impl ModelLoad {
         };
         if now == was || self.spilling.swap(now, Ordering::AcqRel) == now {
             return;
+        }
+        if !now {
+            self.stopped_ms.store(now_ms, Ordering::Relaxed);
+            self.near.store(true, Ordering::Relaxed);
         }
         let (model_id, capacity) = (entry.id.to_string(), cap.unwrap_or(0));
         events.emit(&if now {
@@ -473,6 +521,7 @@ pub(crate) fn spill_mask(
         }
         let load = &snap.models[mi as usize].load;
         load.tick(snap, mi, now_ms, events);
+        load.check_now(snap, mi, now_ms, events);
         if load.spilling() {
             any = true;
         } else {
@@ -497,7 +546,9 @@ pub(crate) fn spill_mask(
     let fb = fallback()?;
     for &mi in pool.models.iter() {
         if fb.contains(mi) {
-            snap.models[mi as usize].load.tick(snap, mi, now_ms, events);
+            let load = &snap.models[mi as usize].load;
+            load.tick(snap, mi, now_ms, events);
+            load.check_now(snap, mi, now_ms, events);
         }
     }
     let out = without(Some(&fb));
