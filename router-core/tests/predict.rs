@@ -323,7 +323,7 @@ fn explain_shows_current_and_predicted_load_and_why_a_request_spilled() {
 }
 
 #[test]
-fn a_named_model_never_spills_and_settings_validate() {
+fn prediction_settings_are_validated_with_their_path() {
     let mut cfg = RouterConfig::default();
     cfg.prediction.release_share = 0.95;
     let e = Router::builder().config(cfg).build().unwrap_err();
