@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::experiment::Experiment;
 use crate::health::HealthConfig;
 use crate::limits::RateLimit;
+use crate::predict::PredictionConfig;
 use crate::strategy::{HybridWeights, StrategyKind, MAX_FALLBACKS};
 use crate::usage::UsageConfig;
 
@@ -80,6 +81,8 @@ pub struct RouterConfig {
     pub forced_routes: Vec<crate::overrides::ForcedRoute>,
     /// Adaptive model choice (Thompson sampling over the candidate models).
     pub adaptive: AdaptiveConfig,
+    /// Load prediction (Holt forecasts of arrivals and in-flight) and pre-emptive spill-over.
+    pub prediction: PredictionConfig,
 }
 
 /// What to do when no endpoint is eligible because of breakers, cooldowns or health.
@@ -146,6 +149,7 @@ impl Default for RouterConfig {
             experiments: Vec::new(),
             forced_routes: Vec::new(),
             adaptive: AdaptiveConfig::default(),
+            prediction: PredictionConfig::default(),
         }
     }
 }
@@ -212,6 +216,7 @@ impl RouterConfig {
             f.validate().map_err(|e| e.at(&format!("forced_routes[{i}]")))?;
         }
         self.adaptive.validate().map_err(|e| e.at("adaptive"))?;
+        self.prediction.validate().map_err(|e| e.at("prediction"))?;
         self.breaker.validate().map_err(|e| e.at("breaker"))?;
         self.health.validate().map_err(|e| e.at("health"))?;
         self.hybrid.validate().map_err(|e| e.at("hybrid"))

@@ -258,6 +258,34 @@ pub enum Event {
         /// When, Unix ms.
         at_ms: u64,
     },
+    /// A model's predicted in-flight passed `prediction.spillover_share` of its capacity: new
+    /// requests that have other candidate models go to those (see [`crate::predict`]).
+    SpilloverStarted {
+        /// The model.
+        model_id: String,
+        /// Its in-flight now (own and reported).
+        current_in_flight: f64,
+        /// Its predicted in-flight a horizon ahead.
+        predicted_in_flight: f64,
+        /// The sum of its serving endpoints' capacities.
+        capacity: u64,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
+    /// A spilling model's predicted in-flight fell under `prediction.release_share` of its
+    /// capacity: it takes new requests again.
+    SpilloverStopped {
+        /// The model.
+        model_id: String,
+        /// Its in-flight now (own and reported).
+        current_in_flight: f64,
+        /// Its predicted in-flight a horizon ahead.
+        predicted_in_flight: f64,
+        /// The sum of its serving endpoints' capacities.
+        capacity: u64,
+        /// When, Unix ms.
+        at_ms: u64,
+    },
     /// A decision was made.
     Decision(DecisionRecord),
 }
@@ -290,6 +318,8 @@ impl Event {
             Event::PolicyChanged { .. } => "policy_changed",
             Event::PolicyRejected { .. } => "policy_rejected",
             Event::AdaptiveShareChanged { .. } => "adaptive_share_changed",
+            Event::SpilloverStarted { .. } => "spillover_started",
+            Event::SpilloverStopped { .. } => "spillover_stopped",
             Event::Decision(_) => "decision",
         }
     }

@@ -418,6 +418,26 @@ fn adaptive_mode(snap: &Snapshot, req: &RouteRequest, scope: &Scope<'_>) -> bool
     })
 }
 
+/// The request's candidate models without those that spill ([`crate::predict`]): the rule's
+/// other targets, the agent's other preferred models or else its fallback models, or the
+/// type's other models. `None` when nothing spills or a model was named.
+fn spill(snap: &Snapshot, req: &RouteRequest, scope: &Scope<'_>, now_ms: u64, events: &EventBus) -> Option<ModelMask> {
+    if scope.choice == ModelChoice::Explicit {
+        return None;
+    }
+    let fallback = || {
+        let tenant = Tenant::of(snap, req);
+        let fb = &tenant
+            .agent
+            .filter(|_| scope.choice == ModelChoice::ByType)?
+            .fallback_models;
+        (!fb.is_empty())
+            .then(|| build_mask(snap, scope.pool, req, tenant, Some(fb)))
+            .flatten()
+    };
+    crate::predict::spill_mask(snap, scope.pool, scope.mask.as_ref(), fallback, now_ms, events)
+}
+
 fn strategy_for(req: &RouteRequest, scope: &Scope<'_>, config: &RouterConfig) -> (StrategyKind, StrategySource) {
     let rule = scope.rule.and_then(|r| r.strategy);
     match (req.strategy, rule, scope.model_strategy) {
@@ -592,6 +612,9 @@ impl Router {
                 downgraded = true;
             }
         }
+        if let Some(m) = spill(&snap, req, &scope, now_ms, &self.inner.events) {
+            scope.mask = Some(m);
+        }
         let (kind, source) = strategy_for(req, &scope, &snap.config);
         let restricted;
         let mut c = Candidates {
@@ -683,6 +706,7 @@ impl Router {
             adaptive.map(|a| Box::new(Ticket::adaptive_only(a, &self.inner.store)))
         };
         slot.state.acquire();
+        crate::predict::record(&snap, slot, now_ms, &self.inner.events);
         if slot.config.rpm.is_some() || slot.config.tpm.is_some() {
             let tokens = i64::try_from(est_in.saturating_add(est_out)).unwrap_or(i64::MAX);
             slot.state
@@ -762,6 +786,7 @@ impl Router {
                 probe = true;
             }
             slot.state.acquire();
+            crate::predict::record(&snap, slot, now, &self.inner.events);
             let mut fallbacks: [Option<Arc<Slot>>; MAX_FALLBACKS] = Default::default();
             for (j, rest) in chain[k + 1..].iter().enumerate() {
                 fallbacks[j] = Some(Arc::clone(rest));
@@ -816,7 +841,7 @@ impl Router {
     pub fn explain(&self, req: &RouteRequest) -> Explanation {
         let snap = self.inner.registry.load_full();
         let now_ms = self.inner.clock.now_ms();
-        let mut out = explain(&snap, req, now_ms, &self.inner.adaptive);
+        let mut out = explain(&snap, req, now_ms, &self.inner.adaptive, &self.inner.events);
         if accounting::needed(&snap, req) {
             if let Some((x, v, model)) = self.inner.experiments.assign(&snap.config, req) {
                 out.accounting
@@ -1999,6 +2024,12 @@ pub struct EndpointStatus {
     pub reported_load: u32,
     /// The load strategies use now (see [`EndpointState::load_at`](crate::state::EndpointState::load_at)).
     pub load: u32,
+    /// Predicted in-flight a horizon ahead, when `prediction.enabled` ([`crate::predict`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted_load: Option<f64>,
+    /// Arrivals per second now, smoothed (this instance's), when `prediction.enabled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arrivals_per_s: Option<f64>,
     /// Latency EWMA, ms.
     pub latency_ewma_ms: Option<f64>,
     /// Peak-EWMA latency now, ms.
@@ -2038,6 +2069,14 @@ fn endpoint_status(s: &Slot, now: u64, cfg: &RouterConfig) -> EndpointStatus {
         in_flight: st.in_flight(),
         reported_load: st.reported_load(),
         load: st.load_at(now, default_latency_ms),
+        predicted_load: cfg
+            .prediction
+            .enabled
+            .then(|| crate::predict::endpoint_load(s, now, cfg)),
+        arrivals_per_s: cfg
+            .prediction
+            .enabled
+            .then(|| st.forecast.forecast(now, 0).arrivals_now),
         latency_ewma_ms: st.latency_ewma_ms(),
         peak_ewma_ms: st.peak_ewma_ms(now),
         ttft_ewma_ms: st.ttft_ewma_ms(),
@@ -2121,6 +2160,10 @@ pub struct Explanation {
     /// The adaptive model choice: every candidate model's posterior mean, samples and draw.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<crate::adaptive::AdaptiveExplanation>,
+    /// Load prediction (when `prediction.enabled`): every candidate model's current and
+    /// predicted load, and why the request spilled to other models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<crate::predict::PredictionExplanation>,
 }
 
 /// Endpoints per health, for one model ([`Router::health_overview`]).
@@ -2160,7 +2203,13 @@ pub struct ExplainedError {
     pub message: String,
 }
 
-fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64, adaptive: &crate::adaptive::Adaptive) -> Explanation {
+fn explain(
+    snap: &Snapshot,
+    req: &RouteRequest,
+    now_ms: u64,
+    adaptive: &crate::adaptive::Adaptive,
+    events: &EventBus,
+) -> Explanation {
     let tenant = Tenant::of(snap, req);
     let requested_type = req.model_type.clone().unwrap_or_default();
     let models = snap
@@ -2201,6 +2250,7 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64, adaptive: &crate::a
         error: None,
         accounting: Vec::new(),
         adaptive: None,
+        prediction: None,
     };
     let fail = |out: &mut Explanation, e: Error| {
         out.error = Some(ExplainedError {
@@ -2212,7 +2262,7 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64, adaptive: &crate::a
         fail(&mut out, e);
         return out;
     }
-    let scope = match resolve(snap, req) {
+    let mut scope = match resolve(snap, req) {
         Ok(s) => s,
         Err(e) => {
             fail(&mut out, e);
@@ -2241,6 +2291,19 @@ fn explain(snap: &Snapshot, req: &RouteRequest, now_ms: u64, adaptive: &crate::a
     out.strategy = kind;
     out.strategy_source = source;
     out.model_choice = Some(scope.choice);
+    if snap.config.prediction.enabled {
+        let spilled = spill(snap, req, &scope, now_ms, events);
+        out.prediction = Some(crate::predict::explain(
+            snap,
+            scope.pool,
+            scope.mask.as_ref(),
+            spilled.as_ref(),
+            now_ms,
+        ));
+        if spilled.is_some() {
+            scope.mask = spilled;
+        }
+    }
     let mut c = Candidates {
         pool: scope.pool,
         config: &snap.config,

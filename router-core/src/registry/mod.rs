@@ -90,6 +90,7 @@ pub(crate) struct Draft {
     pub(crate) config: Arc<RouterConfig>,
     generation: u64,
     states: FxHashMap<Arc<str>, Arc<EndpointState>>,
+    model_loads: FxHashMap<Arc<str>, Arc<crate::predict::ModelLoad>>,
     pub(crate) events: Vec<Event>,
     pub(crate) changes: Vec<StateChange>,
     now_ms: u64,
@@ -406,6 +407,7 @@ impl Registry {
             config: Arc::new(config),
             generation: 0,
             states: FxHashMap::default(),
+            model_loads: FxHashMap::default(),
             events: Vec::new(),
             changes: Vec::new(),
             now_ms: 0,
@@ -416,6 +418,7 @@ impl Registry {
             &[],
             &[],
             &draft.states,
+            &draft.model_loads,
             &[],
             Default::default(),
         );
@@ -451,6 +454,13 @@ impl Registry {
         draft.generation += 1;
         let live: rustc_hash::FxHashSet<&str> = draft.endpoints.iter().map(|e| e.id.as_str()).collect();
         draft.states.retain(|id, _| live.contains(&**id));
+        let models: rustc_hash::FxHashSet<&str> = draft.models.iter().map(|m| m.id.as_str()).collect();
+        draft.model_loads.retain(|id, _| models.contains(&**id));
+        for m in &draft.models {
+            if !draft.model_loads.contains_key(m.id.as_str()) {
+                draft.model_loads.insert(Arc::from(m.id.as_str()), Arc::default());
+            }
+        }
         for e in &draft.endpoints {
             if !draft.states.contains_key(e.id.as_str()) {
                 draft
@@ -464,6 +474,7 @@ impl Registry {
             &draft.models,
             &draft.endpoints,
             &draft.states,
+            &draft.model_loads,
             &draft.rules,
             (draft.agents.clone(), draft.workspaces.clone()),
         );

@@ -209,6 +209,8 @@ pub(crate) struct ModelEntry {
     pub(crate) model: Arc<Model>,
     /// The pool of this model's endpoints.
     pub(crate) pool: u32,
+    /// Its load forecast and spill-over state, kept across snapshots.
+    pub(crate) load: Arc<crate::predict::ModelLoad>,
 }
 
 /// A rule ready for the decision path.
@@ -265,12 +267,14 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// Compile a snapshot. The caller guarantees ids are unique and every endpoint's model
     /// exists; `states` holds a live state for every endpoint.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn build(
         generation: u64,
         config: Arc<RouterConfig>,
         models: &[Arc<Model>],
         endpoints: &[Arc<Endpoint>],
         states: &FxHashMap<Arc<str>, Arc<EndpointState>>,
+        model_loads: &FxHashMap<Arc<str>, Arc<crate::predict::ModelLoad>>,
         rules: &[(Arc<Rule>, Arc<CompiledCondition>)],
         tenancy: Tenancy,
     ) -> Snapshot {
@@ -322,6 +326,7 @@ impl Snapshot {
                 id: model_ids[i].clone(),
                 model: m.clone(),
                 pool: pools.len() as u32,
+                load: model_loads.get(m.id.as_str()).cloned().unwrap_or_default(),
             });
             pools.push(Pool::new(members));
         }

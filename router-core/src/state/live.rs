@@ -83,6 +83,8 @@ pub struct EndpointState {
     rpm_tat_us: AtomicU64,
     tpm_tat_us: AtomicU64,
     pub(crate) breaker: Breaker,
+    /// Holt forecasts of arrivals and in-flight ([`crate::predict`]).
+    pub(crate) forecast: crate::predict::Forecaster,
 }
 
 impl EndpointState {
@@ -114,6 +116,7 @@ impl EndpointState {
             rpm_tat_us: AtomicU64::new(0),
             tpm_tat_us: AtomicU64::new(0),
             breaker: Breaker::default(),
+            forecast: Default::default(),
         }
     }
 

@@ -364,12 +364,15 @@ impl<'a> Candidates<'a> {
         self.verdict(i) == Verdict::Eligible
     }
 
-    /// Member `i`'s load now (see [`EndpointState::load_at`](crate::state::EndpointState::load_at)).
+    /// Member `i`'s load: now (see [`EndpointState::load_at`](crate::state::EndpointState::load_at)),
+    /// or its predicted in-flight when `prediction.predicted_load` is on ([`crate::predict`]).
     #[inline]
     pub fn load(&self, i: usize) -> u32 {
-        self.pool.members[i]
-            .state
-            .load_at(self.now_ms, self.config.default_latency_ms)
+        let m = &self.pool.members[i];
+        if self.config.prediction.predicts_load() {
+            return crate::predict::endpoint_load(m, self.now_ms, self.config).round() as u32;
+        }
+        m.state.load_at(self.now_ms, self.config.default_latency_ms)
     }
 
     /// Member `i`'s utilisation: load / capacity, or the raw load when it has no capacity.
