@@ -3,7 +3,9 @@
 //!
 //! 100 endpoints over four chat models, P2C. Three request mixes, timed side by side in one run:
 //!
-//! - `plain`: requests with no workspace, user or token estimate: no accounting at all;
+//! - `no_usage`: usage accounting off (`usage.enabled: false`): the bare decision loop;
+//! - `plain`: requests with no workspace, user or token estimate: only the per-model and
+//!   per-endpoint usage aggregates and the recent-requests record at report time;
 //! - `usage`: requests with a workspace and a user id: usage aggregated per model, endpoint,
 //!   workspace and user, recent requests kept;
 //! - `budget_limit`: the same, plus a workspace daily budget (batched, never reached) and a
@@ -26,6 +28,10 @@ const N: usize = 100;
 const KEYS: usize = 256;
 
 fn router(with_limits: bool) -> Router {
+    router_with(with_limits, true)
+}
+
+fn router_with(with_limits: bool, usage: bool) -> Router {
     let models = (0..4)
         .map(|k| {
             Model::new(format!("model-{k}"), format!("provider-{k}"))
@@ -47,6 +53,7 @@ fn router(with_limits: bool) -> Router {
         endpoints,
         ..Default::default()
     };
+    policy.settings.usage.enabled = usage;
     if with_limits {
         policy.settings.rate_limits = vec![serde_json::from_value(serde_json::json!({
             "scope": "user", "rpm": 1_000_000_000u64
@@ -76,6 +83,7 @@ fn requests(tenant: bool) -> Vec<RouteRequest> {
 
 fn bench(c: &mut Criterion) {
     let mixes = [
+        ("no_usage", router_with(false, false), requests(false)),
         ("plain", router(false), requests(false)),
         ("usage", router(false), requests(true)),
         ("budget_limit", router(true), requests(true)),

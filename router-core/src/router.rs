@@ -731,8 +731,10 @@ impl Router {
                 decision_id: decision.id().to_string(),
             });
         }
-        self.inner.record_outcome(decision.slot(), &outcome, decision.probe);
-        self.inner.settle(decision, &outcome);
+        let now = self.inner.clock.now_ms();
+        self.inner
+            .record_outcome_at(decision.slot(), &outcome, decision.probe, now);
+        self.inner.settle(decision, &outcome, now);
         Ok(())
     }
 
@@ -1351,7 +1353,10 @@ impl Inner {
     /// Fold an outcome into the endpoint's statistics, cooldown, breaker and health, and emit
     /// the events that follow.
     fn record_outcome(&self, slot: &Slot, outcome: &Outcome, probe: bool) {
-        let now = self.clock.now_ms();
+        self.record_outcome_at(slot, outcome, probe, self.clock.now_ms());
+    }
+
+    fn record_outcome_at(&self, slot: &Slot, outcome: &Outcome, probe: bool, now: u64) {
         let snap = self.registry.load();
         let cfg = &snap.config;
         let st = &slot.state;
@@ -1460,12 +1465,11 @@ impl Inner {
 
     /// Account a reported decision: its cost (from the real token counts, else the estimate),
     /// budget settlement, token-limit corrections, experiment outcome, usage aggregates.
-    fn settle(&self, decision: &Decision, outcome: &Outcome) {
+    fn settle(&self, decision: &Decision, outcome: &Outcome, now: u64) {
         let snap = self.registry.load();
         let cfg = &snap.config;
         let ticket = decision.ticket.as_deref();
         let slot = decision.slot();
-        let now = self.clock.now_ms();
         let reported = outcome.tokens_in > 0 || outcome.tokens_out > 0;
         if let Some(a) = ticket.and_then(|t| t.adaptive.as_ref()) {
             a.report(&cfg.adaptive, &slot.model_id, slot.cost_per_1k, outcome);
@@ -1524,21 +1528,21 @@ impl Inner {
             cost_micros,
             at_ms: now,
         };
-        let record = (cfg.usage.recent_requests > 0).then(|| RequestRecord {
-            decision_id: decision.id().to_string(),
+        let record = (cfg.usage.recent_requests > 0).then(|| crate::usage::Recent {
+            decision_id: decision.id().0,
             request_id: ticket.and_then(|t| t.request_id.clone()),
-            model_id: slot.model_id.to_string(),
-            endpoint_id: slot.id.to_string(),
+            model_id: Arc::clone(&slot.model_id),
+            endpoint_id: Arc::clone(&slot.id),
             workspace_id: ticket.and_then(|t| t.workspace_id.clone()),
             agent_type: ticket.and_then(|t| t.agent_type.clone()),
             user_id: ticket.and_then(|t| t.user_id.clone()),
             success: outcome.is_success(),
-            error: outcome.error.as_ref().map(|e| e.as_str().to_owned()),
+            error: outcome.error.as_ref().map(|e| e.as_str()),
             latency_ms: outcome.latency_ms,
             tokens_in,
             tokens_out,
             tokens_estimated: !reported && ticket.is_some() && outcome.is_success(),
-            cost: from_micros(cost_micros),
+            cost_micros,
             attempt: decision.attempt,
             at_ms: now,
         });

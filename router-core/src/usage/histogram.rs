@@ -17,7 +17,8 @@ pub struct LatencyHistogram {
     count: u64,
 }
 
-fn bin_of(ms: f64) -> u16 {
+/// The bin of a latency, ms.
+pub(crate) fn bin_of(ms: f64) -> u16 {
     if ms.is_nan() || ms <= MIN_MS {
         return 0;
     }
@@ -47,6 +48,11 @@ impl LatencyHistogram {
     /// Record one latency, ms.
     pub fn record(&mut self, ms: f64) {
         self.add(bin_of(ms), 1);
+    }
+
+    /// Record one latency by its bin ([`bin_of`]), computed once for several histograms.
+    pub(crate) fn record_bin(&mut self, bin: u16) {
+        self.add(bin, 1);
     }
 
     fn add(&mut self, bin: u16, n: u32) {

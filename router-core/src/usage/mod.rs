@@ -165,6 +165,51 @@ pub struct RequestRecord {
     pub at_ms: u64,
 }
 
+/// A finished request as kept: shared ids and numbers, no allocation for a request without
+/// tenant ids; turned into a [`RequestRecord`] when asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct Recent {
+    pub(crate) decision_id: u64,
+    pub(crate) request_id: Option<String>,
+    pub(crate) model_id: std::sync::Arc<str>,
+    pub(crate) endpoint_id: std::sync::Arc<str>,
+    pub(crate) workspace_id: Option<String>,
+    pub(crate) agent_type: Option<String>,
+    pub(crate) user_id: Option<String>,
+    pub(crate) error: Option<&'static str>,
+    pub(crate) success: bool,
+    pub(crate) latency_ms: f64,
+    pub(crate) tokens_in: u64,
+    pub(crate) tokens_out: u64,
+    pub(crate) tokens_estimated: bool,
+    pub(crate) cost_micros: i64,
+    pub(crate) attempt: u32,
+    pub(crate) at_ms: u64,
+}
+
+impl Recent {
+    fn record(&self) -> RequestRecord {
+        RequestRecord {
+            decision_id: crate::decision::DecisionId(self.decision_id).to_string(),
+            request_id: self.request_id.clone(),
+            model_id: self.model_id.to_string(),
+            endpoint_id: self.endpoint_id.to_string(),
+            workspace_id: self.workspace_id.clone(),
+            agent_type: self.agent_type.clone(),
+            user_id: self.user_id.clone(),
+            success: self.success,
+            error: self.error.map(str::to_owned),
+            latency_ms: self.latency_ms,
+            tokens_in: self.tokens_in,
+            tokens_out: self.tokens_out,
+            tokens_estimated: self.tokens_estimated,
+            cost: from_micros(self.cost_micros),
+            attempt: self.attempt,
+            at_ms: self.at_ms,
+        }
+    }
+}
+
 /// Aggregated usage over a time range.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UsageTotals {
@@ -254,14 +299,14 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn add(&mut self, s: &Sample<'_>) {
+    fn add(&mut self, s: &Sample<'_>, bin: u16) {
         self.requests += 1;
         self.successes += u64::from(s.success);
         self.tokens_in += s.tokens_in;
         self.tokens_out += s.tokens_out;
         self.cost_micros += s.cost_micros;
         self.latency_sum_ms += s.latency_ms;
-        self.latency.record(s.latency_ms);
+        self.latency.record_bin(bin);
     }
 
     fn merge(&mut self, o: &Bucket) {
@@ -304,6 +349,25 @@ struct Ring {
 }
 
 impl Ring {
+    /// Add a closed finer bucket into the bucket of this ring that holds it.
+    fn fold(&mut self, closed: &Bucket) {
+        let start = closed.start_ms - closed.start_ms % self.width_ms;
+        match self.buckets.back_mut() {
+            Some(b) if b.start_ms >= start => b.merge(closed),
+            _ => {
+                self.buckets.push_back(Bucket {
+                    start_ms: start,
+                    ..closed.clone()
+                });
+                let span = self.width_ms * self.cap as u64;
+                while self.buckets.len() > self.cap || self.buckets.front().is_some_and(|b| b.start_ms + span <= start)
+                {
+                    self.buckets.pop_front();
+                }
+            }
+        }
+    }
+
     fn new(width_ms: u64, cap: usize) -> Self {
         Ring {
             width_ms,
@@ -312,18 +376,18 @@ impl Ring {
         }
     }
 
-    fn add(&mut self, s: &Sample<'_>) {
+    fn add(&mut self, s: &Sample<'_>, bin: u16) {
         let start = s.at_ms - s.at_ms % self.width_ms;
         match self.buckets.back_mut() {
-            Some(b) if b.start_ms == start => b.add(s),
+            Some(b) if b.start_ms == start => b.add(s, bin),
             // A late sample (clock stepped back) goes into the newest bucket.
-            Some(b) if b.start_ms > start => b.add(s),
+            Some(b) if b.start_ms > start => b.add(s, bin),
             _ => {
                 let mut b = Bucket {
                     start_ms: start,
                     ..Default::default()
                 };
-                b.add(s);
+                b.add(s, bin);
                 self.buckets.push_back(b);
                 let span = self.width_ms * self.cap as u64;
                 while self.buckets.len() > self.cap || self.buckets.front().is_some_and(|b| b.start_ms + span <= start)
@@ -337,7 +401,26 @@ impl Ring {
 
 #[derive(Debug)]
 struct Series {
+    /// Minutes, hours, days. A sample goes into its minute only; a minute is folded into its
+    /// hour and day when the next minute opens (queries add the open minute themselves).
     rings: [Ring; 3],
+}
+
+impl Series {
+    fn add(&mut self, s: &Sample<'_>, bin: u16) {
+        let start = s.at_ms - s.at_ms % MINUTE;
+        let [minutes, hours, days] = &mut self.rings;
+        if let Some(open) = minutes.buckets.back().filter(|b| b.start_ms < start) {
+            hours.fold(open);
+            days.fold(open);
+        }
+        self.rings[0].add(s, bin);
+    }
+
+    /// The minute not folded into hours and days yet.
+    fn open_minute(&self) -> Option<&Bucket> {
+        self.rings[0].buckets.back()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -351,7 +434,7 @@ const OTHER: &str = "_other";
 #[derive(Debug, Default)]
 pub(crate) struct Usage {
     dims: [Mutex<Dim>; 5],
-    recent: Mutex<VecDeque<RequestRecord>>,
+    recent: Mutex<VecDeque<Recent>>,
 }
 
 const MINUTE: u64 = 60_000;
@@ -359,7 +442,8 @@ const HOUR: u64 = 3_600_000;
 const DAY: u64 = 86_400_000;
 
 impl Usage {
-    pub(crate) fn record(&self, s: &Sample<'_>, cfg: &UsageConfig, record: Option<RequestRecord>) {
+    pub(crate) fn record(&self, s: &Sample<'_>, cfg: &UsageConfig, record: Option<Recent>) {
+        let bin = histogram::bin_of(s.latency_ms);
         for (i, key) in s.keys.iter().enumerate() {
             let Some(key) = key else { continue };
             let mut dim = self.dims[i].lock();
@@ -379,9 +463,7 @@ impl Usage {
                     ],
                 }),
             };
-            for r in &mut series.rings {
-                r.add(s);
-            }
+            series.add(s, bin);
         }
         if let Some(rec) = record {
             if cfg.recent_requests > 0 {
@@ -396,7 +478,13 @@ impl Usage {
 
     /// The most recent `limit` requests, newest first.
     pub(crate) fn recent(&self, limit: usize) -> Vec<RequestRecord> {
-        self.recent.lock().iter().rev().take(limit).cloned().collect()
+        self.recent
+            .lock()
+            .iter()
+            .rev()
+            .take(limit)
+            .map(Recent::record)
+            .collect()
     }
 
     /// Usage of `key` over the `range_ms` before `now_ms`, from the finest ring that covers it.
@@ -422,11 +510,22 @@ impl Usage {
         let mut total = Bucket::default();
         let mut series = Vec::new();
         if let Some(s) = self.dims[di].lock().keys.get(key) {
-            for b in s.rings[ri]
-                .buckets
-                .iter()
-                .filter(|b| b.start_ms >= from && b.start_ms <= now_ms)
-            {
+            let in_range = |b: &&Bucket| b.start_ms >= from && b.start_ms <= now_ms;
+            let mut buckets: Vec<Bucket> = s.rings[ri].buckets.iter().filter(in_range).cloned().collect();
+            // Hours and days: the open minute is not folded in yet.
+            if ri > 0 {
+                if let Some(open) = s.open_minute().filter(|b| b.start_ms >= from && b.start_ms <= now_ms) {
+                    let start = open.start_ms - open.start_ms % width;
+                    match buckets.last_mut() {
+                        Some(b) if b.start_ms == start => b.merge(open),
+                        _ => buckets.push(Bucket {
+                            start_ms: start,
+                            ..open.clone()
+                        }),
+                    }
+                }
+            }
+            for b in &buckets {
                 total.merge(b);
                 series.push((b.start_ms, b.totals(false)));
             }
@@ -488,6 +587,30 @@ mod tests {
         let a = u.analytics(Dimension::Model, "m", parse_time_range("30d").unwrap(), now, &cfg);
         assert_eq!((a.bucket_ms, a.totals.requests), (DAY, 48));
         assert_eq!(a.series.len(), 2);
+    }
+
+    #[test]
+    fn minutes_fold_into_hours_and_days_and_the_open_one_counts() {
+        let u = Usage::default();
+        let cfg = UsageConfig::default();
+        let t0 = 1_795_392_000_000;
+        for (dt, cost) in [(0, 1), (10_000, 2), (59_999, 3), (60_000, 4), (3 * HOUR, 5)] {
+            u.record(&sample(t0 + dt, true, 10.0, cost), &cfg, None);
+        }
+        let now = t0 + 3 * HOUR;
+        for range in ["1h", "24h", "30d"] {
+            let r = parse_time_range(range).unwrap();
+            let a = u.analytics(Dimension::Model, "m", r, now, &cfg);
+            let want = if range == "1h" { 1 } else { 5 };
+            assert_eq!(a.totals.requests, want, "{range}");
+        }
+        let a = u.analytics(Dimension::Model, "m", parse_time_range("7d").unwrap(), now, &cfg);
+        assert_eq!(a.series.iter().map(|(_, t)| t.requests).collect::<Vec<_>>(), [4, 1]);
+        assert!((a.totals.cost - 15e-6).abs() < 1e-12);
+        assert_eq!(
+            a.totals.latency_p50_ms.map(|p| (p / 10.0 - 1.0).abs() < 0.02),
+            Some(true)
+        );
     }
 
     #[test]
