@@ -597,26 +597,10 @@ fn evaluate(x: &Experiment, arms: &[Arm]) -> ExperimentResults {
 }
 
 fn pick_winner(x: &Experiment, variants: &[VariantResults], comparisons: &[Comparison]) -> (Option<String>, String) {
-    // Success rate first: among significant differences, the best rate wins.
-    let significant: Vec<(usize, &ProportionTest)> = comparisons
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| {
-            c.success_rate
-                .as_ref()
-                .filter(|t| t.p_value < x.alpha)
-                .map(|t| (i + 1, t))
-        })
-        .collect();
-    if !significant.is_empty() {
-        let best = significant
-            .iter()
-            .filter(|(_, t)| t.diff > 0.0)
-            .max_by(|a, b| a.1.diff.total_cmp(&b.1.diff));
-        let (w, p) = match best {
-            Some(&(i, t)) => (i, t.p_value),
-            None => (0, significant.iter().map(|(_, t)| t.p_value).fold(1.0, f64::min)),
-        };
+    // Success rate first (higher is better), then latency (lower is better).
+    if let Some((w, p)) = significant_best(comparisons, x.alpha, |c| {
+        c.success_rate.as_ref().map(|t| (t.p_value, t.diff))
+    }) {
         return (
             Some(variants[w].name.clone()),
             format!(
@@ -625,20 +609,9 @@ fn pick_winner(x: &Experiment, variants: &[VariantResults], comparisons: &[Compa
             ),
         );
     }
-    let significant: Vec<(usize, &WelchTest)> = comparisons
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| c.latency.as_ref().filter(|t| t.p_value < x.alpha).map(|t| (i + 1, t)))
-        .collect();
-    if !significant.is_empty() {
-        let best = significant
-            .iter()
-            .filter(|(_, t)| t.diff < 0.0)
-            .min_by(|a, b| a.1.diff.total_cmp(&b.1.diff));
-        let (w, p) = match best {
-            Some(&(i, t)) => (i, t.p_value),
-            None => (0, significant.iter().map(|(_, t)| t.p_value).fold(1.0, f64::min)),
-        };
+    if let Some((w, p)) = significant_best(comparisons, x.alpha, |c| {
+        c.latency.as_ref().map(|t| (t.p_value, -t.diff))
+    }) {
         return (
             Some(variants[w].name.clone()),
             format!(
@@ -649,4 +622,31 @@ fn pick_winner(x: &Experiment, variants: &[VariantResults], comparisons: &[Compa
         );
     }
     (None, format!("no significant difference at alpha = {}", x.alpha))
+}
+
+/// Among the comparisons significant at `alpha` (by `test`: p-value and the variant's gain over
+/// the control, positive when better), the variant with the largest gain, or the control (0)
+/// when every significant difference favours it; with the p-value that decided. `None` when no
+/// comparison is significant.
+fn significant_best(
+    comparisons: &[Comparison],
+    alpha: f64,
+    test: impl Fn(&Comparison) -> Option<(f64, f64)>,
+) -> Option<(usize, f64)> {
+    let significant: Vec<(usize, f64, f64)> = comparisons
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| test(c).filter(|(p, _)| *p < alpha).map(|(p, gain)| (i + 1, p, gain)))
+        .collect();
+    if significant.is_empty() {
+        return None;
+    }
+    let best = significant
+        .iter()
+        .filter(|(_, _, gain)| *gain > 0.0)
+        .max_by(|a, b| a.2.total_cmp(&b.2));
+    Some(match best {
+        Some(&(i, p, _)) => (i, p),
+        None => (0, significant.iter().map(|(_, p, _)| *p).fold(1.0, f64::min)),
+    })
 }
