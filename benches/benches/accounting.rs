@@ -1,7 +1,8 @@
 //! What usage accounting, a budget and a rate limit add to the decision loop (issue 5: `route`
 //! with a budget and a rate limit on stays within 20% of the plain figures).
 //!
-//! 100 endpoints over four chat models, P2C. Three request mixes, timed side by side in one run:
+//! `router_benches::fleet(100)` (100 endpoints over four chat models), P2C. Four request mixes,
+//! timed side by side in one run:
 //!
 //! - `no_usage`: usage accounting off (`usage.enabled: false`): the bare decision loop;
 //! - `plain`: requests with no workspace, user or token estimate: only the per-model and
@@ -22,7 +23,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use router_core::{Endpoint, Model, ModelType, Outcome, Policy, RouteRequest, Router, StrategyKind};
+use router_core::{ModelType, Outcome, RouteRequest, Router, StrategyKind};
 
 const N: usize = 100;
 const KEYS: usize = 256;
@@ -32,27 +33,7 @@ fn router(with_limits: bool) -> Router {
 }
 
 fn router_with(with_limits: bool, usage: bool) -> Router {
-    let models = (0..4)
-        .map(|k| {
-            Model::new(format!("model-{k}"), format!("provider-{k}"))
-                .with_type(ModelType::Chat)
-                .with_pricing(0.001 * (k + 1) as f64, 0.002 * (k + 1) as f64)
-        })
-        .collect();
-    let endpoints = (0..N)
-        .map(|i| {
-            Endpoint::new(
-                format!("ep-{i}"),
-                format!("model-{}", i % 4),
-                format!("http://ep-{i}/v1"),
-            )
-        })
-        .collect();
-    let mut policy = Policy {
-        models,
-        endpoints,
-        ..Default::default()
-    };
+    let mut policy = router_benches::fleet(N);
     policy.settings.usage.enabled = usage;
     if with_limits {
         policy.settings.rate_limits = vec![serde_json::from_value(serde_json::json!({

@@ -33,7 +33,7 @@ use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use router_core::{Endpoint, Model, ModelType, Outcome, Policy, RouteRequest, Router, StrategyKind};
+use router_core::{ModelType, Outcome, RouteRequest, Router, StrategyKind};
 
 /// Fleet sizes.
 const SIZES: [usize; 3] = [10, 100, 1_000];
@@ -42,31 +42,7 @@ const KEYS: usize = 256;
 
 /// A router with `n` endpoints over four chat models, each endpoint with a latency sample.
 fn router(n: usize) -> Router {
-    let models = (0..4)
-        .map(|k| {
-            Model::new(format!("model-{k}"), format!("provider-{k}"))
-                .with_type(ModelType::Chat)
-                .with_pricing(0.001 * (k + 1) as f64, 0.002 * (k + 1) as f64)
-        })
-        .collect();
-    let endpoints = (0..n)
-        .map(|i| {
-            Endpoint::new(
-                format!("ep-{i}"),
-                format!("model-{}", i % 4),
-                format!("http://10.{}.{}.{}/v1", i / 65_536, (i / 256) % 256, i % 256),
-            )
-            .with_region(if i % 2 == 0 { "us-east" } else { "eu-west" })
-            .with_weight((1 + i % 3) as f64)
-            .with_capacity(1_000)
-        })
-        .collect();
-    let router = Router::new(Policy {
-        models,
-        endpoints,
-        ..Default::default()
-    })
-    .expect("valid bench policy");
+    let router = Router::new(router_benches::fleet(n)).expect("valid bench policy");
     for i in 0..n {
         let ms = 50.0 + ((i * 37) % 400) as f64;
         router
