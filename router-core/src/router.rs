@@ -707,10 +707,10 @@ impl Router {
         };
         slot.state.acquire();
         crate::predict::record(&snap, slot, now_ms, &self.inner.events);
-        if slot.config.rpm.is_some() || slot.config.tpm.is_some() {
+        if slot.rpm.is_some() || slot.tpm.is_some() {
             let tokens = i64::try_from(est_in.saturating_add(est_out)).unwrap_or(i64::MAX);
             slot.state
-                .charge_caps(slot.config.rpm, slot.config.tpm, 1, tokens, now_ms.saturating_mul(1000));
+                .charge_caps(slot.rpm, slot.tpm, 1, tokens, now_ms.saturating_mul(1000));
         }
         let mut d = first_decision(&snap, &scope, &p, kind, source, tier, probe, c.len(), now_ms, false);
         d.ticket = ticket;
@@ -1497,8 +1497,8 @@ impl Inner {
                         let _ = store.gcra(&c.key, c.gcra, diff as u64, true, now_us);
                     }
                 }
-                if slot.config.tpm.is_some() {
-                    slot.state.charge_caps(None, slot.config.tpm, 0, diff, now_us);
+                if slot.tpm.is_some() {
+                    slot.state.charge_caps(None, slot.tpm, 0, diff, now_us);
                 }
             }
             if let Some((x, v)) = &t.experiment {

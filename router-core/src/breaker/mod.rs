@@ -236,19 +236,21 @@ pub(crate) enum Admission {
 
 /// One endpoint's breaker. The decision path reads atomics only; reports lock the window.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Breaker {
+    // What admission reads on every pick, first.
     state: AtomicU8,
     reason: AtomicU8,
+    /// Whether the window holds neither failures nor slow calls (count windows).
+    clean: std::sync::atomic::AtomicBool,
+    permits: AtomicU32,
     open_until_ms: AtomicU64,
     cooldown_until_ms: AtomicU64,
+    probe_epoch_ms: AtomicU64,
     trips: AtomicU32,
-    permits: AtomicU32,
     probes_out: AtomicU32,
     probe_ok: AtomicU32,
     probe_failed: AtomicU32,
-    probe_epoch_ms: AtomicU64,
-    /// Whether the window holds neither failures nor slow calls (count windows).
-    clean: std::sync::atomic::AtomicBool,
     /// Successes recorded while the window was clean, not yet pushed into it: a success added
     /// to a clean window changes no decision, so it skips the lock and is flushed, in order,
     /// before the next call that takes the lock.

@@ -38,6 +38,9 @@ pub struct Slot {
     pub(crate) weight: f64,
     pub(crate) region: Option<Arc<str>>,
     pub(crate) capacity: u32,
+    /// The endpoint's own rpm and tpm caps, copied here so a pick reads no other allocation.
+    pub(crate) rpm: Option<u32>,
+    pub(crate) tpm: Option<u32>,
     pub(crate) kind: EndpointKind,
     pub(crate) cost_per_1k: f64,
     pub(crate) state: Arc<EndpointState>,
@@ -303,6 +306,8 @@ impl Snapshot {
                 weight: e.weight,
                 region,
                 capacity: e.capacity.map_or(0, |c| c.get()),
+                rpm: e.rpm,
+                tpm: e.tpm,
                 kind: e.kind,
                 cost_per_1k: e.pricing.as_ref().unwrap_or(&model.pricing).blended_per_1k(),
                 state: states[&id].clone(),

@@ -53,36 +53,40 @@ impl AtomicF64 {
 /// locks, reports update it with single atomic operations or CAS loops.
 ///
 /// Aligned to 128 bytes so two endpoints never share a cache line (adjacent-line prefetch
-/// included), which keeps threads routing to different endpoints from slowing each other.
+/// included), which keeps threads routing to different endpoints from slowing each other. Laid
+/// out in declaration order (`repr(C)`): what a pick reads comes first.
 #[derive(Debug)]
-#[repr(align(128))]
+#[repr(C, align(128))]
 pub struct EndpointState {
+    // What a pick reads, first and together (the strategies scan every candidate's state):
+    // load, status, expiry, health and the breaker's admission fit the first cache lines.
     in_flight: AtomicU32,
     reported_load: AtomicU32,
     in_flight_at_report: AtomicU32,
-    load_report_ms: AtomicU64,
+    consecutive_failures: AtomicU32,
     status: AtomicU8,
-    status_ts_ms: AtomicU64,
-    last_seen_ms: AtomicU64,
+    health_status: AtomicU8,
     expired: AtomicBool,
+    load_report_ms: AtomicU64,
+    last_seen_ms: AtomicU64,
+    success_ewma: AtomicF64,
     latency_ewma: AtomicF64,
     peak_ewma: AtomicF64,
     peak_ts_ms: AtomicU64,
+    samples: AtomicU64,
+    last_sample_ms: AtomicU64,
+    pub(crate) breaker: Breaker,
+    // Read on reports, probes and status queries.
+    status_ts_ms: AtomicU64,
     ttft_ewma: AtomicF64,
-    success_ewma: AtomicF64,
-    consecutive_failures: AtomicU32,
     requests: AtomicU64,
     failures: AtomicU64,
     tokens_in: AtomicU64,
     tokens_out: AtomicU64,
-    last_sample_ms: AtomicU64,
-    health_status: AtomicU8,
-    samples: AtomicU64,
     last_probe_ms: AtomicU64,
     /// GCRA theoretical arrival times of the endpoint's own rpm and tpm caps, µs.
     rpm_tat_us: AtomicU64,
     tpm_tat_us: AtomicU64,
-    pub(crate) breaker: Breaker,
     /// Holt forecasts of arrivals and in-flight ([`crate::predict`]).
     pub(crate) forecast: crate::predict::Forecaster,
 }

@@ -146,6 +146,8 @@ mod tests {
             weight: 1.0,
             region: None,
             capacity: 0,
+            rpm: None,
+            tpm: None,
             kind: EndpointKind::Primary,
             cost_per_1k: 0.0,
             state: Arc::new(EndpointState::new(0)),

@@ -263,9 +263,9 @@ pub(crate) fn slot_verdict(m: &Slot, now_ms: u64, config: &RouterConfig, tier: T
     if m.capacity != 0 && m.state.in_flight() >= m.capacity {
         return Verdict::AtCapacity;
     }
-    if (m.config.rpm.is_some() || m.config.tpm.is_some())
+    if (m.rpm.is_some() || m.tpm.is_some())
         && m.state
-            .caps_saturated(m.config.rpm, m.config.tpm, now_ms.saturating_mul(1000))
+            .caps_saturated(m.rpm, m.tpm, now_ms.saturating_mul(1000))
     {
         return Verdict::RateLimited;
     }
