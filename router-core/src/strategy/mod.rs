@@ -263,10 +263,7 @@ pub(crate) fn slot_verdict(m: &Slot, now_ms: u64, config: &RouterConfig, tier: T
     if m.capacity != 0 && m.state.in_flight() >= m.capacity {
         return Verdict::AtCapacity;
     }
-    if (m.rpm.is_some() || m.tpm.is_some())
-        && m.state
-            .caps_saturated(m.rpm, m.tpm, now_ms.saturating_mul(1000))
-    {
+    if (m.rpm.is_some() || m.tpm.is_some()) && m.state.caps_saturated(m.rpm, m.tpm, now_ms.saturating_mul(1000)) {
         return Verdict::RateLimited;
     }
     if tier != Tier::Panic {
