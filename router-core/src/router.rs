@@ -1894,30 +1894,36 @@ fn first_decision(
     released: bool,
 ) -> Decision {
     let mut fallbacks: [Option<Arc<Slot>>; MAX_FALLBACKS] = Default::default();
+    let members = &scope.pool.members;
     let ordered = scope
         .rule
-        .filter(|r| r.rule.target_models.iter().any(|t| t.fallback_order.is_some()))
-        .map(|r| rule_fallbacks(snap, scope, p, r, now_ms));
-    let mut chain: Vec<usize> = match ordered {
-        Some(c) => c,
-        None => p.fallbacks.iter().collect(),
-    };
-    // An agent's fallback models follow the endpoints of its preferred models.
-    for &mi in &scope.fallback_models {
-        let members = &scope.pool.members;
-        if chain.iter().any(|&i| members[i].model_idx == mi) {
-            continue;
+        .filter(|r| r.rule.target_models.iter().any(|t| t.fallback_order.is_some()));
+    if ordered.is_none() && scope.fallback_models.is_empty() {
+        // The common case: the strategy's own next choices, no allocation.
+        for (k, i) in p.fallbacks.iter().take(snap.config.max_fallbacks).enumerate() {
+            fallbacks[k] = Some(members[i].clone());
         }
-        let eligible = (0..members.len()).find(|&i| {
-            members[i].model_idx == mi
-                && slot_verdict(&members[i], now_ms, &snap.config, Tier::Degraded) == Verdict::Eligible
-        });
-        if let Some(i) = eligible {
-            chain.push(i);
+    } else {
+        let mut chain: Vec<usize> = match ordered {
+            Some(r) => rule_fallbacks(snap, scope, p, r, now_ms),
+            None => p.fallbacks.iter().collect(),
+        };
+        // An agent's fallback models follow the endpoints of its preferred models.
+        for &mi in &scope.fallback_models {
+            if chain.iter().any(|&i| members[i].model_idx == mi) {
+                continue;
+            }
+            let eligible = (0..members.len()).find(|&i| {
+                members[i].model_idx == mi
+                    && slot_verdict(&members[i], now_ms, &snap.config, Tier::Degraded) == Verdict::Eligible
+            });
+            if let Some(i) = eligible {
+                chain.push(i);
+            }
         }
-    }
-    for (k, i) in chain.into_iter().take(snap.config.max_fallbacks).enumerate() {
-        fallbacks[k] = Some(scope.pool.members[i].clone());
+        for (k, i) in chain.into_iter().take(snap.config.max_fallbacks).enumerate() {
+            fallbacks[k] = Some(members[i].clone());
+        }
     }
     Decision {
         id: DecisionId(if released { 0 } else { with_rng(|r| r.next_u64()) }),
