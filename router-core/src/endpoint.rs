@@ -30,7 +30,9 @@ pub struct Endpoint {
     /// Region, e.g. `us-east`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// The most requests it takes at once; at capacity it gets no new traffic.
+    /// The most requests it takes at once; at capacity it gets no new traffic. The load compared
+    /// with it is this instance's in-flight plus the other instances' share of the head's last
+    /// reported load, decayed with the report's age.
     #[serde(
         default,
         alias = "maxConcurrent",

@@ -260,7 +260,7 @@ pub(crate) fn slot_verdict(m: &Slot, now_ms: u64, config: &RouterConfig, tier: T
     if config.heartbeat_ttl_ms != 0 && m.state.is_expired(now_ms, config.heartbeat_ttl_ms) {
         return Verdict::Expired;
     }
-    if m.capacity != 0 && m.state.in_flight() >= m.capacity {
+    if m.capacity != 0 && m.state.load_at(now_ms, config.default_latency_ms) >= m.capacity {
         return Verdict::AtCapacity;
     }
     if (m.rpm.is_some() || m.tpm.is_some()) && m.state.caps_saturated(m.rpm, m.tpm, now_ms.saturating_mul(1000)) {
