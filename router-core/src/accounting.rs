@@ -174,8 +174,7 @@ impl Accounting<'_> {
     }
 
     /// Request-scope rate limits (workspace, API key, user): admit or fail with `RateLimited`.
-    /// With `dry_run`, only reports what would happen.
-    pub(crate) fn request_limits(&self, est_tokens: u64, charges: &mut Vec<TokenCharge>, dry_run: bool) -> Result<()> {
+    pub(crate) fn request_limits(&self, est_tokens: u64, charges: &mut Vec<TokenCharge>) -> Result<()> {
         for rl in &self.snap.config.rate_limits {
             let value = match rl.scope {
                 LimitScope::Workspace => self.req.workspace_id.as_deref(),
@@ -183,19 +182,13 @@ impl Accounting<'_> {
                 LimitScope::User => self.req.user_id.as_deref(),
                 LimitScope::Model => continue,
             };
-            self.limit(rl, value, est_tokens, charges, dry_run)?;
+            self.limit(rl, value, est_tokens, charges)?;
         }
         Ok(())
     }
 
     /// Model-scope rate limits, for the chosen model.
-    pub(crate) fn model_limits(
-        &self,
-        model_id: &str,
-        est_tokens: u64,
-        charges: &mut Vec<TokenCharge>,
-        dry_run: bool,
-    ) -> Result<()> {
+    pub(crate) fn model_limits(&self, model_id: &str, est_tokens: u64, charges: &mut Vec<TokenCharge>) -> Result<()> {
         for rl in self
             .snap
             .config
@@ -203,7 +196,7 @@ impl Accounting<'_> {
             .iter()
             .filter(|r| r.scope == LimitScope::Model)
         {
-            self.limit(rl, Some(model_id), est_tokens, charges, dry_run)?;
+            self.limit(rl, Some(model_id), est_tokens, charges)?;
         }
         Ok(())
     }
@@ -214,7 +207,6 @@ impl Accounting<'_> {
         value: Option<&str>,
         est_tokens: u64,
         charges: &mut Vec<TokenCharge>,
-        dry_run: bool,
     ) -> Result<()> {
         let Some(value) = value else { return Ok(()) };
         if rl.id.as_deref().is_some_and(|id| id != value) {
@@ -222,9 +214,6 @@ impl Accounting<'_> {
         }
         let shared = rl.consistency == Consistency::Strict;
         let now_us = self.now_ms.saturating_mul(1000);
-        if dry_run {
-            return Ok(());
-        }
         thread_local! {
             // The limiter key, formatted without allocating on the decision path.
             static KEY: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(64));

@@ -596,7 +596,7 @@ impl Router {
         let mut charges = Vec::new();
         let mut downgraded = false;
         if accounted {
-            acc.request_limits(est_in.saturating_add(est_out), &mut charges, false)?;
+            acc.request_limits(est_in.saturating_add(est_out), &mut charges)?;
             let pre = acc.precheck(scope.pool)?;
             if !pre.exhausted.is_empty() {
                 let mask = accounting::without(&snap, scope.pool, scope.mask.as_ref(), &pre.exhausted);
@@ -683,7 +683,7 @@ impl Router {
             };
             let model = &snap.models[slot.model_idx as usize].model;
             let reservations = acc
-                .model_limits(&model.id, est_in.saturating_add(est_out), &mut charges, false)
+                .model_limits(&model.id, est_in.saturating_add(est_out), &mut charges)
                 .and_then(|()| acc.reserve(model, slot, est_in, est_out))
                 .inspect_err(|_| release_probe())?;
             Some(Box::new(Ticket {
