@@ -732,9 +732,10 @@ impl Router {
             });
         }
         let now = self.inner.clock.now_ms();
+        let snap = self.inner.registry.load();
         self.inner
-            .record_outcome_at(decision.slot(), &outcome, decision.probe, now);
-        self.inner.settle(decision, &outcome, now);
+            .record_outcome_in(&snap, decision.slot(), &outcome, decision.probe, now);
+        self.inner.settle(&snap, decision, &outcome, now);
         Ok(())
     }
 
@@ -1357,7 +1358,10 @@ impl Inner {
     }
 
     fn record_outcome_at(&self, slot: &Slot, outcome: &Outcome, probe: bool, now: u64) {
-        let snap = self.registry.load();
+        self.record_outcome_in(&self.registry.load(), slot, outcome, probe, now);
+    }
+
+    fn record_outcome_in(&self, snap: &Snapshot, slot: &Slot, outcome: &Outcome, probe: bool, now: u64) {
         let cfg = &snap.config;
         let st = &slot.state;
         st.record(outcome, now);
@@ -1379,7 +1383,7 @@ impl Inner {
         let counts = outcome.is_success() || breaker_failure;
         let transition = if counts || (probe && outcome.is_endpoint_failure()) {
             let failed = !outcome.is_success();
-            let may_open = || ejection_allowed(&snap, slot);
+            let may_open = || ejection_allowed(snap, slot);
             let jitter = || with_rng(|r| rand::Rng::random::<f64>(r));
             st.breaker.on_call(
                 failed,
@@ -1465,8 +1469,7 @@ impl Inner {
 
     /// Account a reported decision: its cost (from the real token counts, else the estimate),
     /// budget settlement, token-limit corrections, experiment outcome, usage aggregates.
-    fn settle(&self, decision: &Decision, outcome: &Outcome, now: u64) {
-        let snap = self.registry.load();
+    fn settle(&self, snap: &Snapshot, decision: &Decision, outcome: &Outcome, now: u64) {
         let cfg = &snap.config;
         let ticket = decision.ticket.as_deref();
         let slot = decision.slot();
@@ -1479,11 +1482,14 @@ impl Inner {
             Some(t) if !reported && outcome.is_success() => (t.est_in, t.est_out),
             _ => (outcome.tokens_in, outcome.tokens_out),
         };
-        let pricing = slot
-            .config
-            .pricing
-            .as_ref()
-            .or_else(|| snap.model(&slot.model_id).map(|(_, e)| &e.model.pricing));
+        let pricing = slot.config.pricing.as_ref().or_else(|| {
+            // The decision's model index holds while the configuration has not changed.
+            let model = match snap.models.get(slot.model_idx as usize) {
+                Some(e) if decision.generation == snap.generation => Some(e),
+                _ => snap.model(&slot.model_id).map(|(_, e)| e),
+            };
+            model.map(|e| &e.model.pricing)
+        });
         let cost_micros = pricing.map_or(0, |p| to_micros(p.cost(tokens_in, tokens_out)));
         if let Some(t) = ticket {
             accounting::settle_budgets(t, cost_micros, &self.events, now);

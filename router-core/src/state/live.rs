@@ -20,7 +20,7 @@ pub const PEAK_EWMA_DECAY_MS: f64 = 10_000.0;
 
 const NO_SAMPLE: u64 = u64::MAX;
 
-/// A float stored in an `AtomicU64`, updated by compare-and-swap.
+/// A float stored in an `AtomicU64` (its writers hold the endpoint's writer lock).
 #[derive(Debug)]
 struct AtomicF64(AtomicU64);
 
@@ -37,20 +37,17 @@ impl AtomicF64 {
             bits => Some(f64::from_bits(bits)),
         }
     }
-    fn update(&self, f: impl Fn(Option<f64>) -> f64) {
-        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |bits| {
-            let old = if bits == NO_SAMPLE {
-                None
-            } else {
-                Some(f64::from_bits(bits))
-            };
-            Some(f(old).to_bits())
-        });
+    /// Overwrite (writers hold the endpoint's writer lock, so a plain store is enough).
+    fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
     }
 }
 
 /// The live state of one endpoint. Every field is an atomic: the decision path reads it without
-/// locks, reports update it with single atomic operations or CAS loops.
+/// locks. The in-flight count, the status and the breaker's admission move with atomic
+/// read-modify-writes; the statistics that reports fold in (counters, EWMAs, sample times) have
+/// one writer at a time, serialised by a per-endpoint lock, and are published with plain atomic
+/// stores: one lock round trip per report instead of a CAS loop or `fetch_add` per field.
 ///
 /// Aligned to 128 bytes so two endpoints never share a cache line (adjacent-line prefetch
 /// included), which keeps threads routing to different endpoints from slowing each other. Laid
@@ -77,6 +74,8 @@ pub struct EndpointState {
     last_sample_ms: AtomicU64,
     pub(crate) breaker: Breaker,
     // Read on reports, probes and status queries.
+    /// Serialises the writers of the statistics below and above (readers never take it).
+    writer: parking_lot::Mutex<()>,
     status_ts_ms: AtomicU64,
     ttft_ewma: AtomicF64,
     requests: AtomicU64,
@@ -120,6 +119,7 @@ impl EndpointState {
             rpm_tat_us: AtomicU64::new(0),
             tpm_tat_us: AtomicU64::new(0),
             breaker: Breaker::default(),
+            writer: parking_lot::Mutex::new(()),
             forecast: Default::default(),
         }
     }
@@ -173,39 +173,55 @@ impl EndpointState {
 
     /// Fold one health sample (success or endpoint failure) into the success-rate EWMA.
     pub(crate) fn health_sample(&self, ok: bool, now_ms: u64) {
+        let _w = self.writer.lock();
+        self.health_sample_locked(ok, now_ms);
+    }
+
+    fn health_sample_locked(&self, ok: bool, now_ms: u64) {
         let s = if ok { 1.0 } else { 0.0 };
-        self.success_ewma.update(|old| {
-            let old = old.unwrap_or(1.0);
-            old + SUCCESS_EWMA_ALPHA * (s - old)
-        });
-        self.last_sample_ms.fetch_max(now_ms, Ordering::Relaxed);
-        self.samples.fetch_add(1, Ordering::Relaxed);
+        let old = self.success_ewma.get().unwrap_or(1.0);
+        self.success_ewma.set(old + SUCCESS_EWMA_ALPHA * (s - old));
+        store_max(&self.last_sample_ms, now_ms);
+        bump(&self.samples, 1);
     }
 
     /// Overwrite the success rate (a pushed health report's error rate).
     pub(crate) fn set_success_rate(&self, rate: f64, now_ms: u64) {
-        self.success_ewma.update(|_| rate.clamp(0.0, 1.0));
-        self.last_sample_ms.fetch_max(now_ms, Ordering::Relaxed);
-        self.samples.fetch_add(1, Ordering::Relaxed);
+        let _w = self.writer.lock();
+        self.success_ewma.set(rate.clamp(0.0, 1.0));
+        store_max(&self.last_sample_ms, now_ms);
+        bump(&self.samples, 1);
     }
 
     /// Fold a latency sample (successful call or probe) into the EWMAs.
     pub(crate) fn latency_sample(&self, rtt: f64, now_ms: u64) {
-        self.latency_ewma.update(|old| match old {
+        let _w = self.writer.lock();
+        self.latency_sample_locked(rtt, now_ms);
+    }
+
+    fn latency_sample_locked(&self, rtt: f64, now_ms: u64) {
+        let ewma = match self.latency_ewma.get() {
             None => rtt,
             Some(o) => o + LATENCY_EWMA_ALPHA * (rtt - o),
-        });
-        let decayed = self.peak_ewma_ms(now_ms);
-        let next = match decayed {
-            Some(d) if rtt <= d => {
+        };
+        self.latency_ewma.set(ewma);
+        // Peak-EWMA: the stored value decays with the time since the last sample; a slower
+        // sample replaces it at once, a faster one is blended in with the same decay weight.
+        let next = match self.peak_ewma.get() {
+            Some(v) => {
                 let elapsed = now_ms.saturating_sub(self.peak_ts_ms.load(Ordering::Relaxed));
                 let w = (-(elapsed.max(1) as f64) / PEAK_EWMA_DECAY_MS).exp();
-                d * w + rtt * (1.0 - w)
+                let decayed = if elapsed == 0 { v } else { v * w };
+                if rtt <= decayed {
+                    decayed * w + rtt * (1.0 - w)
+                } else {
+                    rtt
+                }
             }
-            _ => rtt,
+            None => rtt,
         };
-        self.peak_ewma.update(|_| next);
-        self.peak_ts_ms.fetch_max(now_ms, Ordering::Relaxed);
+        self.peak_ewma.set(next);
+        store_max(&self.peak_ts_ms, now_ms);
     }
 
     /// Requests routed here and not yet reported or dropped.
@@ -387,28 +403,45 @@ impl EndpointState {
 
     /// Fold an outcome into the statistics (not the in-flight count).
     pub(crate) fn record(&self, outcome: &crate::Outcome, now_ms: u64) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.tokens_in.fetch_add(outcome.tokens_in, Ordering::Relaxed);
-        self.tokens_out.fetch_add(outcome.tokens_out, Ordering::Relaxed);
+        let _w = self.writer.lock();
+        bump(&self.requests, 1);
+        bump(&self.tokens_in, outcome.tokens_in);
+        bump(&self.tokens_out, outcome.tokens_out);
         let failed = outcome.is_endpoint_failure();
         if failed {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+            bump(&self.failures, 1);
+            let c = self.consecutive_failures.load(Ordering::Relaxed);
+            self.consecutive_failures.store(c.saturating_add(1), Ordering::Relaxed);
         } else if outcome.is_success() {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
         if outcome.error.is_none() || failed {
-            self.health_sample(!failed, now_ms);
+            self.health_sample_locked(!failed, now_ms);
         }
         if outcome.is_success() {
-            self.latency_sample(outcome.latency_ms, now_ms);
+            self.latency_sample_locked(outcome.latency_ms, now_ms);
             if let Some(t) = outcome.ttft_ms {
-                self.ttft_ewma.update(|old| match old {
+                let next = match self.ttft_ewma.get() {
                     None => t,
                     Some(o) => o + LATENCY_EWMA_ALPHA * (t - o),
-                });
+                };
+                self.ttft_ewma.set(next);
             }
         }
+    }
+}
+
+/// Add `n` to a counter that only lock holders write.
+#[inline]
+fn bump(a: &AtomicU64, n: u64) {
+    a.store(a.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+/// Raise a timestamp that only lock holders write.
+#[inline]
+fn store_max(a: &AtomicU64, v: u64) {
+    if v > a.load(Ordering::Relaxed) {
+        a.store(v, Ordering::Relaxed);
     }
 }
 
