@@ -541,8 +541,11 @@ impl Router {
     /// The returned decision holds the endpoint's in-flight slot until reported or dropped.
     pub fn route(&self, req: &RouteRequest) -> Result<Decision> {
         req.validate()?;
-        let snap = self.inner.registry.load();
-        let accounted = accounting::needed(&snap, req);
+        self.inner.registry.with(|snap| self.route_in(snap, req))
+    }
+
+    fn route_in(&self, snap: &Snapshot, req: &RouteRequest) -> Result<Decision> {
+        let accounted = accounting::needed(snap, req);
         let now_ms = self.inner.clock.now_ms();
         // An experiment that takes the request names its variant's model; when that model
         // cannot serve it, the request is routed as if there were no experiment.
@@ -572,19 +575,19 @@ impl Router {
                     model: Some(model),
                     ..req.clone()
                 };
-                match resolve(&snap, &with_model) {
+                match resolve(snap, &with_model) {
                     Ok(scope) => {
                         arm = a;
                         (&with_model, scope)
                     }
                     Err(e) if forced.is_some() => return Err(e),
-                    Err(_) => (req, resolve(&snap, req)?),
+                    Err(_) => (req, resolve(snap, req)?),
                 }
             }
-            None => (req, resolve(&snap, req)?),
+            None => (req, resolve(snap, req)?),
         };
         let acc = Accounting {
-            snap: &snap,
+            snap,
             req,
             store: &self.inner.store,
             local: &self.inner.local,
@@ -599,7 +602,7 @@ impl Router {
             acc.request_limits(est_in.saturating_add(est_out), &mut charges)?;
             let pre = acc.precheck(scope.pool)?;
             if !pre.exhausted.is_empty() {
-                let mask = accounting::without(&snap, scope.pool, scope.mask.as_ref(), &pre.exhausted);
+                let mask = accounting::without(snap, scope.pool, scope.mask.as_ref(), &pre.exhausted);
                 if mask.is_empty() {
                     return Err(Error::NoCandidateModel {
                         reason: pre.notes.join("; "),
@@ -608,11 +611,11 @@ impl Router {
                 scope.mask = Some(mask);
             }
             if pre.downgrade {
-                scope.mask = Some(accounting::cheapest(&snap, scope.pool, scope.mask.as_ref()));
+                scope.mask = Some(accounting::cheapest(snap, scope.pool, scope.mask.as_ref()));
                 downgraded = true;
             }
         }
-        if let Some(m) = spill(&snap, req, &scope, now_ms, &self.inner.events) {
+        if let Some(m) = spill(snap, req, &scope, now_ms, &self.inner.events) {
             scope.mask = Some(m);
         }
         let (kind, source) = strategy_for(req, &scope, &snap.config);
@@ -631,8 +634,8 @@ impl Router {
         // endpoints; the next-best models' endpoints follow its own in the fallbacks.
         let mut adaptive = None;
         let mut others = [None; MAX_FALLBACKS];
-        if adaptive_mode(&snap, req, &scope) {
-            if let Some(ch) = self.inner.adaptive.choose(&snap, req, &mut c, Some(&self.inner.events)) {
+        if adaptive_mode(snap, req, &scope) {
+            if let Some(ch) = self.inner.adaptive.choose(snap, req, &mut c, Some(&self.inner.events)) {
                 restricted = ch.mask;
                 c.mask = Some(&restricted);
                 others = ch.others;
@@ -706,13 +709,13 @@ impl Router {
             adaptive.map(|a| Box::new(Ticket::adaptive_only(a, &self.inner.store)))
         };
         slot.state.acquire();
-        crate::predict::record(&snap, slot, now_ms, &self.inner.events);
+        crate::predict::record(snap, slot, now_ms, &self.inner.events);
         if slot.rpm.is_some() || slot.tpm.is_some() {
             let tokens = i64::try_from(est_in.saturating_add(est_out)).unwrap_or(i64::MAX);
             slot.state
                 .charge_caps(slot.rpm, slot.tpm, 1, tokens, now_ms.saturating_mul(1000));
         }
-        let mut d = first_decision(&snap, &scope, &p, kind, source, tier, probe, c.len(), now_ms, false);
+        let mut d = first_decision(snap, &scope, &p, kind, source, tier, probe, c.len(), now_ms, false);
         d.ticket = ticket;
         if self.inner.events.wants_decisions() {
             self.inner.events.emit(&Event::Decision(d.record()));
@@ -732,10 +735,11 @@ impl Router {
             });
         }
         let now = self.inner.clock.now_ms();
-        let snap = self.inner.registry.load();
-        self.inner
-            .record_outcome_in(&snap, decision.slot(), &outcome, decision.probe, now);
-        self.inner.settle(&snap, decision, &outcome, now);
+        self.inner.registry.with(|snap| {
+            self.inner
+                .record_outcome_in(snap, decision.slot(), &outcome, decision.probe, now);
+            self.inner.settle(snap, decision, &outcome, now);
+        });
         Ok(())
     }
 

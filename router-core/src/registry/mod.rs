@@ -10,6 +10,8 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::endpoint::{Endpoint, EndpointKind, HeadStatus};
@@ -393,6 +395,60 @@ pub(crate) struct Contents {
 pub(crate) struct Registry {
     committed: Mutex<Draft>,
     snapshot: ArcSwap<Snapshot>,
+    /// Never reused by another registry of the process: the key of the per-thread cache.
+    id: u64,
+    /// The generation of the snapshot last stored, published after the store.
+    published: AtomicU64,
+}
+
+/// Registries created so far (their ids).
+static REGISTRIES: AtomicU64 = AtomicU64::new(0);
+
+/// How many registries' snapshots one thread keeps at hand.
+const CACHED: usize = 4;
+
+/// One thread's cached snapshots: (registry id, snapshot).
+struct SnapshotCache {
+    entries: [Option<(u64, Arc<Snapshot>)>; CACHED],
+    /// The entry replaced next when all are taken.
+    victim: usize,
+}
+
+impl SnapshotCache {
+    fn get(&self, id: u64, generation: u64) -> Option<&Snapshot> {
+        self.entries
+            .iter()
+            .flatten()
+            .find(|(i, s)| *i == id && s.generation == generation)
+            .map(|(_, s)| &**s)
+    }
+
+    fn put(&mut self, id: u64, snap: Arc<Snapshot>) {
+        let k = match self.entries.iter().position(|e| e.as_ref().is_some_and(|(i, _)| *i == id)) {
+            Some(k) => k,
+            None => match self.entries.iter().position(Option::is_none) {
+                Some(k) => k,
+                None => {
+                    self.victim = (self.victim + 1) % CACHED;
+                    self.victim
+                }
+            },
+        };
+        self.entries[k] = Some((id, snap));
+    }
+}
+
+thread_local! {
+    /// The snapshots this thread decided on last, per registry: reading one costs a load and a
+    /// compare, where an arc-swap load costs two atomic read-modify-writes (its debt slot, then
+    /// the guard's drop). A thread keeps at most [`CACHED`] snapshots alive this way, until it
+    /// routes on a newer one or on other registries.
+    static SNAPSHOTS: RefCell<SnapshotCache> = const {
+        RefCell::new(SnapshotCache {
+            entries: [const { None }; CACHED],
+            victim: 0,
+        })
+    };
 }
 
 impl Registry {
@@ -425,7 +481,42 @@ impl Registry {
         Ok(Registry {
             committed: Mutex::new(draft),
             snapshot: ArcSwap::from_pointee(snap),
+            id: REGISTRIES.fetch_add(1, Ordering::Relaxed),
+            published: AtomicU64::new(0),
         })
+    }
+
+    /// Run `f` on the serving snapshot, from this thread's cache when it holds the current
+    /// one (the decision path's way in: no atomic read-modify-write). A snapshot swapped in a
+    /// moment ago may be missed for that moment, as with any load that races a store.
+    #[inline]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        let generation = self.published.load(Ordering::Acquire);
+        let mut f = Some(f);
+        let out = SNAPSHOTS.try_with(|cell| {
+            // Shared borrows nest (an event handler may route from inside a decision); only a
+            // refresh needs the cache alone, and falls back to a plain load when it cannot.
+            if let Ok(cache) = cell.try_borrow() {
+                if let Some(snap) = cache.get(self.id, generation) {
+                    return f.take().map(|f| f(snap));
+                }
+            }
+            let loaded = {
+                let mut cache = cell.try_borrow_mut().ok()?;
+                let snap = self.snapshot.load_full();
+                let loaded = snap.generation;
+                cache.put(self.id, snap);
+                loaded
+            };
+            let cache = cell.try_borrow().ok()?;
+            let snap = cache.get(self.id, loaded)?;
+            f.take().map(|f| f(snap))
+        });
+        match (out, f) {
+            (Ok(Some(r)), _) => r,
+            (_, Some(f)) => f(&self.snapshot.load()),
+            (_, None) => unreachable!("`f` ran but returned nothing"),
+        }
     }
 
     /// The serving snapshot.
@@ -478,7 +569,9 @@ impl Registry {
             &draft.rules,
             (draft.agents.clone(), draft.workspaces.clone()),
         );
+        let generation = snap.generation;
         self.snapshot.store(Arc::new(snap));
+        self.published.store(generation, Ordering::Release);
         let events = std::mem::take(&mut draft.events);
         let changes = std::mem::take(&mut draft.changes);
         *committed = draft;
@@ -496,5 +589,55 @@ impl Registry {
             workspaces: c.workspaces.clone(),
             config: c.config.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bump(r: &Registry) -> u64 {
+        r.mutate(0, |_| Ok(())).expect("no-op change");
+        r.load().generation
+    }
+
+    #[test]
+    fn each_registry_gets_its_current_snapshot_beyond_the_cache_size() {
+        let regs: Vec<Registry> = (0..CACHED + 3)
+            .map(|_| Registry::new(RouterConfig::default()).expect("valid"))
+            .collect();
+        for round in 0..5 {
+            for (k, r) in regs.iter().enumerate() {
+                if (round + k) % 2 == 0 {
+                    bump(r);
+                }
+                let want = r.load().generation;
+                assert_eq!(r.with(|s| s.generation), want, "registry {k}, round {round}");
+                assert_eq!(r.with(|s| s.generation), want, "cached: registry {k}, round {round}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_change_made_inside_a_decision_is_seen_by_a_nested_one() {
+        let r = Registry::new(RouterConfig::default()).expect("valid");
+        assert_eq!(r.with(|s| s.generation), 0);
+        let (outer, inner) = r.with(|s| {
+            let outer = s.generation;
+            bump(&r);
+            (outer, r.with(|s| s.generation))
+        });
+        assert_eq!(outer, 0);
+        assert_eq!(inner, 1, "the nested call cannot refresh the cache and loads");
+        assert_eq!(r.with(|s| s.generation), 1);
+    }
+
+    #[test]
+    fn threads_see_changes_made_elsewhere() {
+        let r = Arc::new(Registry::new(RouterConfig::default()).expect("valid"));
+        assert_eq!(r.with(|s| s.generation), 0);
+        let r2 = Arc::clone(&r);
+        std::thread::spawn(move || bump(&r2)).join().expect("joins");
+        assert_eq!(r.with(|s| s.generation), 1);
     }
 }

@@ -29,7 +29,12 @@ use crate::RouterConfig;
 
 /// One endpoint as the decision path sees it: ids shared with the snapshot, its numbers
 /// copied out of the configuration, and its live state.
+///
+/// Aligned to 128 bytes: in an `Arc<Slot>` the reference counts then sit alone on their own
+/// cache lines, so the clones and drops every decision makes do not invalidate the lines that
+/// other threads' picks read (weight, capacity, region, state).
 #[derive(Debug)]
+#[repr(align(128))]
 pub struct Slot {
     pub(crate) id: Arc<str>,
     pub(crate) url: Arc<str>,
