@@ -76,7 +76,7 @@ pub struct Decision {
     /// No fallback after this, Unix ms.
     pub(crate) deadline_ms: u64,
     /// The rule that chose the candidates, if one did.
-    pub(crate) rule: Option<Arc<str>>,
+    pub(crate) rule: Option<Arc<crate::rules::Rule>>,
     /// Usage, budget, limit and experiment bookkeeping, when the request needs any.
     pub(crate) ticket: Option<Box<crate::accounting::Ticket>>,
 }
@@ -122,7 +122,7 @@ impl Decision {
     }
     /// The id of the rule whose targets were the candidates, if a rule matched.
     pub fn rule_id(&self) -> Option<&str> {
-        self.rule.as_deref()
+        self.rule.as_deref().map(|r| r.id.as_str())
     }
     /// Which attempt this is: 1 for a decision of `route`, +1 for each `next_fallback`.
     pub fn attempt(&self) -> u32 {
@@ -197,7 +197,7 @@ impl Decision {
             degraded: self.is_degraded(),
             panic: self.is_panic(),
             attempt: self.attempt,
-            rule_id: self.rule.as_deref().map(str::to_owned),
+            rule_id: self.rule_id().map(str::to_owned),
             fallbacks: self.fallbacks().collect(),
             routed_at_ms: self.routed_at_ms,
         }
@@ -232,7 +232,7 @@ impl fmt::Display for ReasonText<'_> {
             ModelChoice::Rule => write!(
                 f,
                 "rule `{}` matched; model `{}` chosen among its targets",
-                d.rule.as_deref().unwrap_or(""),
+                d.rule_id().unwrap_or(""),
                 d.model_id()
             )?,
         }

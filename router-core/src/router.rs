@@ -1953,7 +1953,7 @@ fn first_decision(
         probe,
         attempt: 1,
         deadline_ms: now_ms.saturating_add(snap.config.failover.deadline_ms),
-        rule: scope.rule.map(|r| r.id.clone()),
+        rule: scope.rule.map(|r| Arc::clone(&r.rule)),
         ticket: None,
     }
 }

@@ -424,7 +424,11 @@ impl SnapshotCache {
     }
 
     fn put(&mut self, id: u64, snap: Arc<Snapshot>) {
-        let k = match self.entries.iter().position(|e| e.as_ref().is_some_and(|(i, _)| *i == id)) {
+        let k = match self
+            .entries
+            .iter()
+            .position(|e| e.as_ref().is_some_and(|(i, _)| *i == id))
+        {
             Some(k) => k,
             None => match self.entries.iter().position(Option::is_none) {
                 Some(k) => k,

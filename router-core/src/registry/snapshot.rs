@@ -269,6 +269,9 @@ pub(crate) struct Snapshot {
     pub(crate) workspaces: Arc<BTreeMap<String, WorkspaceConfig>>,
     model_index: FxHashMap<Arc<str>, u32>,
     endpoint_index: FxHashMap<Arc<str>, u32>,
+    /// The pool of each built-in model type (by [`builtin_index`]), `u32::MAX` for none.
+    builtin_pools: [u32; BUILTIN_TYPES],
+    /// The pools of the other types.
     type_pools: FxHashMap<ModelType, u32>,
 }
 
@@ -341,8 +344,14 @@ impl Snapshot {
             pools.push(Pool::new(members));
         }
         let mut type_pools = FxHashMap::default();
+        let mut builtin_pools = [u32::MAX; BUILTIN_TYPES];
         for (t, members) in type_members {
-            type_pools.insert(t, pools.len() as u32);
+            match builtin_index(&t) {
+                Some(k) => builtin_pools[k] = pools.len() as u32,
+                None => {
+                    type_pools.insert(t, pools.len() as u32);
+                }
+            }
             pools.push(Pool::new(members));
         }
         let rules = compile_rules(rules, &model_index, &entries, &mut pools);
@@ -357,6 +366,7 @@ impl Snapshot {
             workspaces: tenancy.1,
             model_index,
             endpoint_index,
+            builtin_pools,
             type_pools,
         }
     }
@@ -370,8 +380,31 @@ impl Snapshot {
     }
 
     pub(crate) fn type_pool(&self, t: &ModelType) -> Option<&Pool> {
-        self.type_pools.get(t).map(|&i| &self.pools[i as usize])
+        let i = match builtin_index(t) {
+            Some(k) => self.builtin_pools[k],
+            None => *self.type_pools.get(t)?,
+        };
+        self.pools.get(i as usize)
     }
+}
+
+/// How many model types are built in (not [`ModelType::Other`]).
+const BUILTIN_TYPES: usize = 7;
+
+/// A built-in type's index, without hashing (the decision path looks a type's pool up on every
+/// request by type).
+#[inline]
+fn builtin_index(t: &ModelType) -> Option<usize> {
+    Some(match t {
+        ModelType::Chat => 0,
+        ModelType::Completion => 1,
+        ModelType::Embedding => 2,
+        ModelType::Image => 3,
+        ModelType::Audio => 4,
+        ModelType::Rerank => 5,
+        ModelType::Moderation => 6,
+        ModelType::Other(_) => return None,
+    })
 }
 
 /// Build each enabled rule's pools (targets' endpoints, weighted by target weight × the

@@ -20,6 +20,10 @@ pub const PEAK_EWMA_DECAY_MS: f64 = 10_000.0;
 
 const NO_SAMPLE: u64 = u64::MAX;
 
+/// e^(−1 ms / [`PEAK_EWMA_DECAY_MS`]): the peak-EWMA weight of samples at most a millisecond
+/// apart (the common case under load), without calling `exp`.
+const PEAK_EWMA_ONE_MS: f64 = 0.999_900_004_999_833_3;
+
 /// A float stored in an `AtomicU64` (its writers hold the endpoint's writer lock).
 #[derive(Debug)]
 struct AtomicF64(AtomicU64);
@@ -210,7 +214,11 @@ impl EndpointState {
         let next = match self.peak_ewma.get() {
             Some(v) => {
                 let elapsed = now_ms.saturating_sub(self.peak_ts_ms.load(Ordering::Relaxed));
-                let w = (-(elapsed.max(1) as f64) / PEAK_EWMA_DECAY_MS).exp();
+                let w = if elapsed <= 1 {
+                    PEAK_EWMA_ONE_MS
+                } else {
+                    (-(elapsed as f64) / PEAK_EWMA_DECAY_MS).exp()
+                };
                 let decayed = if elapsed == 0 { v } else { v * w };
                 if rtt <= decayed {
                     decayed * w + rtt * (1.0 - w)
@@ -449,6 +457,11 @@ fn store_max(a: &AtomicU64, v: u64) {
 mod tests {
     use super::*;
     use crate::Outcome;
+
+    #[test]
+    fn the_one_millisecond_weight_is_exp() {
+        assert_eq!(PEAK_EWMA_ONE_MS, (-1.0 / PEAK_EWMA_DECAY_MS).exp());
+    }
 
     #[test]
     fn in_flight_saturates_at_zero() {
