@@ -8,6 +8,9 @@ use std::sync::Arc;
 use crate::registry::Slot;
 use crate::strategy::{Detail, StrategyKind, Tier, MAX_FALLBACKS};
 
+/// The end of a decision's fallback chain.
+pub(crate) const NO_TARGET: u32 = u32::MAX;
+
 /// A decision's id: 64 random bits, shown as 16 hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DecisionId(pub u64);
@@ -63,7 +66,9 @@ pub(crate) struct Reason {
 pub struct Decision {
     pub(crate) id: DecisionId,
     pub(crate) slot: Arc<Slot>,
-    pub(crate) fallbacks: [Option<Arc<Slot>>; MAX_FALLBACKS],
+    /// The fallback chain as [`targets`](crate::registry::targets) indices, [`NO_TARGET`]
+    /// past its end.
+    pub(crate) fallbacks: [u32; MAX_FALLBACKS],
     pub(crate) strategy: StrategyKind,
     pub(crate) reason: Reason,
     pub(crate) generation: u64,
@@ -146,11 +151,18 @@ impl Decision {
     }
     /// Endpoints to try next if this one fails, best first.
     pub fn fallbacks(&self) -> impl Iterator<Item = FallbackTarget> + '_ {
-        self.fallbacks.iter().flatten().map(|s| FallbackTarget {
-            model_id: s.model_id.to_string(),
-            endpoint_id: s.id.to_string(),
-            url: s.url.to_string(),
+        self.fallback_targets().map(|t| FallbackTarget {
+            model_id: t.model_id.to_string(),
+            endpoint_id: t.endpoint_id.to_string(),
+            url: t.url.to_string(),
         })
+    }
+
+    pub(crate) fn fallback_targets(&self) -> impl Iterator<Item = crate::registry::targets::Target> + '_ {
+        self.fallbacks
+            .iter()
+            .take_while(|&&i| i != NO_TARGET)
+            .map(|&i| crate::registry::targets::get(i))
     }
     /// Whether the in-flight slot was already given back (reported or released).
     pub fn is_released(&self) -> bool {
@@ -174,7 +186,8 @@ impl Decision {
 
     /// Give back the in-flight slot only (a report settles the probe permit itself).
     pub(crate) fn release_slot(&self) -> bool {
-        if self.released.swap(true, Ordering::AcqRel) {
+        // Most decisions are reported, then dropped: the drop only needs to read the flag.
+        if self.released.load(Ordering::Acquire) || self.released.swap(true, Ordering::AcqRel) {
             return false;
         }
         self.slot.state.release();

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use crate::accounting::{self, Accounting, Ticket};
 use crate::breaker::{Admission, Transition, TripReason};
 use crate::clock::{Clock, SystemClock};
-use crate::decision::{Decision, DecisionId, ModelChoice, Reason, StrategySource};
+use crate::decision::{Decision, DecisionId, ModelChoice, Reason, StrategySource, NO_TARGET};
 use crate::endpoint::{Endpoint, HeadStatus, HeadStatusUpdate};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus};
@@ -775,8 +775,20 @@ impl Router {
         if now.saturating_add(delay_ms) >= failed.deadline_ms {
             return Err(exhausted("deadline passed"));
         }
-        let chain: Vec<&Arc<Slot>> = failed.fallbacks.iter().flatten().collect();
-        for (k, slot) in chain.iter().enumerate() {
+        // Each fallback as the configuration serving now has it (an endpoint deregistered or
+        // moved to another model since the decision is skipped).
+        let chain: Vec<(u32, Option<&Arc<Slot>>)> = failed
+            .fallbacks
+            .iter()
+            .take_while(|&&i| i != NO_TARGET)
+            .map(|&i| {
+                let t = crate::registry::targets::get(i);
+                let slot = snap.slot(&t.endpoint_id).filter(|s| s.model_id == t.model_id);
+                (i, slot)
+            })
+            .collect();
+        for (k, &(_, slot)) in chain.iter().enumerate() {
+            let Some(slot) = slot else { continue };
             let tier = if failed.is_panic() { Tier::Panic } else { Tier::Degraded };
             if slot_verdict(slot, now, cfg, tier) != Verdict::Eligible {
                 continue;
@@ -794,9 +806,9 @@ impl Router {
             }
             slot.state.acquire();
             crate::predict::record(&snap, slot, now, &self.inner.events);
-            let mut fallbacks: [Option<Arc<Slot>>; MAX_FALLBACKS] = Default::default();
-            for (j, rest) in chain[k + 1..].iter().enumerate() {
-                fallbacks[j] = Some(Arc::clone(rest));
+            let mut fallbacks = [NO_TARGET; MAX_FALLBACKS];
+            for (j, &(rest, _)) in chain[k + 1..].iter().enumerate() {
+                fallbacks[j] = rest;
             }
             let degraded =
                 slot.state.status() != HeadStatus::Healthy || slot.state.health_status() != HeadStatus::Healthy;
@@ -1903,7 +1915,7 @@ fn first_decision(
     now_ms: u64,
     released: bool,
 ) -> Decision {
-    let mut fallbacks: [Option<Arc<Slot>>; MAX_FALLBACKS] = Default::default();
+    let mut fallbacks = [NO_TARGET; MAX_FALLBACKS];
     let members = &scope.pool.members;
     let ordered = scope
         .rule
@@ -1911,7 +1923,7 @@ fn first_decision(
     if ordered.is_none() && scope.fallback_models.is_empty() {
         // The common case: the strategy's own next choices, no allocation.
         for (k, i) in p.fallbacks.iter().take(snap.config.max_fallbacks).enumerate() {
-            fallbacks[k] = Some(members[i].clone());
+            fallbacks[k] = members[i].target;
         }
     } else {
         let mut chain: Vec<usize> = match ordered {
@@ -1932,7 +1944,7 @@ fn first_decision(
             }
         }
         for (k, i) in chain.into_iter().take(snap.config.max_fallbacks).enumerate() {
-            fallbacks[k] = Some(members[i].clone());
+            fallbacks[k] = members[i].target;
         }
     }
     Decision {

@@ -265,6 +265,35 @@ fn r7_every_attempt_counts() {
     assert!(r.endpoint_statuses().iter().all(|s| s.health == 1.0));
 }
 
+/// A decision's fallback chain is resolved against the configuration serving when it fails
+/// over: an endpoint deregistered meanwhile is skipped, and the chain still reads as it was.
+#[test]
+fn fallbacks_deregistered_meanwhile_are_skipped() {
+    let mut p = strict(&[1.0; 4]);
+    p.settings.max_fallbacks = 3;
+    let r = router(p, clock());
+    let first = r.route(&req(StrategyKind::RoundRobin)).unwrap();
+    let chain: Vec<FallbackTarget> = first.fallbacks().collect();
+    assert_eq!(chain.len(), 3);
+    assert!(chain
+        .iter()
+        .all(|t| t.model_id == "m" && t.url == format!("http://{}", t.endpoint_id)));
+    r.deregister_endpoint(&chain[0].endpoint_id).unwrap();
+    let next = r.next_fallback(&first, FAIL()).unwrap();
+    assert_eq!(
+        next.decision.endpoint_id(),
+        chain[1].endpoint_id,
+        "the deregistered one is skipped"
+    );
+    let rest: Vec<String> = next.decision.fallbacks().map(|t| t.endpoint_id).collect();
+    assert_eq!(rest, vec![chain[2].endpoint_id.clone()]);
+    assert_eq!(
+        first.fallbacks().collect::<Vec<_>>(),
+        chain,
+        "the record of the chain stays"
+    );
+}
+
 /// RELIABILITY 8: ten endpoints all failing: at most `max_ejection_percent` ejected, never
 /// fewer than one; with every endpoint out, decisions spread over all of them with "panic" in
 /// the reason, or fail with a typed error when so configured.

@@ -5,6 +5,7 @@
 //! committed configuration and the serving snapshot exactly as they were.
 
 pub(crate) mod snapshot;
+pub(crate) mod targets;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;

@@ -50,6 +50,8 @@ pub struct Slot {
     pub(crate) cost_per_1k: f64,
     pub(crate) state: Arc<EndpointState>,
     pub(crate) config: Arc<Endpoint>,
+    /// Its (model, endpoint, URL) in [`super::targets`]: what a decision's fallbacks hold.
+    pub(crate) target: u32,
 }
 
 impl Slot {
@@ -306,9 +308,11 @@ impl Snapshot {
                 .region
                 .as_deref()
                 .map(|r| region_ids.entry(r).or_insert_with(|| Arc::from(r)).clone());
+            let url: Arc<str> = Arc::from(e.url.as_str());
+            let target = super::targets::intern(&model_ids[mi as usize], &id, &url);
             let slot = Arc::new(Slot {
                 id: id.clone(),
-                url: Arc::from(e.url.as_str()),
+                url,
                 model_id: model_ids[mi as usize].clone(),
                 model_idx: mi,
                 weight: e.weight,
@@ -320,6 +324,7 @@ impl Snapshot {
                 cost_per_1k: e.pricing.as_ref().unwrap_or(&model.pricing).blended_per_1k(),
                 state: states[&id].clone(),
                 config: e.clone(),
+                target,
             });
             endpoint_index.insert(id, slots.len() as u32);
             by_model[mi as usize].push(slot.clone());
