@@ -4,7 +4,9 @@
 //! cursor per candidate pool, advanced by `fetch_add`, so the pick is O(1) and lock-free. Each
 //! pool's cursor starts at a random offset, so router instances are not in lockstep. Ineligible
 //! members are skipped by walking on from the cursor; with every member eligible, n picks visit
-//! each member exactly once.
+//! each member exactly once. A thread claims eight positions per `fetch_add` (`Cursor::next`),
+//! so threads sharing a pool do not write its cursor on every pick; every position is still
+//! handed out once.
 
 use rand::RngCore;
 use std::sync::atomic::Ordering;
@@ -24,7 +26,7 @@ impl Strategy for RoundRobin {
         let slot = if c.dry_run {
             c.pool.rr_cursor.load(Ordering::Relaxed)
         } else {
-            c.pool.rr_cursor.fetch_add(1, Ordering::Relaxed)
+            c.pool.rr_cursor.next()
         };
         let i = c.first_eligible_from(slot % n)?;
         Some(Pick::new(

@@ -36,7 +36,7 @@ impl Strategy for WeightedRoundRobin {
         let slot = if c.dry_run {
             c.pool.wrr_cursor.load(Ordering::Relaxed)
         } else {
-            c.pool.wrr_cursor.fetch_add(1, Ordering::Relaxed)
+            c.pool.wrr_cursor.next()
         };
         let budget = len.min(4 * c.len() + 4);
         let found = (0..budget)
