@@ -1,0 +1,63 @@
+//! A fixed number of `route` + `report` iterations, for measuring CPU time per decision with
+//! `perf stat -e task-clock` (CPU time counts only while the process runs, so it stays
+//! meaningful on a machine shared with other work, where criterion's wall time does not).
+//!
+//! ```text
+//! cargo build --release -p router-benches --example hotloop
+//! perf stat -e task-clock target/release/examples/hotloop round_robin 10 3000000 usage 1
+//! #                                    strategy endpoints iterations usage|nousage threads
+//! ```
+//!
+//! CPU time per operation = task-clock / iterations. With two threads, perfect scaling keeps
+//! it equal to one thread's; contention raises it. The fleet and requests are those of the
+//! `route` bench (`router_benches::fleet`, prefer `eu-west`, 256 affinity keys).
+#![allow(missing_docs)]
+
+use router_core::{ModelType, Outcome, RouteRequest, Router, StrategyKind};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage_line = "usage: hotloop <strategy> <endpoints> <iterations> [usage|nousage] [threads]";
+    let arg = |i: usize| args.get(i).map(String::as_str);
+    let (Some(kind), Some(n), Some(iters)) = (arg(1), arg(2), arg(3)) else {
+        eprintln!("{usage_line}");
+        std::process::exit(2);
+    };
+    let kind: StrategyKind = kind.parse().expect("a strategy name");
+    let n: usize = n.parse().expect("an endpoint count");
+    let iters: usize = iters.parse().expect("an iteration count");
+    let usage = arg(4) != Some("nousage");
+    let threads: usize = arg(5).map_or(1, |t| t.parse().expect("a thread count"));
+
+    let mut policy = router_benches::fleet(n);
+    policy.settings.usage.enabled = usage;
+    let router = Router::new(policy).expect("valid bench policy");
+    for i in 0..n {
+        let ms = 50.0 + ((i * 37) % 400) as f64;
+        router
+            .report_endpoint(&format!("ep-{i}"), Outcome::success(ms))
+            .expect("endpoint exists");
+    }
+    let reqs: Vec<RouteRequest> = (0..256)
+        .map(|k| RouteRequest {
+            model_type: Some(ModelType::Chat),
+            region_preference: Some("eu-west".into()),
+            affinity_key: Some(format!("user-{k}")),
+            strategy: Some(kind),
+            ..Default::default()
+        })
+        .collect();
+    let lats: Vec<f64> = (0..256).map(|k| 50.0 + ((k * 97) % 400) as f64).collect();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (router, reqs, lats) = (&router, &reqs, &lats);
+            s.spawn(move || {
+                for k in 0..iters / threads {
+                    let k = k + t * 7;
+                    let d = router.route(std::hint::black_box(&reqs[k % 256])).expect("route");
+                    router.report(&d, Outcome::success(lats[k % 256])).expect("report");
+                }
+            });
+        }
+    });
+}
