@@ -30,10 +30,19 @@ const FALLBACK_WALK: usize = 256;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConsistentHash;
 
-/// A hash ring: sorted (point, member) pairs.
+/// A hash ring: sorted points and their members, with a bucket index over the points' top
+/// bits so a lookup reads a couple of cache lines instead of binary-searching the whole ring
+/// (160,000 points at 1,000 endpoints).
 #[derive(Debug, Default)]
 pub(crate) struct Ring {
-    points: Box<[(u64, u32)]>,
+    /// Sorted point hashes.
+    hashes: Box<[u64]>,
+    /// The member owning each point.
+    owners: Box<[u32]>,
+    /// `index[b]`: the first point whose top bits (`hash >> shift`) are at least `b`; one more
+    /// entry than there are buckets.
+    index: Box<[u32]>,
+    shift: u32,
 }
 
 impl Ring {
@@ -49,20 +58,52 @@ impl Ring {
             }
         }
         points.sort_unstable();
-        Ring {
-            points: points.into_boxed_slice(),
+        // About two points per bucket.
+        let bits = (usize::BITS - points.len().leading_zeros())
+            .saturating_sub(1)
+            .clamp(1, 20);
+        let shift = 64 - bits;
+        let mut index = Vec::with_capacity((1 << bits) + 1);
+        let mut p = 0;
+        for bucket in 0..=(1u64 << bits) {
+            while p < points.len() && (points[p].0 >> shift) < bucket {
+                p += 1;
+            }
+            index.push(p as u32);
         }
+        Ring {
+            hashes: points.iter().map(|p| p.0).collect(),
+            owners: points.iter().map(|p| p.1).collect(),
+            index: index.into_boxed_slice(),
+            shift,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// The position of the first point at or after `h` (`len` when there is none).
+    #[inline]
+    fn position(&self, h: u64) -> usize {
+        let b = (h >> self.shift) as usize;
+        let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
+        lo + self.hashes[lo..hi].partition_point(|&p| p < h)
+    }
+
+    /// The member at position `k` (modulo the ring's length).
+    #[inline]
+    fn owner_at(&self, k: usize) -> usize {
+        self.owners[k % self.owners.len()] as usize
     }
 
     /// The member owning `key` on an unbounded ring, ignoring eligibility.
     #[cfg(test)]
     pub(crate) fn owner(&self, key: &str) -> Option<usize> {
-        if self.points.is_empty() {
+        if self.hashes.is_empty() {
             return None;
         }
-        let h = xxh3_64(key.as_bytes());
-        let start = self.points.partition_point(|p| p.0 < h) % self.points.len();
-        Some(self.points[start].1 as usize)
+        Some(self.owner_at(self.position(xxh3_64(key.as_bytes()))))
     }
 }
 
@@ -88,18 +129,18 @@ impl Strategy for ConsistentHash {
             return WeightedRandom.pick(c, rng);
         };
         let ring = c.pool.ring(c.config.consistent_hash_vnodes);
-        let len = ring.points.len();
+        let len = ring.len();
         if len == 0 {
             return None;
         }
         let balance = c.config.consistent_hash_balance;
         let bounded = balance.is_finite() && balance >= 1.0;
         let h = xxh3_64(key.as_bytes());
-        let start = ring.points.partition_point(|p| p.0 < h);
+        let start = ring.position(h);
         let mut bound: Option<u32> = None;
         let mut found = None;
         for k in 0..len {
-            let i = ring.points[(start + k) % len].1 as usize;
+            let i = ring.owner_at(start + k);
             if !c.eligible(i) {
                 continue;
             }
@@ -121,7 +162,7 @@ impl Strategy for ConsistentHash {
             if f.is_full(c.config.max_fallbacks) {
                 break;
             }
-            let i = ring.points[(start + k) % len].1 as usize;
+            let i = ring.owner_at(start + k);
             if i != chosen && !f.contains(i) && c.eligible(i) {
                 f.push(i);
             }
@@ -154,6 +195,26 @@ mod tests {
             config: Arc::new(Endpoint::new(id, "m", "http://x")),
             target: 0,
         })
+    }
+
+    #[test]
+    fn the_bucket_index_finds_what_a_binary_search_finds() {
+        for n in [1, 3, 10, 100] {
+            let all: Vec<Arc<Slot>> = (0..n).map(|i| slot(&format!("e{i}"))).collect();
+            let ring = Ring::build(&all, &vec![1.0; n], 160);
+            let mut h = 0x9e37_79b9_7f4a_7c15_u64;
+            for _ in 0..20_000 {
+                h = h
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                assert_eq!(ring.position(h), ring.hashes.partition_point(|&p| p < h), "n={n} h={h}");
+            }
+            for &p in ring.hashes.iter().take(50) {
+                assert_eq!(ring.position(p), ring.hashes.partition_point(|&q| q < p));
+            }
+            assert_eq!(ring.position(u64::MAX), ring.hashes.partition_point(|&q| q < u64::MAX));
+            assert_eq!(ring.position(0), 0);
+        }
     }
 
     /// RELIABILITY 13: removing one of 10 endpoints moves at most 12% of 100,000 keys.
