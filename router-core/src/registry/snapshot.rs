@@ -45,6 +45,8 @@ pub struct Slot {
     pub(crate) cost_per_1k: f64,
     pub(crate) state: Arc<EndpointState>,
     pub(crate) config: Arc<Endpoint>,
+    /// Its model's and its own usage cells, found on the first report in this snapshot.
+    pub(crate) usage: crate::usage::SlotCells,
 }
 
 impl Slot {
@@ -312,6 +314,7 @@ impl Snapshot {
                 cost_per_1k: e.pricing.as_ref().unwrap_or(&model.pricing).blended_per_1k(),
                 state: states[&id].clone(),
                 config: e.clone(),
+                usage: Default::default(),
             });
             endpoint_index.insert(id, slots.len() as u32);
             by_model[mi as usize].push(slot.clone());

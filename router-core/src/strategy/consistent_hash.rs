@@ -152,6 +152,7 @@ mod tests {
             cost_per_1k: 0.0,
             state: Arc::new(EndpointState::new(0)),
             config: Arc::new(Endpoint::new(id, "m", "http://x")),
+            usage: Default::default(),
         })
     }
 
