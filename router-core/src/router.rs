@@ -1543,21 +1543,9 @@ impl Inner {
                 ticket.and_then(|t| t.agent_type.as_deref()),
                 ticket.and_then(|t| t.user_id.as_deref()),
             ],
-            success: outcome.is_success(),
-            latency_ms: outcome.latency_ms,
-            tokens_in,
-            tokens_out,
-            cost_micros,
-            at_ms: now,
-        };
-        let record = (cfg.usage.recent_requests > 0).then(|| crate::usage::Recent {
+            cells: Some(&slot.usage),
             decision_id: decision.id().0,
-            request_id: ticket.and_then(|t| t.request_id.clone()),
-            model_id: Arc::clone(&slot.model_id),
-            endpoint_id: Arc::clone(&slot.id),
-            workspace_id: ticket.and_then(|t| t.workspace_id.clone()),
-            agent_type: ticket.and_then(|t| t.agent_type.clone()),
-            user_id: ticket.and_then(|t| t.user_id.clone()),
+            request_id: ticket.and_then(|t| t.request_id.as_deref()),
             success: outcome.is_success(),
             error: outcome.error.as_ref().map(|e| e.as_str()),
             latency_ms: outcome.latency_ms,
@@ -1567,8 +1555,8 @@ impl Inner {
             cost_micros,
             attempt: decision.attempt,
             at_ms: now,
-        });
-        self.usage.record(&sample, &cfg.usage, record);
+        };
+        self.usage.record(&sample, &cfg.usage);
     }
 
     /// Give a concluded adaptive experiment's winner all the traffic: a new configuration in

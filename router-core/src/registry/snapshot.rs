@@ -52,6 +52,8 @@ pub struct Slot {
     pub(crate) config: Arc<Endpoint>,
     /// Its (model, endpoint, URL) in [`super::targets`]: what a decision's fallbacks hold.
     pub(crate) target: u32,
+    /// Its model's and its own usage cells, found on the first report in this snapshot.
+    pub(crate) usage: crate::usage::SlotCells,
 }
 
 impl Slot {
@@ -393,6 +395,7 @@ impl Snapshot {
                 state: states[&id].clone(),
                 config: e.clone(),
                 target,
+                usage: Default::default(),
             });
             endpoint_index.insert(id, slots.len() as u32);
             by_model[mi as usize].push(slot.clone());

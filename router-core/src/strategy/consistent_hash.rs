@@ -194,6 +194,7 @@ mod tests {
             state: Arc::new(EndpointState::new(0)),
             config: Arc::new(Endpoint::new(id, "m", "http://x")),
             target: 0,
+            usage: Default::default(),
         })
     }
 

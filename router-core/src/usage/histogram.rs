@@ -55,6 +55,11 @@ impl LatencyHistogram {
         self.add(bin, 1);
     }
 
+    /// Record `n` latencies of one bin.
+    pub(crate) fn record_bins(&mut self, bin: u16, n: u32) {
+        self.add(bin, n);
+    }
+
     fn add(&mut self, bin: u16, n: u32) {
         self.count += u64::from(n);
         match self.bins.binary_search_by_key(&bin, |b| b.0) {

@@ -9,24 +9,52 @@
 //! are `usage.default_output_tokens`. A report with real counts replaces the estimate, and the
 //! budget reservation made from it is corrected by the difference.
 //!
+//! **Layout.** Each key of each dimension has a *cell*: its minute, hour and day rings behind
+//! their own lock, created when the key is first recorded and never removed. A report does not
+//! touch the cells: it goes to its thread's *shard* (several per CPU; threads take consecutive
+//! shards, so threads running at once rarely share one), which it locks uncontended. There it
+//! finds its cells without hashing for the model and endpoint (the endpoint's
+//! [`Slot`](crate::Slot) caches both for its snapshot's life) and through the
+//! shard's own map for a workspace, agent type or user, and adds the sample to the shard's
+//! *batch* for each cell and minute (counts, sums, latency bins). A batch reaches its cell's
+//! rings when that key's next minute starts in the shard, when the shard holds 1,024 batches,
+//! or when a query runs (queries first flush every shard), and it lands exactly where its
+//! samples would have gone one by one: its minute, hour and day; a late sample (clock stepped
+//! back) counts in the key's newest minute. Each shard keeps its own ring of recent requests
+//! (ids as cell numbers: no allocation unless the request has a request id);
+//! [`crate::Router::recent_requests`] merges the rings newest first by report time, in report
+//! order within a thread.
+//!
 //! **Memory bound**: per dimension at most `usage.max_keys` keys (further keys are counted under
 //! `_other`); per key at most `minute_buckets + hour_buckets + day_buckets` buckets (120 + 168 +
-//! 90 by default), each 80 bytes plus its latency histogram (≤ 6 bytes per occupied 2%-wide
-//! latency bin, in practice a few dozen bins); `recent_requests` records (1,000 by default, about
-//! 300 bytes each). With the defaults and 1,000 keys in every dimension that is at most
-//! 5 × 1,000 × 378 buckets ≈ 150 MB worst case (every bucket of every key filled), typically far
-//! less since buckets exist only where traffic was.
+//! 90 by default), each 88 bytes plus its latency histogram (8 bytes per occupied 2%-wide
+//! latency bin, in practice a few dozen bins). With 1,000 keys in every dimension that is at
+//! most 5 × 1,000 × 378 buckets ≈ 170 MB plus histograms in the worst case (every bucket of
+//! every key filled; ten times that at the default `max_keys` of 10,000), typically far less
+//! since buckets exist only where traffic was. Per shard that threads have reported through
+//! (4 per CPU, at least 4, at most 256 shards): up to 1,024 batches (about 130 bytes each plus a
+//! window of at most 512 latency counts, 2 KB: 2.2 MB at most, a few hundred KB in practice),
+//! 4 bytes per key of any dimension (the batch index), its cache of cells (a map entry of about
+//! 32 bytes per key it has met, at most `max_keys` per dimension) and up to
+//! `usage.recent_requests` recent requests of 88 bytes (plus the request id, if any);
+//! [`crate::Router::recent_requests`] returns at most `recent_requests` of them.
 
 mod histogram;
+#[cfg(test)]
+mod reference_tests;
+mod series;
+mod shard;
 mod window;
 
 pub use histogram::LatencyHistogram;
+pub(crate) use shard::SlotCells;
 pub use window::BudgetWindow;
 
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+
+use series::{Bucket, DAY, HOUR, MINUTE};
+use shard::{Keys, Padded, Recent, Shard};
 
 use crate::error::{Error, Result};
 
@@ -112,16 +140,6 @@ pub enum Dimension {
     User,
 }
 
-impl Dimension {
-    const ALL: [Dimension; 5] = [
-        Dimension::Model,
-        Dimension::Endpoint,
-        Dimension::Workspace,
-        Dimension::AgentType,
-        Dimension::User,
-    ];
-}
-
 /// One finished request, as [`crate::Router::recent_requests`] lists it (the seed's
 /// `/api/metrics/requests`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,51 +181,6 @@ pub struct RequestRecord {
     pub attempt: u32,
     /// When it was reported, Unix ms.
     pub at_ms: u64,
-}
-
-/// A finished request as kept: shared ids and numbers, no allocation for a request without
-/// tenant ids; turned into a [`RequestRecord`] when asked for.
-#[derive(Debug, Clone)]
-pub(crate) struct Recent {
-    pub(crate) decision_id: u64,
-    pub(crate) request_id: Option<String>,
-    pub(crate) model_id: std::sync::Arc<str>,
-    pub(crate) endpoint_id: std::sync::Arc<str>,
-    pub(crate) workspace_id: Option<String>,
-    pub(crate) agent_type: Option<String>,
-    pub(crate) user_id: Option<String>,
-    pub(crate) error: Option<&'static str>,
-    pub(crate) success: bool,
-    pub(crate) latency_ms: f64,
-    pub(crate) tokens_in: u64,
-    pub(crate) tokens_out: u64,
-    pub(crate) tokens_estimated: bool,
-    pub(crate) cost_micros: i64,
-    pub(crate) attempt: u32,
-    pub(crate) at_ms: u64,
-}
-
-impl Recent {
-    fn record(&self) -> RequestRecord {
-        RequestRecord {
-            decision_id: crate::decision::DecisionId(self.decision_id).to_string(),
-            request_id: self.request_id.clone(),
-            model_id: self.model_id.to_string(),
-            endpoint_id: self.endpoint_id.to_string(),
-            workspace_id: self.workspace_id.clone(),
-            agent_type: self.agent_type.clone(),
-            user_id: self.user_id.clone(),
-            success: self.success,
-            error: self.error.map(str::to_owned),
-            latency_ms: self.latency_ms,
-            tokens_in: self.tokens_in,
-            tokens_out: self.tokens_out,
-            tokens_estimated: self.tokens_estimated,
-            cost: from_micros(self.cost_micros),
-            attempt: self.attempt,
-            at_ms: self.at_ms,
-        }
-    }
 }
 
 /// Aggregated usage over a time range.
@@ -277,214 +250,85 @@ pub fn parse_time_range(s: &str) -> Result<u64> {
 /// One finished request, as recorded.
 #[derive(Debug, Clone)]
 pub(crate) struct Sample<'a> {
+    /// Model, endpoint, workspace, agent type, user.
     pub(crate) keys: [Option<&'a str>; 5],
+    /// The decision's slot's cached cells for the model and endpoint keys.
+    pub(crate) cells: Option<&'a SlotCells>,
+    pub(crate) decision_id: u64,
+    pub(crate) request_id: Option<&'a str>,
     pub(crate) success: bool,
+    pub(crate) error: Option<&'static str>,
     pub(crate) latency_ms: f64,
     pub(crate) tokens_in: u64,
     pub(crate) tokens_out: u64,
+    /// Whether the token counts are the router's estimate.
+    pub(crate) tokens_estimated: bool,
     pub(crate) cost_micros: i64,
+    pub(crate) attempt: u32,
     pub(crate) at_ms: u64,
 }
 
-#[derive(Debug, Clone, Default)]
-struct Bucket {
-    start_ms: u64,
-    requests: u64,
-    successes: u64,
-    tokens_in: u64,
-    tokens_out: u64,
-    cost_micros: i64,
-    latency_sum_ms: f64,
-    latency: LatencyHistogram,
-}
-
-impl Bucket {
-    fn add(&mut self, s: &Sample<'_>, bin: u16) {
-        self.requests += 1;
-        self.successes += u64::from(s.success);
-        self.tokens_in += s.tokens_in;
-        self.tokens_out += s.tokens_out;
-        self.cost_micros += s.cost_micros;
-        self.latency_sum_ms += s.latency_ms;
-        self.latency.record_bin(bin);
-    }
-
-    fn merge(&mut self, o: &Bucket) {
-        self.requests += o.requests;
-        self.successes += o.successes;
-        self.tokens_in += o.tokens_in;
-        self.tokens_out += o.tokens_out;
-        self.cost_micros += o.cost_micros;
-        self.latency_sum_ms += o.latency_sum_ms;
-        self.latency.merge(&o.latency);
-    }
-
-    fn totals(&self, percentiles: bool) -> UsageTotals {
-        let q = |p| if percentiles { self.latency.quantile(p) } else { None };
-        UsageTotals {
-            requests: self.requests,
-            successes: self.successes,
-            failures: self.requests - self.successes,
-            success_rate: if self.requests == 0 {
-                1.0
-            } else {
-                self.successes as f64 / self.requests as f64
-            },
-            tokens_in: self.tokens_in,
-            tokens_out: self.tokens_out,
-            cost: from_micros(self.cost_micros),
-            latency_mean_ms: (self.requests > 0).then(|| self.latency_sum_ms / self.requests as f64),
-            latency_p50_ms: q(0.5),
-            latency_p95_ms: q(0.95),
-            latency_p99_ms: q(0.99),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Ring {
-    width_ms: u64,
-    cap: usize,
-    buckets: VecDeque<Bucket>,
-}
-
-impl Ring {
-    /// Add a closed finer bucket into the bucket of this ring that holds it.
-    fn fold(&mut self, closed: &Bucket) {
-        let start = closed.start_ms - closed.start_ms % self.width_ms;
-        match self.buckets.back_mut() {
-            Some(b) if b.start_ms >= start => b.merge(closed),
-            _ => {
-                self.buckets.push_back(Bucket {
-                    start_ms: start,
-                    ..closed.clone()
-                });
-                let span = self.width_ms * self.cap as u64;
-                while self.buckets.len() > self.cap || self.buckets.front().is_some_and(|b| b.start_ms + span <= start)
-                {
-                    self.buckets.pop_front();
-                }
-            }
-        }
-    }
-
-    fn new(width_ms: u64, cap: usize) -> Self {
-        Ring {
-            width_ms,
-            cap,
-            buckets: VecDeque::new(),
-        }
-    }
-
-    fn add(&mut self, s: &Sample<'_>, bin: u16) {
-        let start = s.at_ms - s.at_ms % self.width_ms;
-        match self.buckets.back_mut() {
-            Some(b) if b.start_ms == start => b.add(s, bin),
-            // A late sample (clock stepped back) goes into the newest bucket.
-            Some(b) if b.start_ms > start => b.add(s, bin),
-            _ => {
-                let mut b = Bucket {
-                    start_ms: start,
-                    ..Default::default()
-                };
-                b.add(s, bin);
-                self.buckets.push_back(b);
-                let span = self.width_ms * self.cap as u64;
-                while self.buckets.len() > self.cap || self.buckets.front().is_some_and(|b| b.start_ms + span <= start)
-                {
-                    self.buckets.pop_front();
-                }
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Series {
-    /// Minutes, hours, days. A sample goes into its minute only; a minute is folded into its
-    /// hour and day when the next minute opens (queries add the open minute themselves).
-    rings: [Ring; 3],
-}
-
-impl Series {
-    fn add(&mut self, s: &Sample<'_>, bin: u16) {
-        let start = s.at_ms - s.at_ms % MINUTE;
-        let [minutes, hours, days] = &mut self.rings;
-        if let Some(open) = minutes.buckets.back().filter(|b| b.start_ms < start) {
-            hours.fold(open);
-            days.fold(open);
-        }
-        self.rings[0].add(s, bin);
-    }
-
-    /// The minute not folded into hours and days yet.
-    fn open_minute(&self) -> Option<&Bucket> {
-        self.rings[0].buckets.back()
-    }
-}
-
-#[derive(Debug, Default)]
-struct Dim {
-    keys: FxHashMap<String, Series>,
-}
-
-const OTHER: &str = "_other";
-
 /// The usage aggregates and recent requests of one router.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Usage {
-    dims: [Mutex<Dim>; 5],
-    recent: Mutex<VecDeque<Recent>>,
+    keys: Mutex<Keys>,
+    shards: Box<[Padded<Mutex<Shard>>]>,
 }
 
-const MINUTE: u64 = 60_000;
-const HOUR: u64 = 3_600_000;
-const DAY: u64 = 86_400_000;
+impl Default for Usage {
+    fn default() -> Self {
+        Usage {
+            keys: Mutex::default(),
+            shards: (0..shard::shard_count()).map(|_| Padded::default()).collect(),
+        }
+    }
+}
 
 impl Usage {
-    pub(crate) fn record(&self, s: &Sample<'_>, cfg: &UsageConfig, record: Option<Recent>) {
-        let bin = histogram::bin_of(s.latency_ms);
-        for (i, key) in s.keys.iter().enumerate() {
-            let Some(key) = key else { continue };
-            let mut dim = self.dims[i].lock();
-            let len = dim.keys.len();
-            let key = if dim.keys.contains_key(*key) || len < cfg.max_keys {
-                *key
-            } else {
-                OTHER
-            };
-            let series = match dim.keys.get_mut(key) {
-                Some(s) => s,
-                None => dim.keys.entry(key.to_owned()).or_insert_with(|| Series {
-                    rings: [
-                        Ring::new(MINUTE, cfg.minute_buckets),
-                        Ring::new(HOUR, cfg.hour_buckets),
-                        Ring::new(DAY, cfg.day_buckets),
-                    ],
-                }),
-            };
-            series.add(s, bin);
-        }
-        if let Some(rec) = record {
-            if cfg.recent_requests > 0 {
-                let mut q = self.recent.lock();
-                while q.len() >= cfg.recent_requests {
-                    q.pop_front();
-                }
-                q.push_back(rec);
-            }
+    /// Record a finished request (into this thread's shard).
+    pub(crate) fn record(&self, s: &Sample<'_>, cfg: &UsageConfig) {
+        let shard = &self.shards[shard::thread_index() & (self.shards.len() - 1)];
+        shard.0.lock().record(&self.keys, s, cfg);
+    }
+
+    /// Hand every shard's held-back samples to their keys' aggregates.
+    fn flush(&self) {
+        for s in self.shards.iter() {
+            s.0.lock().flush();
         }
     }
 
     /// The most recent `limit` requests, newest first.
     pub(crate) fn recent(&self, limit: usize) -> Vec<RequestRecord> {
-        self.recent
-            .lock()
-            .iter()
-            .rev()
-            .take(limit)
-            .map(Recent::record)
-            .collect()
+        // Each shard's newest `limit`, then merged newest first by report time (a shard's own
+        // order is kept: it is the order its threads reported in).
+        let mut cap = 0;
+        let mut lists: Vec<Vec<Recent>> = Vec::new();
+        for s in self.shards.iter() {
+            let s = s.0.lock();
+            if !s.recent.is_empty() {
+                cap = cap.max(s.recent_cap);
+                lists.push(s.recent.iter().rev().take(limit).cloned().collect());
+            }
+        }
+        let n = limit.min(cap).min(lists.iter().map(Vec::len).sum());
+        let mut heads = vec![0usize; lists.len()];
+        let mut merged = Vec::with_capacity(n);
+        while merged.len() < n {
+            let mut best: Option<usize> = None;
+            for (i, l) in lists.iter().enumerate() {
+                if let Some(r) = l.get(heads[i]) {
+                    if best.is_none_or(|b| r.at_ms > lists[b][heads[b]].at_ms) {
+                        best = Some(i);
+                    }
+                }
+            }
+            let b = best.expect("n counts only listed records");
+            merged.push(&lists[b][heads[b]]);
+            heads[b] += 1;
+        }
+        let keys = self.keys.lock();
+        merged.into_iter().map(|r| r.record(&keys)).collect()
     }
 
     /// Usage of `key` over the `range_ms` before `now_ms`, from the finest ring that covers it.
@@ -496,7 +340,6 @@ impl Usage {
         now_ms: u64,
         cfg: &UsageConfig,
     ) -> Analytics {
-        let di = Dimension::ALL.iter().position(|d| *d == dimension).expect("listed");
         let ri = if range_ms <= MINUTE * cfg.minute_buckets as u64 {
             0
         } else if range_ms <= HOUR * cfg.hour_buckets as u64 {
@@ -509,7 +352,10 @@ impl Usage {
         let from = from - from % width;
         let mut total = Bucket::default();
         let mut series = Vec::new();
-        if let Some(s) = self.dims[di].lock().keys.get(key) {
+        self.flush();
+        let cell = self.keys.lock().dims[dimension as usize].get(key).cloned();
+        if let Some(cell) = cell {
+            let s = cell.series.lock();
             let in_range = |b: &&Bucket| b.start_ms >= from && b.start_ms <= now_ms;
             let mut buckets: Vec<Bucket> = s.rings[ri].buckets.iter().filter(in_range).cloned().collect();
             // Hours and days: the open minute is not folded in yet.
@@ -518,10 +364,11 @@ impl Usage {
                     let start = open.start_ms - open.start_ms % width;
                     match buckets.last_mut() {
                         Some(b) if b.start_ms == start => b.merge(open),
-                        _ => buckets.push(Bucket {
-                            start_ms: start,
-                            ..open.clone()
-                        }),
+                        _ => {
+                            let mut b = open.clone();
+                            b.start_ms = start;
+                            buckets.push(b);
+                        }
                     }
                 }
             }
@@ -543,8 +390,10 @@ impl Usage {
 
     /// Every key of a dimension.
     pub(crate) fn keys(&self, dimension: Dimension) -> Vec<String> {
-        let di = Dimension::ALL.iter().position(|d| *d == dimension).expect("listed");
-        let mut k: Vec<String> = self.dims[di].lock().keys.keys().cloned().collect();
+        let mut k: Vec<String> = self.keys.lock().dims[dimension as usize]
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
         k.sort();
         k
     }
@@ -553,15 +402,22 @@ impl Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shard::OTHER;
 
     fn sample(at_ms: u64, ok: bool, latency: f64, cost: i64) -> Sample<'static> {
         Sample {
             keys: [Some("m"), Some("e"), Some("ws"), None, None],
+            cells: None,
+            decision_id: 1,
+            request_id: None,
             success: ok,
+            error: None,
             latency_ms: latency,
             tokens_in: 10,
             tokens_out: 5,
+            tokens_estimated: false,
             cost_micros: cost,
+            attempt: 1,
             at_ms,
         }
     }
@@ -572,7 +428,7 @@ mod tests {
         let cfg = UsageConfig::default();
         let t0 = 1_795_392_000_000;
         for i in 0..48u64 {
-            u.record(&sample(t0 + i * HOUR, i % 4 != 0, 100.0 + i as f64, 1_000), &cfg, None);
+            u.record(&sample(t0 + i * HOUR, i % 4 != 0, 100.0 + i as f64, 1_000), &cfg);
         }
         let now = t0 + 47 * HOUR;
         let a = u.analytics(Dimension::Model, "m", parse_time_range("24h").unwrap(), now, &cfg);
@@ -595,7 +451,7 @@ mod tests {
         let cfg = UsageConfig::default();
         let t0 = 1_795_392_000_000;
         for (dt, cost) in [(0, 1), (10_000, 2), (59_999, 3), (60_000, 4), (3 * HOUR, 5)] {
-            u.record(&sample(t0 + dt, true, 10.0, cost), &cfg, None);
+            u.record(&sample(t0 + dt, true, 10.0, cost), &cfg);
         }
         let now = t0 + 3 * HOUR;
         for range in ["1h", "24h", "30d"] {
@@ -623,7 +479,7 @@ mod tests {
         for k in ["a", "b", "c", "d"] {
             let mut s = sample(0, true, 1.0, 1);
             s.keys = [Some(k), None, None, None, None];
-            u.record(&s, &cfg, None);
+            u.record(&s, &cfg);
         }
         assert_eq!(u.keys(Dimension::Model), ["_other", "a", "b"]);
         let now = 1000;
@@ -641,10 +497,11 @@ mod tests {
             ..Default::default()
         };
         for i in 0..10 {
-            u.record(&sample(i * MINUTE, true, 1.0, 1), &cfg, None);
+            u.record(&sample(i * MINUTE, true, 1.0, 1), &cfg);
         }
-        let d = u.dims[0].lock();
-        assert_eq!(d.keys["m"].rings[0].buckets.len(), 3);
+        u.flush();
+        let cell = u.keys.lock().dims[0]["m"].clone();
+        assert_eq!(cell.series.lock().rings[0].buckets.len(), 3);
     }
 
     #[test]

@@ -1,0 +1,425 @@
+//! Where a report's usage goes first: per-key cells, and per-thread shards that batch samples
+//! and keep the recent requests.
+//!
+//! A **cell** is one key of one dimension (a model, an endpoint, a workspace, ...): its
+//! aggregates behind their own lock, created once (when the key is first recorded) and never
+//! removed, so a cell can be cached wherever its key is known: the endpoint's
+//! [`Slot`](crate::Slot) caches its model's and its own cell for the snapshot's life,
+//! a shard caches the cells of the workspaces, agent types and users it has seen.
+//!
+//! A **shard** belongs to the threads whose index maps to it (threads get consecutive
+//! indices, so threads running at once have shards of their own; there are several shards per
+//! CPU). It batches samples per cell and minute and keeps its own ring of recent requests.
+//! Recording locks the shard only (uncontended); a batch reaches its cell when the cell's next
+//! minute starts in this shard, when the shard holds [`MAX_BATCHES`] batches, or when a query
+//! runs (queries flush every shard first).
+
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use super::series::{Bucket, Series};
+use super::{from_micros, RequestRecord, Sample, UsageConfig};
+
+/// The key that keys past `max_keys` are counted under.
+pub(crate) const OTHER: &str = "_other";
+
+/// Batches a shard holds before it hands them all to their cells.
+pub(crate) const MAX_BATCHES: usize = 1024;
+
+/// One key of one dimension and its aggregates.
+#[derive(Debug)]
+pub(crate) struct Cell {
+    /// Index in [`Keys::cells`].
+    pub(crate) id: u32,
+    pub(crate) key: Arc<str>,
+    /// The newest minute recorded for this key, Unix ms: a sample of an older minute is late
+    /// and counts in this one (the newest bucket), as when samples were added one by one.
+    newest_minute: AtomicU64,
+    pub(crate) series: Mutex<Series>,
+}
+
+impl Cell {
+    /// The minute bucket a sample of minute `minute` goes to.
+    fn minute_for(&self, minute: u64) -> u64 {
+        let newest = self.newest_minute.load(Ordering::Relaxed);
+        if minute > newest {
+            // Written once per key and minute: the line stays shared between threads.
+            minute.max(self.newest_minute.fetch_max(minute, Ordering::Relaxed))
+        } else {
+            newest
+        }
+    }
+}
+
+/// The model's and the endpoint's cell, cached in the endpoint's slot for the snapshot's life
+/// (only cells of their own key: a key counted under `_other` is looked up every time, so it
+/// gets its own cell as soon as `max_keys` allows).
+#[derive(Default)]
+pub(crate) struct SlotCells {
+    model: OnceLock<Arc<Cell>>,
+    endpoint: OnceLock<Arc<Cell>>,
+}
+
+impl std::fmt::Debug for SlotCells {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotCells").finish_non_exhaustive()
+    }
+}
+
+/// Every key of every dimension (the router-wide part, locked when a shard meets a key it has
+/// not cached and by queries).
+#[derive(Debug, Default)]
+pub(crate) struct Keys {
+    pub(crate) dims: [FxHashMap<Arc<str>, Arc<Cell>>; 5],
+    /// Every cell by id.
+    pub(crate) cells: Vec<Arc<Cell>>,
+}
+
+impl Keys {
+    /// The cell of `key`: its own while the dimension has room (`max_keys`), else `_other`.
+    fn resolve(&mut self, dim: usize, key: &str, cfg: &UsageConfig) -> Arc<Cell> {
+        if let Some(c) = self.dims[dim].get(key) {
+            return c.clone();
+        }
+        let key = if self.dims[dim].len() < cfg.max_keys {
+            key
+        } else {
+            OTHER
+        };
+        if let Some(c) = self.dims[dim].get(key) {
+            return c.clone();
+        }
+        let cell = Arc::new(Cell {
+            id: u32::try_from(self.cells.len()).expect("fewer than 2^32 keys"),
+            key: Arc::from(key),
+            newest_minute: AtomicU64::new(0),
+            series: Mutex::new(Series::new(cfg)),
+        });
+        self.cells.push(cell.clone());
+        self.dims[dim].insert(cell.key.clone(), cell.clone());
+        cell
+    }
+
+    fn name(&self, id: u32) -> Option<String> {
+        (id != NO_KEY).then(|| self.cells[id as usize].key.to_string())
+    }
+}
+
+/// No cell: the request has no such key, or its key is counted under `_other` (then
+/// [`Extra::names`] has it).
+const NO_KEY: u32 = u32::MAX;
+
+/// Error names a recent request keeps as a number.
+const ERRORS: [&str; 5] = ["timeout", "connection", "rate_limited", "server", "client"];
+
+/// What a recent request keeps besides numbers, when it has any (a request id, a key counted
+/// under `_other`, an error name not in [`ERRORS`]).
+#[derive(Debug, Clone, Default)]
+struct Extra {
+    request_id: Option<Box<str>>,
+    names: [Option<Arc<str>>; 5],
+    error: Option<&'static str>,
+}
+
+/// A finished request as a shard keeps it (88 bytes, no allocation for a request without a
+/// request id); turned into a [`RequestRecord`] when asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct Recent {
+    decision_id: u64,
+    pub(crate) at_ms: u64,
+    latency_ms: f64,
+    cost_micros: i64,
+    tokens_in: u64,
+    tokens_out: u64,
+    /// Cells of the model, endpoint, workspace, agent type and user, or [`NO_KEY`].
+    keys: [u32; 5],
+    attempt: u32,
+    /// 1 + index in [`ERRORS`]; 0: none.
+    error: u8,
+    success: bool,
+    tokens_estimated: bool,
+    extra: Option<Box<Extra>>,
+}
+
+impl Recent {
+    pub(crate) fn record(&self, keys: &Keys) -> RequestRecord {
+        let extra = self.extra.as_deref();
+        let name = |d: usize| {
+            keys.name(self.keys[d])
+                .or_else(|| extra.and_then(|x| x.names[d].as_deref().map(str::to_owned)))
+        };
+        RequestRecord {
+            decision_id: crate::decision::DecisionId(self.decision_id).to_string(),
+            request_id: extra.and_then(|x| x.request_id.as_deref().map(str::to_owned)),
+            model_id: name(0).unwrap_or_default(),
+            endpoint_id: name(1).unwrap_or_default(),
+            workspace_id: name(2),
+            agent_type: name(3),
+            user_id: name(4),
+            success: self.success,
+            error: match self.error {
+                0 => extra.and_then(|x| x.error).map(str::to_owned),
+                e => Some(ERRORS[usize::from(e - 1)].to_owned()),
+            },
+            latency_ms: self.latency_ms,
+            tokens_in: self.tokens_in,
+            tokens_out: self.tokens_out,
+            tokens_estimated: self.tokens_estimated,
+            cost: from_micros(self.cost_micros),
+            attempt: self.attempt,
+            at_ms: self.at_ms,
+        }
+    }
+}
+
+/// Latency bins of a batch: counts over a window of consecutive bins (one indexed add per
+/// sample instead of a search in a sorted list); a bin outside a window that cannot grow goes
+/// straight to the bucket's histogram.
+#[derive(Debug, Default)]
+struct Window {
+    lo: u16,
+    counts: Vec<u32>,
+}
+
+/// The widest window, in bins (1.02^512: latencies over a range of 25,000 to 1).
+const MAX_WINDOW: usize = 512;
+
+impl Window {
+    fn add(&mut self, bin: u16, b: &mut Bucket) {
+        let i = usize::from(bin).wrapping_sub(usize::from(self.lo));
+        if let Some(c) = self.counts.get_mut(i) {
+            *c = c.saturating_add(1);
+        } else {
+            self.grow(bin, b);
+        }
+    }
+
+    #[cold]
+    fn grow(&mut self, bin: u16, b: &mut Bucket) {
+        let (lo, hi) = if self.counts.is_empty() {
+            (bin.saturating_sub(16), usize::from(bin) + 16)
+        } else {
+            let hi = usize::from(self.lo) + self.counts.len();
+            (self.lo.min(bin.saturating_sub(16)), hi.max(usize::from(bin) + 16))
+        };
+        let hi = hi.min(usize::from(u16::MAX) + 1);
+        if hi - usize::from(lo) > MAX_WINDOW {
+            return b.record_bin(bin);
+        }
+        let mut counts = vec![0; hi - usize::from(lo)];
+        if !self.counts.is_empty() {
+            let shift = usize::from(self.lo - lo);
+            counts[shift..shift + self.counts.len()].copy_from_slice(&self.counts);
+        }
+        counts[usize::from(bin - lo)] = 1;
+        self.lo = lo;
+        self.counts = counts;
+    }
+
+    /// Move the counts into the bucket's histogram.
+    fn drain_into(&mut self, b: &mut Bucket) {
+        for (i, &n) in self.counts.iter().enumerate() {
+            if n > 0 {
+                b.record_bins(self.lo + i as u16, n);
+            }
+        }
+        self.counts.clear();
+    }
+}
+
+/// The samples of one cell and one minute held back in a shard.
+#[derive(Debug)]
+struct Batch {
+    cell: Arc<Cell>,
+    bucket: Bucket,
+    window: Window,
+}
+
+impl Batch {
+    fn add(&mut self, s: &Sample<'_>, bin: u16) {
+        self.bucket.add_counts(s);
+        self.window.add(bin, &mut self.bucket);
+    }
+
+    /// The finished bucket, handed to the cell.
+    fn finish(&mut self, next_minute: u64) -> Bucket {
+        let mut b = std::mem::replace(&mut self.bucket, Bucket::at(next_minute));
+        self.window.drain_into(&mut b);
+        b
+    }
+}
+
+/// Samples held back per cell, one minute each.
+#[derive(Debug, Default)]
+struct Batches {
+    /// By cell id: the index in `open` of the cell's batch, or `NONE`.
+    index: Vec<u32>,
+    open: Vec<Batch>,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl Batches {
+    fn add(&mut self, cell: &Arc<Cell>, s: &Sample<'_>, bin: u16, minute: u64) {
+        let minute = cell.minute_for(minute);
+        let id = cell.id as usize;
+        if id >= self.index.len() {
+            self.index.resize(id + 1, NONE);
+        }
+        match self.open.get_mut(self.index[id] as usize) {
+            Some(b) if b.bucket.start_ms >= minute => b.add(s, bin),
+            Some(b) => {
+                // The key's next minute: the finished one goes to the cell.
+                let done = b.finish(minute);
+                b.add(s, bin);
+                b.cell.series.lock().place(done);
+            }
+            None => {
+                let mut b = Batch {
+                    cell: cell.clone(),
+                    bucket: Bucket::at(minute),
+                    window: Window::default(),
+                };
+                b.add(s, bin);
+                self.index[id] = self.open.len() as u32;
+                self.open.push(b);
+            }
+        }
+    }
+
+    /// Hand every batch to its cell.
+    fn flush(&mut self) {
+        for mut b in self.open.drain(..) {
+            self.index[b.cell.id as usize] = NONE;
+            let done = b.finish(0);
+            b.cell.series.lock().place(done);
+        }
+    }
+}
+
+/// A shard: cached cells, batches and recent requests of the threads that map to it.
+#[derive(Debug, Default)]
+pub(crate) struct Shard {
+    /// Cells of keys this shard has met, per dimension (own-key cells only: at most
+    /// `max_keys` per dimension).
+    names: [FxHashMap<Arc<str>, Arc<Cell>>; 5],
+    batches: Batches,
+    /// Recent requests, oldest first, at most `recent_cap`.
+    pub(crate) recent: VecDeque<Recent>,
+    /// `usage.recent_requests` when the last record came.
+    pub(crate) recent_cap: usize,
+}
+
+impl Shard {
+    /// Record one sample: into the batch of each key's cell and, if kept, the recent ring.
+    pub(crate) fn record(&mut self, keys: &Mutex<Keys>, s: &Sample<'_>, cfg: &UsageConfig) {
+        let bin = super::histogram::bin_of(s.latency_ms);
+        let minute = s.at_ms - s.at_ms % super::series::MINUTE;
+        let mut rec = [NO_KEY; 5];
+        let mut extra: Option<Box<Extra>> = None;
+        for (d, key) in s.keys.iter().enumerate() {
+            let Some(key) = *key else { continue };
+            let cached = match (d, s.cells) {
+                (0, Some(c)) => c.model.get(),
+                (1, Some(c)) => c.endpoint.get(),
+                _ => self.names[d].get(key),
+            };
+            if let Some(c) = cached {
+                rec[d] = c.id;
+                self.batches.add(c, s, bin, minute);
+                continue;
+            }
+            let cell = keys.lock().resolve(d, key, cfg);
+            if &*cell.key == key {
+                rec[d] = cell.id;
+                match (d, s.cells) {
+                    (0, Some(c)) => drop(c.model.set(cell.clone())),
+                    (1, Some(c)) => drop(c.endpoint.set(cell.clone())),
+                    _ => drop(self.names[d].insert(cell.key.clone(), cell.clone())),
+                }
+            } else {
+                extra.get_or_insert_with(Default::default).names[d] = Some(Arc::from(key));
+            }
+            self.batches.add(&cell, s, bin, minute);
+        }
+        if self.batches.open.len() >= MAX_BATCHES {
+            self.batches.flush();
+        }
+        if cfg.recent_requests > 0 {
+            let error = match s.error {
+                None => 0,
+                Some(e) => match ERRORS.iter().position(|n| *n == e) {
+                    Some(i) => i as u8 + 1,
+                    None => {
+                        extra.get_or_insert_with(Default::default).error = Some(e);
+                        0
+                    }
+                },
+            };
+            if let Some(r) = s.request_id {
+                extra.get_or_insert_with(Default::default).request_id = Some(Box::from(r));
+            }
+            self.recent_cap = cfg.recent_requests;
+            while self.recent.len() >= cfg.recent_requests {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(Recent {
+                decision_id: s.decision_id,
+                at_ms: s.at_ms,
+                latency_ms: s.latency_ms,
+                cost_micros: s.cost_micros,
+                tokens_in: s.tokens_in,
+                tokens_out: s.tokens_out,
+                keys: rec,
+                attempt: s.attempt,
+                error,
+                success: s.success,
+                tokens_estimated: s.tokens_estimated,
+                extra,
+            });
+        }
+    }
+
+    /// Hand every batch to its cell.
+    pub(crate) fn flush(&mut self) {
+        self.batches.flush();
+    }
+}
+
+/// A lock alone on its cache lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+/// This thread's shard index (before masking): consecutive per thread, from first use.
+pub(crate) fn thread_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    }
+    INDEX
+        .try_with(|i| match i.get() {
+            usize::MAX => {
+                let v = NEXT.fetch_add(1, Ordering::Relaxed);
+                i.set(v);
+                v
+            }
+            v => v,
+        })
+        .unwrap_or(0)
+}
+
+/// Shards per router: four per CPU, a power of two, 4 to 256.
+pub(crate) fn shard_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+        (cpus * 4).next_power_of_two().clamp(4, 256)
+    })
+}
+
+// A recent request fills at most 88 bytes of its shard's ring.
+const _: () = assert!(std::mem::size_of::<Recent>() <= 88);
