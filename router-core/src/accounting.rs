@@ -5,52 +5,127 @@
 //! Nothing here runs for a request that no budget, limit or experiment concerns and that
 //! carries no id to account usage by: the common decision path stays as it was.
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 
-use crate::budget::{counter_key, BudgetLimits, BudgetMode, BudgetScope, Consistency, OnStoreError};
+use smallvec::SmallVec;
+
+use crate::budget::{BudgetMode, BudgetPlans, BudgetScope, Consistency, OnStoreError, PlanRef, PlannedBudget};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus};
-use crate::limits::{Gcra, LimitScope};
+use crate::limits::{Gcra, GcraCell, LimitScope, LimiterKey, Limiters, Unit};
 use crate::model::Model;
 use crate::registry::snapshot::{ModelMask, Pool, Snapshot};
 use crate::registry::Slot;
 use crate::request::RouteRequest;
-use crate::state::{InMemoryStore, StateStore};
+use crate::state::StateStore;
 use crate::usage::{from_micros, to_micros, BudgetWindow};
+
+/// What a router keeps for accounting besides the store: its own rate limiters and the plan of
+/// its budgets' counters.
+#[derive(Debug, Default)]
+pub(crate) struct Local {
+    pub(crate) limiters: Limiters,
+    pub(crate) budgets: BudgetPlans,
+}
+
+impl Local {
+    /// Forget limiters that idled out by `now_ms`.
+    pub(crate) fn sweep(&self, now_ms: u64) {
+        self.limiters.sweep(now_ms);
+    }
+}
+
+/// An id a ticket keeps (workspace, user, agent type, request): inline, without allocating, up
+/// to [`Id::INLINE`] bytes.
+#[derive(Clone)]
+pub(crate) enum Id {
+    Inline { len: u8, bytes: [u8; Id::INLINE] },
+    Heap(Box<str>),
+}
+
+impl Id {
+    const INLINE: usize = 30;
+
+    pub(crate) fn new(s: &str) -> Id {
+        if s.len() <= Id::INLINE {
+            let mut bytes = [0; Id::INLINE];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Id::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            Id::Heap(s.into())
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Id::Inline { len, bytes } => std::str::from_utf8(&bytes[..*len as usize]).expect("copied from a str"),
+            Id::Heap(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for Id {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
 
 /// One budget window's reservation, held by a decision until it is reported or dropped.
 #[derive(Debug)]
 pub(crate) struct Reservation {
-    pub(crate) scope: BudgetScope,
-    pub(crate) id: String,
+    pub(crate) budget: Arc<PlannedBudget>,
     pub(crate) window: BudgetWindow,
-    pub(crate) key: Arc<str>,
     pub(crate) micros: i64,
     pub(crate) limit_micros: i64,
-    pub(crate) expires_at_ms: u64,
-    pub(crate) alert_at: Arc<[f64]>,
-    pub(crate) mode: BudgetMode,
 }
+
+impl Reservation {
+    /// Give the reservation back.
+    fn release(&self) {
+        let _ = self.budget.counter(self.window).add(-self.micros);
+    }
+}
+
+/// The reservations of a decision: inline up to two (a workspace's daily and monthly budget).
+pub(crate) type Reservations = SmallVec<[Reservation; 2]>;
 
 /// A token limit charged on an estimate, corrected at report time.
 #[derive(Debug)]
-pub(crate) struct TokenCharge {
-    pub(crate) key: String,
-    pub(crate) gcra: Gcra,
-    pub(crate) shared: bool,
+pub(crate) enum TokenCharge {
+    /// A limiter this router keeps.
+    Local {
+        cell: Arc<GcraCell>,
+        scope: LimitScope,
+        id: Id,
+        gcra: Gcra,
+    },
+    /// A strict limiter, in the store.
+    Shared { key: String, gcra: Gcra },
 }
 
 /// What a decision carries for accounting. Present only when something needs it.
 #[derive(Debug)]
 pub(crate) struct Ticket {
-    pub(crate) request_id: Option<String>,
-    pub(crate) workspace_id: Option<String>,
-    pub(crate) agent_type: Option<String>,
-    pub(crate) user_id: Option<String>,
+    pub(crate) request_id: Option<Id>,
+    pub(crate) workspace_id: Option<Id>,
+    pub(crate) agent_type: Option<Id>,
+    pub(crate) user_id: Option<Id>,
     /// Estimated prompt and completion tokens.
     pub(crate) est_in: u64,
     pub(crate) est_out: u64,
-    pub(crate) reservations: Vec<Reservation>,
+    pub(crate) reservations: Reservations,
     pub(crate) token_charges: Vec<TokenCharge>,
     /// The experiment and the index of the variant the request was assigned to.
     pub(crate) experiment: Option<(String, usize)>,
@@ -63,14 +138,33 @@ pub(crate) struct Ticket {
     pub(crate) accounted: bool,
     /// The adaptive model choice, whose arm the report updates.
     pub(crate) adaptive: Option<crate::adaptive::AdaptivePick>,
-    pub(crate) store: Arc<dyn StateStore>,
 }
 
 impl Ticket {
+    /// The ticket of an accounted request.
+    pub(crate) fn new(req: &RouteRequest, est_in: u64, est_out: u64) -> Ticket {
+        let id = |s: &Option<String>| s.as_deref().map(Id::new);
+        Ticket {
+            request_id: id(&req.request_id),
+            workspace_id: id(&req.workspace_id),
+            agent_type: id(&req.agent_type),
+            user_id: id(&req.user_id),
+            est_in,
+            est_out,
+            reservations: Reservations::new(),
+            token_charges: Vec::new(),
+            experiment: None,
+            downgraded: false,
+            forced: None,
+            accounted: true,
+            adaptive: None,
+        }
+    }
+
     /// Give the reservations back (a decision dropped without a report).
     pub(crate) fn release(&self) {
         for r in &self.reservations {
-            let _ = self.store.add(&r.key, -r.micros, r.expires_at_ms);
+            r.release();
         }
     }
 
@@ -84,19 +178,18 @@ impl Ticket {
             user_id: self.user_id.clone(),
             est_in: self.est_in,
             est_out: self.est_out,
-            reservations: Vec::new(),
+            reservations: Reservations::new(),
             token_charges: Vec::new(),
             experiment: self.experiment.clone(),
             downgraded: self.downgraded,
             forced: self.forced.clone(),
             accounted: self.accounted,
             adaptive: self.adaptive.clone(),
-            store: Arc::clone(&self.store),
         }
     }
 
     /// A ticket that only carries an adaptive choice.
-    pub(crate) fn adaptive_only(pick: crate::adaptive::AdaptivePick, store: &Arc<dyn StateStore>) -> Ticket {
+    pub(crate) fn adaptive_only(pick: crate::adaptive::AdaptivePick) -> Ticket {
         Ticket {
             request_id: None,
             workspace_id: None,
@@ -104,14 +197,13 @@ impl Ticket {
             user_id: None,
             est_in: 0,
             est_out: 0,
-            reservations: Vec::new(),
+            reservations: Reservations::new(),
             token_charges: Vec::new(),
             experiment: None,
             downgraded: false,
             forced: None,
             accounted: false,
             adaptive: Some(pick),
-            store: Arc::clone(store),
         }
     }
 }
@@ -129,16 +221,15 @@ pub(crate) fn needed(snap: &Snapshot, req: &RouteRequest) -> bool {
         || !cfg.rate_limits.is_empty()
         || !cfg.experiments.is_empty()
         || !cfg.forced_routes.is_empty()
-        || workspace_budget(snap, req).is_some()
+        || has_workspace_budget(snap, req)
 }
 
-fn workspace_budget<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Option<(&'s str, &'s BudgetLimits)> {
-    let ws = req.workspace_id.as_deref()?;
-    let (id, cfg) = snap.workspaces.get_key_value(ws)?;
-    cfg.budget_limits
-        .as_ref()
-        .filter(|b| b.is_set())
-        .map(|b| (id.as_str(), b))
+fn has_workspace_budget(snap: &Snapshot, req: &RouteRequest) -> bool {
+    req.workspace_id
+        .as_deref()
+        .and_then(|ws| snap.workspaces.get(ws))
+        .and_then(|cfg| cfg.budget_limits.as_ref())
+        .is_some_and(|b| b.is_set())
 }
 
 /// The estimated cost of `req` on `model` at `slot`'s prices, in micro-units.
@@ -152,9 +243,11 @@ pub(crate) struct Accounting<'a> {
     pub(crate) snap: &'a Snapshot,
     pub(crate) req: &'a RouteRequest,
     pub(crate) store: &'a Arc<dyn StateStore>,
-    pub(crate) local: &'a InMemoryStore,
+    pub(crate) local: &'a Local,
     pub(crate) events: &'a EventBus,
     pub(crate) now_ms: u64,
+    /// The budget plan, loaded by the first check that needs it.
+    pub(crate) plan: OnceCell<PlanRef>,
 }
 
 /// What the checks before the pick found.
@@ -169,8 +262,21 @@ pub(crate) struct Precheck {
 }
 
 impl Accounting<'_> {
-    fn spent(&self, key: &str) -> i64 {
-        self.store.get(key).unwrap_or(0)
+    /// The budget plan, when any budget is configured.
+    fn plan(&self) -> Option<&PlanRef> {
+        if self.snap.config.budgets.is_empty() && self.snap.workspaces.is_empty() {
+            return None;
+        }
+        Some(
+            self.plan
+                .get_or_init(|| self.local.budgets.get(self.snap, self.store, self.now_ms)),
+        )
+    }
+
+    /// The request's workspace budget, if it has one.
+    fn workspace_budget(&self) -> Option<&Arc<PlannedBudget>> {
+        let ws = self.req.workspace_id.as_deref()?;
+        self.plan()?.workspaces.get(ws)
     }
 
     /// Request-scope rate limits (workspace, API key, user): admit or fail with `RateLimited`.
@@ -212,33 +318,42 @@ impl Accounting<'_> {
         if rl.id.as_deref().is_some_and(|id| id != value) {
             return Ok(());
         }
-        let shared = rl.consistency == Consistency::Strict;
         let now_us = self.now_ms.saturating_mul(1000);
-        thread_local! {
-            // The limiter key, formatted without allocating on the decision path.
-            static KEY: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(64));
-        }
-        for (unit, gcra, tokens) in rl.limiters() {
+        for (unit, gcra) in rl.limiters() {
+            let tokens = unit.counts_tokens();
             let n = if tokens { est_tokens.max(1) } else { 1 };
-            let (verdict, key) = KEY.with(|k| -> Result<_> {
-                use std::fmt::Write;
-                let mut key = k.borrow_mut();
-                key.clear();
-                let _ = write!(key, "{{rl:{}:{value}}}:{unit}", rl.scope.as_str());
-                let verdict = if shared {
-                    match self.store.gcra(&key, gcra, n, false, now_us) {
-                        Ok(v) => v,
-                        Err(e) if rl.on_store_error == OnStoreError::FailClosed => return Err(e),
-                        Err(_) => self.local.gcra(&key, gcra, n, false, now_us)?,
-                    }
-                } else {
-                    self.local.gcra(&key, gcra, n, false, now_us)?
+            let key = LimiterKey {
+                scope: rl.scope,
+                unit,
+                id: value,
+            };
+            let local = || self.local.limiters.check(key, &gcra, n, now_us, tokens);
+            let verdict = if rl.consistency == Consistency::Strict {
+                let store_key = format!("{{rl:{}:{value}}}:{}", rl.scope.as_str(), unit.as_str());
+                let verdict = match self.store.gcra(&store_key, gcra, n, false, now_us) {
+                    Ok(v) => v,
+                    Err(e) if rl.on_store_error == OnStoreError::FailClosed => return Err(e),
+                    Err(_) => local().0,
                 };
-                Ok((verdict, (tokens && verdict.allowed).then(|| key.clone())))
-            })?;
+                if tokens && verdict.allowed {
+                    charges.push(TokenCharge::Shared { key: store_key, gcra });
+                }
+                verdict
+            } else {
+                let (verdict, cell) = local();
+                if let Some(cell) = cell.filter(|_| verdict.allowed) {
+                    charges.push(TokenCharge::Local {
+                        cell,
+                        scope: rl.scope,
+                        id: Id::new(value),
+                        gcra,
+                    });
+                }
+                verdict
+            };
             if !verdict.allowed {
                 let retry_after_ms = verdict.retry_after_us.div_ceil(1000);
-                let key = format!("{}:{value}:{unit}", rl.scope.as_str());
+                let key = format!("{}:{value}:{}", rl.scope.as_str(), unit.as_str());
                 self.events.emit(&Event::RateLimited {
                     key: key.clone(),
                     retry_after_ms,
@@ -246,61 +361,51 @@ impl Accounting<'_> {
                 });
                 return Err(Error::RateLimited { key, retry_after_ms });
             }
-            if let Some(key) = key {
-                charges.push(TokenCharge { key, gcra, shared });
-            }
         }
         Ok(())
     }
 
-    /// Budget checks before the pick: a spent workspace budget in reject mode fails the
-    /// request; past its downgrade share it asks for the cheapest models; spent model and
-    /// provider budgets remove their models.
+    /// Budget checks before the pick: past its downgrade share a workspace budget in downgrade
+    /// mode asks for the cheapest models; spent model and provider budgets remove their models.
+    /// (A workspace budget in reject mode is checked by the reservation after the pick.)
     pub(crate) fn precheck(&self, pool: &Pool) -> Result<Precheck> {
         let mut out = Precheck::default();
-        // A reject-mode workspace budget is checked by the reservation after the pick.
-        if let Some((ws, b)) = workspace_budget(self.snap, self.req).filter(|(_, b)| b.mode == BudgetMode::Downgrade) {
+        let Some(plan) = self.plan() else { return Ok(out) };
+        let downgrading = plan
+            .downgrades
+            .then(|| self.workspace_budget())
+            .flatten()
+            .filter(|b| b.limits.mode == BudgetMode::Downgrade);
+        if let Some(b) = downgrading {
             for w in BudgetWindow::ALL {
-                let Some(limit) = b.limit(w) else { continue };
-                let limit_micros = to_micros(limit);
-                let spent = self.spent(&counter_key(BudgetScope::Workspace, ws, w, self.now_ms));
-                match b.mode {
-                    BudgetMode::Reject if spent >= limit_micros => {
-                        return Err(exceeded(
-                            BudgetScope::Workspace,
-                            ws,
-                            w,
-                            limit_micros,
-                            spent,
-                            self.now_ms,
-                        ));
-                    }
-                    BudgetMode::Downgrade if spent as f64 >= b.downgrade_at * limit_micros as f64 => {
-                        out.downgrade = true;
-                        out.notes.push(format!(
-                            "workspace `{ws}` {w} budget {:.0}% spent (downgrade at {:.0}%): cheapest models only",
-                            100.0 * spent as f64 / limit_micros.max(1) as f64,
-                            100.0 * b.downgrade_at
-                        ));
-                    }
-                    _ => {}
+                let Some(limit_micros) = b.limit_micros[w as usize] else {
+                    continue;
+                };
+                let spent = b.counter(w).get();
+                if spent as f64 >= b.limits.downgrade_at * limit_micros as f64 {
+                    out.downgrade = true;
+                    out.notes.push(format!(
+                        "workspace `{}` {w} budget {:.0}% spent (downgrade at {:.0}%): cheapest models only",
+                        b.id,
+                        100.0 * spent as f64 / limit_micros.max(1) as f64,
+                        100.0 * b.limits.downgrade_at
+                    ));
                 }
             }
         }
-        for sb in &self.snap.config.budgets {
+        for sb in &plan.scoped {
             if sb.limits.mode == BudgetMode::Shadow {
                 continue;
             }
-            let spent_out = BudgetWindow::ALL.into_iter().find_map(|w| {
-                let limit = to_micros(sb.limits.limit(w)?);
-                (self.spent(&counter_key(sb.scope, &sb.id, w, self.now_ms)) >= limit).then_some(w)
-            });
+            let spent_out = BudgetWindow::ALL
+                .into_iter()
+                .find(|&w| sb.limit_micros[w as usize].is_some_and(|limit| sb.counter(w).get() >= limit));
             let Some(w) = spent_out else { continue };
             for &mi in pool.models.iter() {
                 let m = &self.snap.models[mi as usize].model;
                 let hit = match sb.scope {
-                    BudgetScope::Model => m.id == sb.id,
-                    BudgetScope::Provider => m.provider == sb.id,
+                    BudgetScope::Model => *m.id == *sb.id,
+                    BudgetScope::Provider => *m.provider == *sb.id,
                     BudgetScope::Workspace => false,
                 };
                 if hit && !out.exhausted.contains(&mi) {
@@ -317,72 +422,57 @@ impl Accounting<'_> {
 
     /// Reserve the estimated cost of the chosen model on every budget window that applies.
     /// On failure, what was reserved is given back.
-    pub(crate) fn reserve(&self, model: &Model, slot: &Slot, est_in: u64, est_out: u64) -> Result<Vec<Reservation>> {
-        let mut out: Vec<Reservation> = Vec::new();
+    pub(crate) fn reserve(&self, model: &Model, slot: &Slot, est_in: u64, est_out: u64) -> Result<Reservations> {
+        let mut out = Reservations::new();
+        let Some(plan) = self.plan() else { return Ok(out) };
         let micros = estimate_micros(model, slot, est_in, est_out);
-        let mut budgets: Vec<(BudgetScope, &str, &BudgetLimits)> = Vec::new();
-        if let Some((ws, b)) = workspace_budget(self.snap, self.req) {
-            budgets.push((BudgetScope::Workspace, ws, b));
-        }
-        for sb in &self.snap.config.budgets {
-            let hit = match sb.scope {
-                BudgetScope::Model => model.id == sb.id,
-                BudgetScope::Provider => model.provider == sb.id,
-                BudgetScope::Workspace => false,
-            };
-            if hit {
-                budgets.push((sb.scope, &sb.id, &sb.limits));
-            }
-        }
-        for (scope, id, b) in budgets {
+        let scoped = plan.scoped.iter().filter(|sb| match sb.scope {
+            BudgetScope::Model => *model.id == *sb.id,
+            BudgetScope::Provider => *model.provider == *sb.id,
+            BudgetScope::Workspace => false,
+        });
+        for b in self.workspace_budget().into_iter().chain(scoped) {
             for w in BudgetWindow::ALL {
-                let Some(limit) = b.limit(w) else { continue };
-                let limit_micros = to_micros(limit);
-                let key = crate::budget::counter_key_shared(scope, id, w, self.now_ms);
-                let expires_at_ms = w.with_current(self.now_ms, |_, end, _| end);
-                let enforce = b.mode == BudgetMode::Reject;
-                let admitted = match (b.consistency, enforce) {
-                    (Consistency::Strict, true) => {
-                        match self.store.try_add(&key, micros, limit_micros, expires_at_ms) {
-                            Ok(t) if t.admitted && t.total - micros >= limit_micros => {
-                                let _ = self.store.add(&key, -micros, expires_at_ms);
-                                Err(t.total - micros)
-                            }
-                            Ok(t) => t.admitted.then_some(()).ok_or(t.total),
-                            Err(e) if b.on_store_error == OnStoreError::FailClosed => {
-                                release(self.store.as_ref(), &out);
-                                return Err(e);
-                            }
-                            Err(_) => self.store.add(&key, micros, expires_at_ms).map(|_| ()).or(Ok(())),
+                let Some(limit_micros) = b.limit_micros[w as usize] else {
+                    continue;
+                };
+                let counter = b.counter(w);
+                let enforce = b.limits.mode == BudgetMode::Reject;
+                let admitted = match (b.limits.consistency, enforce) {
+                    (Consistency::Strict, true) => match counter.try_add(micros, limit_micros) {
+                        Ok(t) if t.admitted && t.total - micros >= limit_micros => {
+                            let _ = counter.add(-micros);
+                            Err(t.total - micros)
                         }
-                    }
-                    // Batched: add, and take it back when it went over (one store call when it fits).
-                    (_, true) => match self.store.add(&key, micros, expires_at_ms) {
+                        Ok(t) => t.admitted.then_some(()).ok_or(t.total),
+                        Err(e) if b.limits.on_store_error == OnStoreError::FailClosed => {
+                            release(&out);
+                            return Err(e);
+                        }
+                        Err(_) => counter.add(micros).map(|_| ()).or(Ok(())),
+                    },
+                    // Batched: add, and take it back when it went over (one addition when it fits).
+                    (_, true) => match counter.add(micros) {
                         Ok(total) if total > limit_micros || total - micros >= limit_micros => {
-                            let _ = self.store.add(&key, -micros, expires_at_ms);
+                            let _ = counter.add(-micros);
                             Err(total - micros)
                         }
                         _ => Ok(()),
                     },
                     (_, false) => {
-                        let _ = self.store.add(&key, micros, expires_at_ms);
+                        let _ = counter.add(micros);
                         Ok(())
                     }
                 };
                 if let Err(spent) = admitted {
-                    release(self.store.as_ref(), &out);
-                    return Err(exceeded(scope, id, w, limit_micros, spent, self.now_ms));
+                    release(&out);
+                    return Err(exceeded(b.scope, &b.id, w, limit_micros, spent, self.now_ms));
                 }
                 out.push(Reservation {
-                    scope,
-                    id: id.to_owned(),
+                    budget: Arc::clone(b),
                     window: w,
-                    key,
                     micros,
                     limit_micros,
-                    expires_at_ms,
-                    alert_at: Arc::clone(&b.alert_at),
-                    mode: b.mode,
                 });
             }
         }
@@ -390,9 +480,9 @@ impl Accounting<'_> {
     }
 }
 
-fn release(store: &dyn StateStore, rs: &[Reservation]) {
+fn release(rs: &[Reservation]) {
     for r in rs {
-        let _ = store.add(&r.key, -r.micros, r.expires_at_ms);
+        r.release();
     }
 }
 
@@ -441,17 +531,17 @@ pub(crate) fn without(snap: &Snapshot, pool: &Pool, mask: Option<&ModelMask>, mo
 /// Settle a reported decision's reservations with its real cost; emit threshold events.
 pub(crate) fn settle_budgets(ticket: &Ticket, cost_micros: i64, events: &EventBus, now_ms: u64) {
     for r in &ticket.reservations {
-        let Ok(total) = ticket.store.add(&r.key, cost_micros - r.micros, r.expires_at_ms) else {
+        let Ok(total) = r.budget.counter(r.window).add(cost_micros - r.micros) else {
             continue;
         };
         let before = total - cost_micros;
         let limit = r.limit_micros as f64;
-        for &a in r.alert_at.iter() {
+        for &a in r.budget.limits.alert_at.iter() {
             let t = a * limit;
             if (before as f64) < t && total as f64 >= t {
                 events.emit(&Event::BudgetThresholdCrossed {
-                    scope: r.scope,
-                    id: r.id.clone(),
+                    scope: r.budget.scope,
+                    id: r.budget.id.to_string(),
                     window: r.window,
                     threshold: a,
                     spent: from_micros(total),
@@ -462,14 +552,33 @@ pub(crate) fn settle_budgets(ticket: &Ticket, cost_micros: i64, events: &EventBu
         }
         if before < r.limit_micros && total >= r.limit_micros {
             events.emit(&Event::BudgetExceeded {
-                scope: r.scope,
-                id: r.id.clone(),
+                scope: r.budget.scope,
+                id: r.budget.id.to_string(),
                 window: r.window,
                 spent: from_micros(total),
                 limit: from_micros(r.limit_micros),
-                mode: r.mode,
+                mode: r.budget.limits.mode,
                 at_ms: now_ms,
             });
+        }
+    }
+}
+
+/// Charge the tokens a reported decision used beyond its estimate to its token limits.
+pub(crate) fn charge_tokens(ticket: &Ticket, extra: u64, store: &dyn StateStore, local: &Local, now_us: u64) {
+    for c in &ticket.token_charges {
+        match c {
+            TokenCharge::Local { cell, scope, id, gcra } => {
+                let key = LimiterKey {
+                    scope: *scope,
+                    unit: Unit::Tpm,
+                    id,
+                };
+                local.limiters.charge(key, cell, gcra, extra, now_us)
+            }
+            TokenCharge::Shared { key, gcra } => {
+                let _ = store.gcra(key, *gcra, extra, true, now_us);
+            }
         }
     }
 }

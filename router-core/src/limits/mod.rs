@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::budget::{Consistency, OnStoreError};
 use crate::error::{Error, Result};
 
+mod local;
+
+pub(crate) use local::{GcraCell, LimiterKey, Limiters};
+
 /// What a rate limit counts per.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -99,20 +103,44 @@ impl RateLimit {
         Ok(())
     }
 
-    /// The limiters of this rule: (unit, GCRA, whether it counts tokens).
-    pub(crate) fn limiters(&self) -> impl Iterator<Item = (&'static str, Gcra, bool)> + '_ {
+    /// The limiters of this rule: (unit, GCRA).
+    pub(crate) fn limiters(&self) -> impl Iterator<Item = (Unit, Gcra)> + '_ {
         [
-            ("rps", self.rps, 1_000, false),
-            ("rpm", self.rpm, 60_000, false),
-            ("tpm", self.tpm, 60_000, true),
+            (Unit::Rps, self.rps, 1_000),
+            (Unit::Rpm, self.rpm, 60_000),
+            (Unit::Tpm, self.tpm, 60_000),
         ]
         .into_iter()
-        .filter_map(move |(unit, n, period, tokens)| {
+        .filter_map(move |(unit, n, period)| {
             let n = n?;
             Gcra::per_period(n, period, self.burst.unwrap_or(n))
                 .ok()
-                .map(|g| (unit, g, tokens))
+                .map(|g| (unit, g))
         })
+    }
+}
+
+/// What a limiter counts: requests per second or minute, or tokens per minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unit {
+    Rps,
+    Rpm,
+    Tpm,
+}
+
+impl Unit {
+    /// The unit's name, as it ends the limiter's key.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Unit::Rps => "rps",
+            Unit::Rpm => "rpm",
+            Unit::Tpm => "tpm",
+        }
+    }
+
+    /// Whether it counts tokens (else requests).
+    pub(crate) fn counts_tokens(self) -> bool {
+        self == Unit::Tpm
     }
 }
 
