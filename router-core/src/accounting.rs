@@ -6,33 +6,124 @@
 //! carries no id to account usage by: the common decision path stays as it was.
 
 use std::cell::OnceCell;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use smallvec::SmallVec;
 
-use crate::budget::{BudgetMode, BudgetPlans, BudgetScope, Consistency, OnStoreError, PlanRef, PlannedBudget};
+use crate::budget::{BudgetMode, BudgetPlan, BudgetScope, Consistency, OnStoreError, PlannedBudget};
+use crate::config::RouterConfig;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus};
 use crate::limits::{Gcra, GcraCell, LimitScope, LimiterKey, Limiters, Unit};
 use crate::model::Model;
+use crate::policy::WorkspaceConfig;
 use crate::registry::snapshot::{ModelMask, Pool, Snapshot};
 use crate::registry::Slot;
 use crate::request::RouteRequest;
 use crate::state::StateStore;
 use crate::usage::{from_micros, to_micros, BudgetWindow};
 
-/// What a router keeps for accounting besides the store: its own rate limiters and the plan of
-/// its budgets' counters.
-#[derive(Debug, Default)]
+/// What a router keeps for accounting besides the store: its own rate limiters and the
+/// current [`Plan`].
+#[derive(Default)]
 pub(crate) struct Local {
     pub(crate) limiters: Limiters,
-    pub(crate) budgets: BudgetPlans,
+    plan: ArcSwapOption<Plan>,
+}
+
+impl std::fmt::Debug for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Local")
+            .field("limiters", &self.limiters)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Local {
     /// Forget limiters that idled out by `now_ms`.
     pub(crate) fn sweep(&self, now_ms: u64) {
         self.limiters.sweep(now_ms);
+    }
+
+    /// The plan of `snap` at `now_ms`: the current one, else a new one (which becomes current
+    /// unless a newer configuration's plan is).
+    fn plan(&self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> PlanRef {
+        let g = self.plan.load();
+        if g.as_ref().is_some_and(|p| p.made_for(snap) && p.budgets.holds(now_ms)) {
+            return PlanRef::Current(g);
+        }
+        self.renew(g, snap, store, now_ms)
+    }
+
+    #[cold]
+    fn renew(
+        &self,
+        g: arc_swap::Guard<Option<Arc<Plan>>>,
+        snap: &Snapshot,
+        store: &Arc<dyn StateStore>,
+        now_ms: u64,
+    ) -> PlanRef {
+        let plan = Arc::new(Plan::build(snap, store, now_ms));
+        if g.as_ref().is_none_or(|p| p.generation <= snap.generation) {
+            let _ = self.plan.compare_and_swap(&*g, Some(Arc::clone(&plan)));
+        }
+        PlanRef::Own(plan)
+    }
+}
+
+/// What the decision path's accounting needs of one configuration, prepared once: the budgets'
+/// counters in the current windows ([`BudgetPlan`]) and the rate limits' GCRAs. Rebuilt (by the
+/// first request that finds it stale) when the workspaces or the settings change and when a
+/// budget window rolls over.
+pub(crate) struct Plan {
+    workspaces_src: Arc<BTreeMap<String, WorkspaceConfig>>,
+    config_src: Arc<RouterConfig>,
+    generation: u64,
+    budgets: BudgetPlan,
+    /// The limiters of each of the settings' `rate_limits`, in order.
+    limits: Vec<SmallVec<[(Unit, Gcra); 3]>>,
+}
+
+impl Plan {
+    fn build(snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> Plan {
+        Plan {
+            workspaces_src: Arc::clone(&snap.workspaces),
+            config_src: Arc::clone(&snap.config),
+            generation: snap.generation,
+            budgets: BudgetPlan::build(snap, store, now_ms),
+            limits: snap
+                .config
+                .rate_limits
+                .iter()
+                .map(|rl| rl.limiters().collect())
+                .collect(),
+        }
+    }
+
+    fn made_for(&self, snap: &Snapshot) -> bool {
+        Arc::ptr_eq(&self.workspaces_src, &snap.workspaces) && Arc::ptr_eq(&self.config_src, &snap.config)
+    }
+}
+
+/// A plan, as [`Local::plan`] hands it out.
+pub(crate) enum PlanRef {
+    /// The router's current plan.
+    Current(arc_swap::Guard<Option<Arc<Plan>>>),
+    /// A plan for an older snapshot than the current plan's (a request that raced a
+    /// configuration change).
+    Own(Arc<Plan>),
+}
+
+impl std::ops::Deref for PlanRef {
+    type Target = Plan;
+
+    fn deref(&self) -> &Plan {
+        match self {
+            PlanRef::Current(g) => g.as_deref().expect("a current plan is set"),
+            PlanRef::Own(p) => p,
+        }
     }
 }
 
@@ -88,10 +179,14 @@ pub(crate) struct Reservation {
     pub(crate) budget: Arc<PlannedBudget>,
     pub(crate) window: BudgetWindow,
     pub(crate) micros: i64,
-    pub(crate) limit_micros: i64,
 }
 
 impl Reservation {
+    /// The window's limit, micro-units.
+    fn limit_micros(&self) -> i64 {
+        self.budget.limit_micros[self.window as usize].unwrap_or(i64::MAX)
+    }
+
     /// Give the reservation back.
     fn release(&self) {
         let _ = self.budget.counter(self.window).add(-self.micros);
@@ -262,64 +357,58 @@ pub(crate) struct Precheck {
 }
 
 impl Accounting<'_> {
-    /// The budget plan, when any budget is configured.
+    /// The plan, when any budget or rate limit is configured.
     fn plan(&self) -> Option<&PlanRef> {
-        if self.snap.config.budgets.is_empty() && self.snap.workspaces.is_empty() {
+        let cfg = &self.snap.config;
+        if cfg.budgets.is_empty() && cfg.rate_limits.is_empty() && self.snap.workspaces.is_empty() {
             return None;
         }
         Some(
             self.plan
-                .get_or_init(|| self.local.budgets.get(self.snap, self.store, self.now_ms)),
+                .get_or_init(|| self.local.plan(self.snap, self.store, self.now_ms)),
         )
     }
 
     /// The request's workspace budget, if it has one.
     fn workspace_budget(&self) -> Option<&Arc<PlannedBudget>> {
         let ws = self.req.workspace_id.as_deref()?;
-        self.plan()?.workspaces.get(ws)
+        self.plan()?.budgets.workspaces.get(ws)
     }
 
     /// Request-scope rate limits (workspace, API key, user): admit or fail with `RateLimited`.
     pub(crate) fn request_limits(&self, est_tokens: u64, charges: &mut Vec<TokenCharge>) -> Result<()> {
-        for rl in &self.snap.config.rate_limits {
+        for (i, rl) in self.snap.config.rate_limits.iter().enumerate() {
             let value = match rl.scope {
                 LimitScope::Workspace => self.req.workspace_id.as_deref(),
                 LimitScope::ApiKey => self.req.api_key.as_deref(),
                 LimitScope::User => self.req.user_id.as_deref(),
                 LimitScope::Model => continue,
             };
-            self.limit(rl, value, est_tokens, charges)?;
+            self.limit(i, value, est_tokens, charges)?;
         }
         Ok(())
     }
 
     /// Model-scope rate limits, for the chosen model.
     pub(crate) fn model_limits(&self, model_id: &str, est_tokens: u64, charges: &mut Vec<TokenCharge>) -> Result<()> {
-        for rl in self
-            .snap
-            .config
-            .rate_limits
-            .iter()
-            .filter(|r| r.scope == LimitScope::Model)
-        {
-            self.limit(rl, Some(model_id), est_tokens, charges)?;
+        for (i, rl) in self.snap.config.rate_limits.iter().enumerate() {
+            if rl.scope == LimitScope::Model {
+                self.limit(i, Some(model_id), est_tokens, charges)?;
+            }
         }
         Ok(())
     }
 
-    fn limit(
-        &self,
-        rl: &crate::limits::RateLimit,
-        value: Option<&str>,
-        est_tokens: u64,
-        charges: &mut Vec<TokenCharge>,
-    ) -> Result<()> {
+    /// Rate limit `i` of the settings, for `value` of its scope.
+    fn limit(&self, i: usize, value: Option<&str>, est_tokens: u64, charges: &mut Vec<TokenCharge>) -> Result<()> {
+        let rl = &self.snap.config.rate_limits[i];
         let Some(value) = value else { return Ok(()) };
         if rl.id.as_deref().is_some_and(|id| id != value) {
             return Ok(());
         }
+        let Some(plan) = self.plan() else { return Ok(()) };
         let now_us = self.now_ms.saturating_mul(1000);
-        for (unit, gcra) in rl.limiters() {
+        for &(unit, gcra) in &plan.limits[i] {
             let tokens = unit.counts_tokens();
             let n = if tokens { est_tokens.max(1) } else { 1 };
             let key = LimiterKey {
@@ -372,6 +461,7 @@ impl Accounting<'_> {
         let mut out = Precheck::default();
         let Some(plan) = self.plan() else { return Ok(out) };
         let downgrading = plan
+            .budgets
             .downgrades
             .then(|| self.workspace_budget())
             .flatten()
@@ -393,7 +483,7 @@ impl Accounting<'_> {
                 }
             }
         }
-        for sb in &plan.scoped {
+        for sb in &plan.budgets.scoped {
             if sb.limits.mode == BudgetMode::Shadow {
                 continue;
             }
@@ -420,13 +510,13 @@ impl Accounting<'_> {
         Ok(out)
     }
 
-    /// Reserve the estimated cost of the chosen model on every budget window that applies.
-    /// On failure, what was reserved is given back.
-    pub(crate) fn reserve(&self, model: &Model, slot: &Slot, est_in: u64, est_out: u64) -> Result<Reservations> {
-        let mut out = Reservations::new();
-        let Some(plan) = self.plan() else { return Ok(out) };
-        let micros = estimate_micros(model, slot, est_in, est_out);
-        let scoped = plan.scoped.iter().filter(|sb| match sb.scope {
+    /// Reserve the estimated cost of the chosen model on every budget window that applies, in
+    /// the ticket. On failure, what was reserved is given back.
+    pub(crate) fn reserve(&self, model: &Model, slot: &Slot, ticket: &mut Ticket) -> Result<()> {
+        let Some(plan) = self.plan() else { return Ok(()) };
+        let out = &mut ticket.reservations;
+        let micros = estimate_micros(model, slot, ticket.est_in, ticket.est_out);
+        let scoped = plan.budgets.scoped.iter().filter(|sb| match sb.scope {
             BudgetScope::Model => *model.id == *sb.id,
             BudgetScope::Provider => *model.provider == *sb.id,
             BudgetScope::Workspace => false,
@@ -446,7 +536,7 @@ impl Accounting<'_> {
                         }
                         Ok(t) => t.admitted.then_some(()).ok_or(t.total),
                         Err(e) if b.limits.on_store_error == OnStoreError::FailClosed => {
-                            release(&out);
+                            release(out);
                             return Err(e);
                         }
                         Err(_) => counter.add(micros).map(|_| ()).or(Ok(())),
@@ -465,23 +555,22 @@ impl Accounting<'_> {
                     }
                 };
                 if let Err(spent) = admitted {
-                    release(&out);
+                    release(out);
                     return Err(exceeded(b.scope, &b.id, w, limit_micros, spent, self.now_ms));
                 }
                 out.push(Reservation {
                     budget: Arc::clone(b),
                     window: w,
                     micros,
-                    limit_micros,
                 });
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
-fn release(rs: &[Reservation]) {
-    for r in rs {
+fn release(rs: &mut Reservations) {
+    for r in rs.drain(..) {
         r.release();
     }
 }
@@ -535,7 +624,8 @@ pub(crate) fn settle_budgets(ticket: &Ticket, cost_micros: i64, events: &EventBu
             continue;
         };
         let before = total - cost_micros;
-        let limit = r.limit_micros as f64;
+        let limit_micros = r.limit_micros();
+        let limit = limit_micros as f64;
         for &a in r.budget.limits.alert_at.iter() {
             let t = a * limit;
             if (before as f64) < t && total as f64 >= t {
@@ -545,18 +635,18 @@ pub(crate) fn settle_budgets(ticket: &Ticket, cost_micros: i64, events: &EventBu
                     window: r.window,
                     threshold: a,
                     spent: from_micros(total),
-                    limit: from_micros(r.limit_micros),
+                    limit: from_micros(limit_micros),
                     at_ms: now_ms,
                 });
             }
         }
-        if before < r.limit_micros && total >= r.limit_micros {
+        if before < limit_micros && total >= limit_micros {
             events.emit(&Event::BudgetExceeded {
                 scope: r.budget.scope,
                 id: r.budget.id.to_string(),
                 window: r.window,
                 spent: from_micros(total),
-                limit: from_micros(r.limit_micros),
+                limit: from_micros(limit_micros),
                 mode: r.budget.limits.mode,
                 at_ms: now_ms,
             });

@@ -20,16 +20,12 @@
 //! bound is the flush interval × spend rate × instances) or *strict* (each reservation is an
 //! atomic check-and-add in the store: never more than one request's reservation over).
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use arc_swap::ArcSwapOption;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::config::RouterConfig;
 use crate::error::{Error, Result};
-use crate::policy::WorkspaceConfig;
 use crate::registry::snapshot::Snapshot;
 use crate::state::{CounterCell, StateStore, TryAdd};
 use crate::usage::{to_micros, BudgetWindow};
@@ -331,12 +327,9 @@ struct Windows {
 }
 
 /// Every budget of one configuration in the current day, week and month, with the counters the
-/// decision path adds to: built once per configuration and window (lazily, by the first
-/// request that needs it), so that a decision neither formats counter keys nor looks them up.
+/// decision path adds to (built once per configuration and window, so that a decision neither
+/// formats counter keys nor looks them up).
 pub(crate) struct BudgetPlan {
-    workspaces_src: Arc<BTreeMap<String, WorkspaceConfig>>,
-    config_src: Arc<RouterConfig>,
-    generation: u64,
     /// The instants the plan's windows hold: the latest start and the earliest end.
     valid: (u64, u64),
     /// Workspaces with a budget.
@@ -348,7 +341,8 @@ pub(crate) struct BudgetPlan {
 }
 
 impl BudgetPlan {
-    fn build(snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> BudgetPlan {
+    /// The budgets of `snap` in the windows holding `now_ms`.
+    pub(crate) fn build(snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> BudgetPlan {
         let bounds = BudgetWindow::ALL.map(|w| w.bounds(now_ms));
         let windows = Arc::new(Windows {
             bounds,
@@ -380,9 +374,6 @@ impl BudgetPlan {
             .map(|b| planned(b.scope, &b.id, &b.limits))
             .collect();
         BudgetPlan {
-            workspaces_src: Arc::clone(&snap.workspaces),
-            config_src: Arc::clone(&snap.config),
-            generation: snap.generation,
             valid: (
                 bounds.iter().map(|b| b.0).max().unwrap_or(0),
                 bounds.iter().map(|b| b.1).min().unwrap_or(u64::MAX),
@@ -393,70 +384,8 @@ impl BudgetPlan {
         }
     }
 
-    fn made_for(&self, snap: &Snapshot) -> bool {
-        Arc::ptr_eq(&self.workspaces_src, &snap.workspaces) && Arc::ptr_eq(&self.config_src, &snap.config)
-    }
-
-    fn holds(&self, now_ms: u64) -> bool {
+    /// Whether `now_ms` lies in the plan's windows.
+    pub(crate) fn holds(&self, now_ms: u64) -> bool {
         (self.valid.0..self.valid.1).contains(&now_ms)
-    }
-}
-
-/// The router's current [`BudgetPlan`].
-#[derive(Default)]
-pub(crate) struct BudgetPlans {
-    current: ArcSwapOption<BudgetPlan>,
-}
-
-impl std::fmt::Debug for BudgetPlans {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BudgetPlans").finish_non_exhaustive()
-    }
-}
-
-/// A plan, as [`BudgetPlans::get`] hands it out.
-pub(crate) enum PlanRef {
-    /// The router's current plan.
-    Current(arc_swap::Guard<Option<Arc<BudgetPlan>>>),
-    /// A plan for an older snapshot than the current plan's (a request that raced a
-    /// configuration change).
-    Own(Arc<BudgetPlan>),
-}
-
-impl std::ops::Deref for PlanRef {
-    type Target = BudgetPlan;
-
-    fn deref(&self) -> &BudgetPlan {
-        match self {
-            PlanRef::Current(g) => g.as_deref().expect("a current plan is set"),
-            PlanRef::Own(p) => p,
-        }
-    }
-}
-
-impl BudgetPlans {
-    /// The plan of `snap`'s budgets at `now_ms`: the current one, else a new one (which becomes
-    /// current unless a newer configuration's plan is).
-    pub(crate) fn get(&self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> PlanRef {
-        let g = self.current.load();
-        if g.as_ref().is_some_and(|p| p.made_for(snap) && p.holds(now_ms)) {
-            return PlanRef::Current(g);
-        }
-        self.renew(g, snap, store, now_ms)
-    }
-
-    #[cold]
-    fn renew(
-        &self,
-        g: arc_swap::Guard<Option<Arc<BudgetPlan>>>,
-        snap: &Snapshot,
-        store: &Arc<dyn StateStore>,
-        now_ms: u64,
-    ) -> PlanRef {
-        let plan = Arc::new(BudgetPlan::build(snap, store, now_ms));
-        if g.as_ref().is_none_or(|p| p.generation <= snap.generation) {
-            let _ = self.current.compare_and_swap(&*g, Some(Arc::clone(&plan)));
-        }
-        PlanRef::Own(plan)
     }
 }

@@ -688,19 +688,16 @@ impl Router {
                 }
             };
             let model = &snap.models[slot.model_idx as usize].model;
-            let reservations = acc
-                .model_limits(&model.id, est_in.saturating_add(est_out), &mut charges)
-                .and_then(|()| acc.reserve(model, slot, est_in, est_out))
+            let mut t = Box::new(Ticket::new(req, est_in, est_out));
+            t.token_charges = charges;
+            acc.model_limits(&model.id, est_in.saturating_add(est_out), &mut t.token_charges)
+                .and_then(|()| acc.reserve(model, slot, &mut t))
                 .inspect_err(|_| release_probe())?;
-            Some(Box::new(Ticket {
-                reservations,
-                token_charges: charges,
-                experiment: arm,
-                downgraded,
-                forced: forced.map(|f| f.reason.clone()),
-                adaptive,
-                ..Ticket::new(req, est_in, est_out)
-            }))
+            t.experiment = arm;
+            t.downgraded = downgraded;
+            t.forced = forced.map(|f| f.reason.clone());
+            t.adaptive = adaptive;
+            Some(t)
         } else {
             adaptive.map(|a| Box::new(Ticket::adaptive_only(a)))
         };
