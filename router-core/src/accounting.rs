@@ -9,28 +9,29 @@ use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 
 use crate::budget::{BudgetMode, BudgetPlan, BudgetScope, Consistency, OnStoreError, PlannedBudget};
 use crate::config::RouterConfig;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus};
-use crate::limits::{Gcra, GcraCell, LimitScope, LimiterKey, Limiters, Unit};
+use crate::limits::{Gcra, GcraCell, LimitScope, LimiterKey, LimiterMaps, LimiterView, Limiters, Maps, Unit};
 use crate::model::Model;
 use crate::policy::WorkspaceConfig;
 use crate::registry::snapshot::{ModelMask, Pool, Snapshot};
 use crate::registry::Slot;
 use crate::request::RouteRequest;
-use crate::state::StateStore;
+use crate::state::{Settled, StateStore};
 use crate::usage::{from_micros, to_micros, BudgetWindow};
 
-/// What a router keeps for accounting besides the store: its own rate limiters and the
-/// current [`Plan`].
+/// What a router keeps for accounting besides the store: its own rate limiters and the view
+/// the decision path reads (the current [`Plan`] and the settled limiters, behind one
+/// [`ArcSwap`] so that one load serves a decision).
 #[derive(Default)]
 pub(crate) struct Local {
-    pub(crate) limiters: Limiters,
-    plan: ArcSwapOption<Plan>,
+    limiters: Limiters,
+    views: Views,
 }
 
 impl std::fmt::Debug for Local {
@@ -41,35 +42,97 @@ impl std::fmt::Debug for Local {
     }
 }
 
+/// What the decision path reads, replaced as a whole.
+#[derive(Clone)]
+struct View {
+    plan: Option<Arc<Plan>>,
+    limiters: LimiterMaps,
+}
+
+#[derive(Default)]
+struct Views(ArcSwap<View>);
+
+impl Default for View {
+    fn default() -> Self {
+        View {
+            plan: None,
+            limiters: std::array::from_fn(|_| Arc::default()),
+        }
+    }
+}
+
+impl LimiterView for Views {
+    fn latest(&self, i: usize) -> Settled<Arc<GcraCell>> {
+        Arc::clone(&self.0.load().limiters[i])
+    }
+
+    fn publish(&self, i: usize, map: Settled<Arc<GcraCell>>) {
+        self.0.rcu(|v| {
+            let mut next = View::clone(v);
+            next.limiters[i] = Arc::clone(&map);
+            next
+        });
+    }
+}
+
+/// A decision's hold on the view, and the plan of its snapshot.
+pub(crate) struct State {
+    view: arc_swap::Guard<Arc<View>>,
+    /// A plan built for this decision's snapshot, when the view's was not (a configuration
+    /// change or a window rollover).
+    own: Option<Arc<Plan>>,
+}
+
+impl State {
+    fn plan(&self) -> &Plan {
+        self.own
+            .as_deref()
+            .or(self.view.plan.as_deref())
+            .expect("a state has a plan")
+    }
+}
+
 impl Local {
     /// Forget limiters that idled out by `now_ms`.
     pub(crate) fn sweep(&self, now_ms: u64) {
-        self.limiters.sweep(now_ms);
+        self.limiters.sweep(&self.views, now_ms);
     }
 
-    /// The plan of `snap` at `now_ms`: the current one, else a new one (which becomes current
-    /// unless a newer configuration's plan is).
-    fn plan(&self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> PlanRef {
-        let g = self.plan.load();
-        if g.as_ref().is_some_and(|p| p.made_for(snap) && p.budgets.holds(now_ms)) {
-            return PlanRef::Current(g);
+    /// The view, with the plan of `snap` at `now_ms`: the current one, else a new one (which
+    /// becomes current unless a newer configuration's plan is).
+    fn state(&self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> State {
+        let view = self.views.0.load();
+        if view
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.made_for(snap) && p.budgets.holds(now_ms))
+        {
+            return State { view, own: None };
         }
-        self.renew(g, snap, store, now_ms)
+        self.renew(snap, store, now_ms)
     }
 
     #[cold]
-    fn renew(
-        &self,
-        g: arc_swap::Guard<Option<Arc<Plan>>>,
-        snap: &Snapshot,
-        store: &Arc<dyn StateStore>,
-        now_ms: u64,
-    ) -> PlanRef {
+    fn renew(&self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> State {
         let plan = Arc::new(Plan::build(snap, store, now_ms));
-        if g.as_ref().is_none_or(|p| p.generation <= snap.generation) {
-            let _ = self.plan.compare_and_swap(&*g, Some(Arc::clone(&plan)));
+        self.views.0.rcu(|v| {
+            let mut next = View::clone(v);
+            if v.plan.as_ref().is_none_or(|p| p.generation <= snap.generation) {
+                next.plan = Some(Arc::clone(&plan));
+            }
+            next
+        });
+        State {
+            view: self.views.0.load(),
+            own: Some(plan),
         }
-        PlanRef::Own(plan)
+    }
+
+    fn maps<'a>(&'a self, view: &'a View) -> Maps<'a> {
+        Maps {
+            settled: &view.limiters,
+            view: &self.views,
+        }
     }
 }
 
@@ -107,26 +170,6 @@ impl Plan {
     }
 }
 
-/// A plan, as [`Local::plan`] hands it out.
-pub(crate) enum PlanRef {
-    /// The router's current plan.
-    Current(arc_swap::Guard<Option<Arc<Plan>>>),
-    /// A plan for an older snapshot than the current plan's (a request that raced a
-    /// configuration change).
-    Own(Arc<Plan>),
-}
-
-impl std::ops::Deref for PlanRef {
-    type Target = Plan;
-
-    fn deref(&self) -> &Plan {
-        match self {
-            PlanRef::Current(g) => g.as_deref().expect("a current plan is set"),
-            PlanRef::Own(p) => p,
-        }
-    }
-}
-
 /// An id a ticket keeps (workspace, user, agent type, request): inline, without allocating, up
 /// to [`Id::INLINE`] bytes.
 #[derive(Clone)]
@@ -136,7 +179,7 @@ pub(crate) enum Id {
 }
 
 impl Id {
-    const INLINE: usize = 30;
+    const INLINE: usize = 22;
 
     pub(crate) fn new(s: &str) -> Id {
         if s.len() <= Id::INLINE {
@@ -173,27 +216,38 @@ impl std::fmt::Debug for Id {
     }
 }
 
-/// One budget window's reservation, held by a decision until it is reported or dropped.
+/// A budget's reservation, on each of its windows that has a limit, held by a decision until it
+/// is reported or dropped.
 #[derive(Debug)]
 pub(crate) struct Reservation {
     pub(crate) budget: Arc<PlannedBudget>,
-    pub(crate) window: BudgetWindow,
     pub(crate) micros: i64,
 }
 
 impl Reservation {
-    /// The window's limit, micro-units.
-    fn limit_micros(&self) -> i64 {
-        self.budget.limit_micros[self.window as usize].unwrap_or(i64::MAX)
+    /// The windows reserved on, with their limits (micro-units).
+    fn windows(&self) -> impl Iterator<Item = (BudgetWindow, i64)> + '_ {
+        BudgetWindow::ALL
+            .into_iter()
+            .filter_map(|w| Some((w, self.budget.limit_micros[w as usize]?)))
     }
 
     /// Give the reservation back.
     fn release(&self) {
-        let _ = self.budget.counter(self.window).add(-self.micros);
+        release_windows(&self.budget, self.micros, BudgetWindow::ALL.len());
     }
 }
 
-/// The reservations of a decision: inline up to two (a workspace's daily and monthly budget).
+/// Take `micros` back from the first `n` windows of `budget` that have a limit.
+fn release_windows(budget: &PlannedBudget, micros: i64, n: usize) {
+    for w in BudgetWindow::ALL.into_iter().take(n) {
+        if budget.limit_micros[w as usize].is_some() {
+            let _ = budget.counter(w).add(-micros);
+        }
+    }
+}
+
+/// The reservations of a decision: inline up to two (a workspace's and a model's budget).
 pub(crate) type Reservations = SmallVec<[Reservation; 2]>;
 
 /// A token limit charged on an estimate, corrected at report time.
@@ -232,7 +286,7 @@ pub(crate) struct Ticket {
     /// carries the adaptive choice).
     pub(crate) accounted: bool,
     /// The adaptive model choice, whose arm the report updates.
-    pub(crate) adaptive: Option<crate::adaptive::AdaptivePick>,
+    pub(crate) adaptive: Option<Box<crate::adaptive::AdaptivePick>>,
 }
 
 impl Ticket {
@@ -298,7 +352,7 @@ impl Ticket {
             downgraded: false,
             forced: None,
             accounted: false,
-            adaptive: Some(pick),
+            adaptive: Some(Box::new(pick)),
         }
     }
 }
@@ -341,8 +395,8 @@ pub(crate) struct Accounting<'a> {
     pub(crate) local: &'a Local,
     pub(crate) events: &'a EventBus,
     pub(crate) now_ms: u64,
-    /// The budget plan, loaded by the first check that needs it.
-    pub(crate) plan: OnceCell<PlanRef>,
+    /// The view and plan, loaded by the first check that needs them.
+    pub(crate) plan: OnceCell<State>,
 }
 
 /// What the checks before the pick found.
@@ -357,16 +411,21 @@ pub(crate) struct Precheck {
 }
 
 impl Accounting<'_> {
-    /// The plan, when any budget or rate limit is configured.
-    fn plan(&self) -> Option<&PlanRef> {
+    /// The view and plan, when any budget or rate limit is configured.
+    fn state(&self) -> Option<&State> {
         let cfg = &self.snap.config;
         if cfg.budgets.is_empty() && cfg.rate_limits.is_empty() && self.snap.workspaces.is_empty() {
             return None;
         }
         Some(
             self.plan
-                .get_or_init(|| self.local.plan(self.snap, self.store, self.now_ms)),
+                .get_or_init(|| self.local.state(self.snap, self.store, self.now_ms)),
         )
+    }
+
+    /// The plan, when any budget or rate limit is configured.
+    fn plan(&self) -> Option<&Plan> {
+        self.state().map(State::plan)
     }
 
     /// The request's workspace budget, if it has one.
@@ -406,9 +465,10 @@ impl Accounting<'_> {
         if rl.id.as_deref().is_some_and(|id| id != value) {
             return Ok(());
         }
-        let Some(plan) = self.plan() else { return Ok(()) };
+        let Some(state) = self.state() else { return Ok(()) };
+        let maps = self.local.maps(&state.view);
         let now_us = self.now_ms.saturating_mul(1000);
-        for &(unit, gcra) in &plan.limits[i] {
+        for &(unit, gcra) in &state.plan().limits[i] {
             let tokens = unit.counts_tokens();
             let n = if tokens { est_tokens.max(1) } else { 1 };
             let key = LimiterKey {
@@ -416,21 +476,23 @@ impl Accounting<'_> {
                 unit,
                 id: value,
             };
-            let local = || self.local.limiters.check(key, &gcra, n, now_us, tokens);
+            let local = || self.local.limiters.check(maps, key, &gcra, n, now_us, tokens);
+            // `Ok` when admitted, else the wait in µs.
             let verdict = if rl.consistency == Consistency::Strict {
                 let store_key = format!("{{rl:{}:{value}}}:{}", rl.scope.as_str(), unit.as_str());
                 let verdict = match self.store.gcra(&store_key, gcra, n, false, now_us) {
-                    Ok(v) => v,
+                    Ok(v) if v.allowed => Ok(()),
+                    Ok(v) => Err(v.retry_after_us),
                     Err(e) if rl.on_store_error == OnStoreError::FailClosed => return Err(e),
                     Err(_) => local().0,
                 };
-                if tokens && verdict.allowed {
+                if tokens && verdict.is_ok() {
                     charges.push(TokenCharge::Shared { key: store_key, gcra });
                 }
                 verdict
             } else {
                 let (verdict, cell) = local();
-                if let Some(cell) = cell.filter(|_| verdict.allowed) {
+                if let Some(cell) = cell.filter(|_| verdict.is_ok()) {
                     charges.push(TokenCharge::Local {
                         cell,
                         scope: rl.scope,
@@ -440,8 +502,8 @@ impl Accounting<'_> {
                 }
                 verdict
             };
-            if !verdict.allowed {
-                let retry_after_ms = verdict.retry_after_us.div_ceil(1000);
+            if let Err(wait_us) = verdict {
+                let retry_after_ms = wait_us.div_ceil(1000);
                 let key = format!("{}:{value}:{}", rl.scope.as_str(), unit.as_str());
                 self.events.emit(&Event::RateLimited {
                     key: key.clone(),
@@ -514,15 +576,19 @@ impl Accounting<'_> {
     /// the ticket. On failure, what was reserved is given back.
     pub(crate) fn reserve(&self, model: &Model, slot: &Slot, ticket: &mut Ticket) -> Result<()> {
         let Some(plan) = self.plan() else { return Ok(()) };
-        let out = &mut ticket.reservations;
-        let micros = estimate_micros(model, slot, ticket.est_in, ticket.est_out);
         let scoped = plan.budgets.scoped.iter().filter(|sb| match sb.scope {
             BudgetScope::Model => *model.id == *sb.id,
             BudgetScope::Provider => *model.provider == *sb.id,
             BudgetScope::Workspace => false,
         });
-        for b in self.workspace_budget().into_iter().chain(scoped) {
-            for w in BudgetWindow::ALL {
+        let mut budgets = self.workspace_budget().into_iter().chain(scoped).peekable();
+        if budgets.peek().is_none() {
+            return Ok(());
+        }
+        let out = &mut ticket.reservations;
+        let micros = estimate_micros(model, slot, ticket.est_in, ticket.est_out);
+        for b in budgets {
+            for (k, w) in BudgetWindow::ALL.into_iter().enumerate() {
                 let Some(limit_micros) = b.limit_micros[w as usize] else {
                     continue;
                 };
@@ -536,6 +602,7 @@ impl Accounting<'_> {
                         }
                         Ok(t) => t.admitted.then_some(()).ok_or(t.total),
                         Err(e) if b.limits.on_store_error == OnStoreError::FailClosed => {
+                            release_windows(b, micros, k);
                             release(out);
                             return Err(e);
                         }
@@ -555,15 +622,15 @@ impl Accounting<'_> {
                     }
                 };
                 if let Err(spent) = admitted {
+                    release_windows(b, micros, k);
                     release(out);
                     return Err(exceeded(b.scope, &b.id, w, limit_micros, spent, self.now_ms));
                 }
-                out.push(Reservation {
-                    budget: Arc::clone(b),
-                    window: w,
-                    micros,
-                });
             }
+            out.push(Reservation {
+                budget: Arc::clone(b),
+                micros,
+            });
         }
         Ok(())
     }
@@ -620,36 +687,38 @@ pub(crate) fn without(snap: &Snapshot, pool: &Pool, mask: Option<&ModelMask>, mo
 /// Settle a reported decision's reservations with its real cost; emit threshold events.
 pub(crate) fn settle_budgets(ticket: &Ticket, cost_micros: i64, events: &EventBus, now_ms: u64) {
     for r in &ticket.reservations {
-        let Ok(total) = r.budget.counter(r.window).add(cost_micros - r.micros) else {
-            continue;
-        };
-        let before = total - cost_micros;
-        let limit_micros = r.limit_micros();
-        let limit = limit_micros as f64;
-        for &a in r.budget.limits.alert_at.iter() {
-            let t = a * limit;
-            if (before as f64) < t && total as f64 >= t {
-                events.emit(&Event::BudgetThresholdCrossed {
-                    scope: r.budget.scope,
-                    id: r.budget.id.to_string(),
-                    window: r.window,
-                    threshold: a,
+        let b = &r.budget;
+        for (window, limit_micros) in r.windows() {
+            let Ok(total) = b.counter(window).add(cost_micros - r.micros) else {
+                continue;
+            };
+            let before = total - cost_micros;
+            let limit = limit_micros as f64;
+            for &a in b.limits.alert_at.iter() {
+                let t = a * limit;
+                if (before as f64) < t && total as f64 >= t {
+                    events.emit(&Event::BudgetThresholdCrossed {
+                        scope: b.scope,
+                        id: b.id.to_string(),
+                        window,
+                        threshold: a,
+                        spent: from_micros(total),
+                        limit: from_micros(limit_micros),
+                        at_ms: now_ms,
+                    });
+                }
+            }
+            if before < limit_micros && total >= limit_micros {
+                events.emit(&Event::BudgetExceeded {
+                    scope: b.scope,
+                    id: b.id.to_string(),
+                    window,
                     spent: from_micros(total),
                     limit: from_micros(limit_micros),
+                    mode: b.limits.mode,
                     at_ms: now_ms,
                 });
             }
-        }
-        if before < limit_micros && total >= limit_micros {
-            events.emit(&Event::BudgetExceeded {
-                scope: r.budget.scope,
-                id: r.budget.id.to_string(),
-                window: r.window,
-                spent: from_micros(total),
-                limit: from_micros(limit_micros),
-                mode: r.budget.limits.mode,
-                at_ms: now_ms,
-            });
         }
     }
 }
@@ -664,7 +733,8 @@ pub(crate) fn charge_tokens(ticket: &Ticket, extra: u64, store: &dyn StateStore,
                     unit: Unit::Tpm,
                     id,
                 };
-                local.limiters.charge(key, cell, gcra, extra, now_us)
+                let view = local.views.0.load();
+                local.limiters.charge(local.maps(&view), key, cell, gcra, extra, now_us)
             }
             TokenCharge::Shared { key, gcra } => {
                 let _ = store.gcra(key, *gcra, extra, true, now_us);

@@ -696,7 +696,7 @@ impl Router {
             t.experiment = arm;
             t.downgraded = downgraded;
             t.forced = forced.map(|f| f.reason.clone());
-            t.adaptive = adaptive;
+            t.adaptive = adaptive.map(Box::new);
             Some(t)
         } else {
             adaptive.map(|a| Box::new(Ticket::adaptive_only(a)))

@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{Gcra, GcraVerdict, LimitScope, Unit};
-use crate::state::IdMap;
+use super::{Gcra, LimitScope, Unit};
+use crate::state::{IdMap, Settled, SettledSlot};
 
 /// The TAT a sweep leaves in a limiter it forgets: holders look the key up again.
 const RETIRED: u64 = u64::MAX;
@@ -16,23 +16,27 @@ pub(crate) struct GcraCell(AtomicU64);
 
 impl GcraCell {
     /// Check `n` units at `now_us`, counting them when admitted (compare-and-swap: concurrent
-    /// checks see each other as a lock would). `None` when the cell was retired.
-    pub(crate) fn check(&self, gcra: &Gcra, now_us: u64, n: u64) -> Option<GcraVerdict> {
+    /// checks see each other as a lock would): `Ok` when admitted, else the wait in µs. `None`
+    /// when the cell was retired.
+    #[inline]
+    pub(crate) fn check(&self, gcra: &Gcra, now_us: u64, n: u64) -> Option<Result<(), u64>> {
         let mut cur = self.0.load(Ordering::Acquire);
         loop {
             if cur == RETIRED {
                 return None;
             }
-            let mut tat = cur;
-            let v = gcra.check(&mut tat, now_us, n);
-            if !v.allowed || tat == cur {
-                return Some(v);
+            let tat = match gcra.admit(cur, now_us, n) {
+                Ok(tat) => tat,
+                Err(wait) => return Some(Err(wait)),
+            };
+            if tat == cur {
+                return Some(Ok(()));
             }
             match self
                 .0
                 .compare_exchange_weak(cur, tat.min(RETIRED - 1), Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Some(v),
+                Ok(_) => return Some(Ok(())),
                 Err(now) => cur = now,
             }
         }
@@ -82,36 +86,77 @@ pub(crate) struct LimiterKey<'a> {
     pub(crate) id: &'a str,
 }
 
+impl LimiterKey<'_> {
+    /// The index of the key's map in [`LimiterMaps`].
+    fn map(&self) -> usize {
+        self.scope as usize * 3 + self.unit as usize
+    }
+}
+
+/// The settled limiters of each scope and unit, as a view publishes them (see
+/// [`crate::state::IdMap`]).
+pub(crate) type LimiterMaps = [Settled<Arc<GcraCell>>; 12];
+
+/// Where [`LimiterMaps`] are published.
+pub(crate) trait LimiterView {
+    /// Map `i` as published now.
+    fn latest(&self, i: usize) -> Settled<Arc<GcraCell>>;
+    /// Publish map `i`.
+    fn publish(&self, i: usize, map: Settled<Arc<GcraCell>>);
+}
+
+/// The settled maps a caller holds and where to publish new ones.
+#[derive(Clone, Copy)]
+pub(crate) struct Maps<'a> {
+    pub(crate) settled: &'a LimiterMaps,
+    pub(crate) view: &'a dyn LimiterView,
+}
+
+struct Slot<'a> {
+    view: &'a dyn LimiterView,
+    i: usize,
+}
+
+impl SettledSlot<Arc<GcraCell>> for Slot<'_> {
+    fn latest(&self) -> Settled<Arc<GcraCell>> {
+        self.view.latest(self.i)
+    }
+    fn publish(&self, map: Settled<Arc<GcraCell>>) {
+        self.view.publish(self.i, map);
+    }
+}
+
 /// This router's limiters, by scope, unit and id. Two rules of one scope and unit share the
-/// limiter of an id, as they share its key in a store (`{rl:<scope>:<id>}:<unit>`).
+/// limiter of an id, as they share its key in a store (`{rl:<scope>:<id>}:<unit>`). The
+/// settled entries are published by the owner's view (so that one load serves the decision);
+/// this keeps the young ones.
 #[derive(Debug, Default)]
 pub(crate) struct Limiters {
-    maps: [[IdMap<Arc<GcraCell>>; 3]; 4],
+    young: [IdMap<Arc<GcraCell>>; 12],
 }
 
 impl Limiters {
-    fn map(&self, key: LimiterKey<'_>) -> &IdMap<Arc<GcraCell>> {
-        &self.maps[key.scope as usize][key.unit as usize]
+    fn entry<R>(&self, maps: Maps<'_>, key: LimiterKey<'_>, f: impl FnOnce(&Arc<GcraCell>) -> R) -> R {
+        let i = key.map();
+        let slot = Slot { view: maps.view, i };
+        self.young[i].with(&maps.settled[i], &slot, key.id, |c| c.live(), Arc::default, f)
     }
 
-    /// Check `n` units of `id`'s limiter at `now_us`; with `keep`, also hand out the cell (for
-    /// a correction at report time).
+    /// Check `n` units of `id`'s limiter at `now_us`: `Ok` when admitted, else the wait in µs;
+    /// with `keep`, also hand out the cell (for a correction at report time).
     pub(crate) fn check(
         &self,
+        maps: Maps<'_>,
         key: LimiterKey<'_>,
         gcra: &Gcra,
         n: u64,
         now_us: u64,
         keep: bool,
-    ) -> (GcraVerdict, Option<Arc<GcraCell>>) {
-        let map = self.map(key);
+    ) -> (Result<(), u64>, Option<Arc<GcraCell>>) {
         loop {
-            let r = map.with(
-                key.id,
-                |c| c.live(),
-                Arc::default,
-                |c| c.check(gcra, now_us, n).map(|v| (v, keep.then(|| Arc::clone(c)))),
-            );
+            let r = self.entry(maps, key, |c| {
+                c.check(gcra, now_us, n).map(|v| (v, keep.then(|| Arc::clone(c))))
+            });
             // Retired between the lookup and the check: look again (the map replaces it).
             if let Some(r) = r {
                 return r;
@@ -122,19 +167,26 @@ impl Limiters {
     /// Count `n` units on a cell handed out by [`check`](Self::check) (a cell retired since
     /// idled out: its state, like the retired one, lies behind `now_us`, so a new cell takes
     /// the charge).
-    pub(crate) fn charge(&self, key: LimiterKey<'_>, cell: &GcraCell, gcra: &Gcra, n: u64, now_us: u64) {
+    pub(crate) fn charge(
+        &self,
+        maps: Maps<'_>,
+        key: LimiterKey<'_>,
+        cell: &GcraCell,
+        gcra: &Gcra,
+        n: u64,
+        now_us: u64,
+    ) {
         if cell.charge(gcra, now_us, n) {
             return;
         }
-        let map = self.map(key);
-        while !map.with(key.id, |c| c.live(), Arc::default, |c| c.charge(gcra, now_us, n)) {}
+        while !self.entry(maps, key, |c| c.charge(gcra, now_us, n)) {}
     }
 
     /// Forget the limiters that idled out by `now_ms`.
-    pub(crate) fn sweep(&self, now_ms: u64) {
+    pub(crate) fn sweep(&self, view: &dyn LimiterView, now_ms: u64) {
         let now_us = now_ms.saturating_mul(1000);
-        for m in self.maps.iter().flatten() {
-            m.retain(|c| !c.retire_if_idle(now_us));
+        for (i, m) in self.young.iter().enumerate() {
+            m.retain(&Slot { view, i }, |c| !c.retire_if_idle(now_us));
         }
     }
 }
@@ -142,78 +194,106 @@ impl Limiters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::OwnSettled;
+
+    /// A view of its own per map.
+    #[derive(Default)]
+    struct TestView([OwnSettled<Arc<GcraCell>>; 12]);
+
+    impl LimiterView for TestView {
+        fn latest(&self, i: usize) -> Settled<Arc<GcraCell>> {
+            self.0[i].latest()
+        }
+        fn publish(&self, i: usize, map: Settled<Arc<GcraCell>>) {
+            self.0[i].publish(map);
+        }
+    }
+
+    struct Harness {
+        l: Limiters,
+        view: TestView,
+    }
+
+    impl Harness {
+        fn check(
+            &self,
+            scope: LimitScope,
+            unit: Unit,
+            id: &str,
+            g: &Gcra,
+            n: u64,
+            now_us: u64,
+        ) -> (Result<(), u64>, Arc<GcraCell>) {
+            let settled: LimiterMaps = std::array::from_fn(|i| self.view.latest(i));
+            let maps = Maps {
+                settled: &settled,
+                view: &self.view,
+            };
+            let (v, c) = self.l.check(maps, LimiterKey { scope, unit, id }, g, n, now_us, true);
+            (v, c.unwrap())
+        }
+
+        fn charge(&self, id: &str, cell: &GcraCell, g: &Gcra, n: u64, now_us: u64) {
+            let settled: LimiterMaps = std::array::from_fn(|i| self.view.latest(i));
+            let maps = Maps {
+                settled: &settled,
+                view: &self.view,
+            };
+            let key = LimiterKey {
+                scope: LimitScope::User,
+                unit: Unit::Tpm,
+                id,
+            };
+            self.l.charge(maps, key, cell, g, n, now_us);
+        }
+    }
 
     #[test]
     fn burst_rate_and_sweep() {
-        let l = Limiters::default();
+        let h = Harness {
+            l: Limiters::default(),
+            view: TestView::default(),
+        };
         let g = Gcra::per_period(2, 1_000, 2).unwrap();
-        let key = |scope, unit, id| LimiterKey { scope, unit, id };
-        let check =
-            |id: &'static str, now_us: u64| l.check(key(LimitScope::User, Unit::Rps, id), &g, 1, now_us, false).0;
-        assert!(check("a", 0).allowed);
-        assert!(check("a", 0).allowed);
-        let v = check("a", 0);
-        assert!(!v.allowed);
-        assert_eq!(v.retry_after_us, 500_000);
-        assert!(check("b", 0).allowed);
+        let check = |id: &str, now_us: u64| h.check(LimitScope::User, Unit::Rps, id, &g, 1, now_us).0;
+        assert!(check("a", 0).is_ok());
+        assert!(check("a", 0).is_ok());
+        assert_eq!(check("a", 0), Err(500_000));
+        assert!(check("b", 0).is_ok());
         // Another unit or scope is another limiter.
-        assert!(
-            l.check(key(LimitScope::User, Unit::Rpm, "a"), &g, 1, 0, false)
-                .0
-                .allowed
-        );
-        assert!(
-            l.check(key(LimitScope::Workspace, Unit::Rps, "a"), &g, 1, 0, false)
-                .0
-                .allowed
-        );
+        assert!(h.check(LimitScope::User, Unit::Rpm, "a", &g, 1, 0).0.is_ok());
+        assert!(h.check(LimitScope::Workspace, Unit::Rps, "a", &g, 1, 0).0.is_ok());
         // A charge makes later requests wait.
-        let (_, cell) = l.check(key(LimitScope::User, Unit::Tpm, "a"), &g, 1, 0, true);
-        let cell = cell.unwrap();
-        l.charge(key(LimitScope::User, Unit::Tpm, "a"), &cell, &g, 1, 0);
-        assert!(
-            !l.check(key(LimitScope::User, Unit::Tpm, "a"), &g, 1, 0, false)
-                .0
-                .allowed
-        );
+        let (_, cell) = h.check(LimitScope::User, Unit::Tpm, "a", &g, 1, 0);
+        h.charge("a", &cell, &g, 1, 0);
+        assert!(h.check(LimitScope::User, Unit::Tpm, "a", &g, 1, 0).0.is_err());
         // At 1 s every limiter idled out: swept, and a charge on a retired cell still counts.
-        l.sweep(1_000);
+        h.l.sweep(&h.view, 1_000);
         assert!(!cell.live());
-        assert_eq!(l.map(key(LimitScope::User, Unit::Rps, "a")).len(), 0);
-        l.charge(key(LimitScope::User, Unit::Tpm, "a"), &cell, &g, 2, 1_000_000);
-        assert!(
-            !l.check(key(LimitScope::User, Unit::Tpm, "a"), &g, 1, 1_000_000, false)
-                .0
-                .allowed
-        );
-        assert!(check("a", 1_000_000).allowed);
-        assert!(check("a", 1_000_000).allowed);
-        assert!(!check("a", 1_000_000).allowed);
+        assert!(h.view.0.iter().all(|m| m.latest().is_empty()));
+        h.charge("a", &cell, &g, 2, 1_000_000);
+        assert!(h.check(LimitScope::User, Unit::Tpm, "a", &g, 1, 1_000_000).0.is_err());
+        assert!(check("a", 1_000_000).is_ok());
+        assert!(check("a", 1_000_000).is_ok());
+        assert!(check("a", 1_000_000).is_err());
     }
 
     #[test]
     fn eight_threads_admit_exactly_the_burst() {
-        let l = Limiters::default();
+        let h = Harness {
+            l: Limiters::default(),
+            view: TestView::default(),
+        };
         let g = Gcra::per_period(1_000, 60_000, 1_000).unwrap();
         let admitted = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
-            for _ in 0..8 {
-                s.spawn(|| {
-                    for _ in 0..500 {
-                        if l.check(
-                            LimiterKey {
-                                scope: LimitScope::ApiKey,
-                                unit: Unit::Rpm,
-                                id: "k",
-                            },
-                            &g,
-                            1,
-                            5,
-                            false,
-                        )
-                        .0
-                        .allowed
-                        {
+            for t in 0..8 {
+                let (h, g, admitted) = (&h, &g, &admitted);
+                s.spawn(move || {
+                    for i in 0..500 {
+                        // Other keys come and go meanwhile (merges publish new maps).
+                        let _ = h.check(LimitScope::User, Unit::Rps, &format!("u{t}-{i}"), g, 1, 5);
+                        if h.check(LimitScope::ApiKey, Unit::Rpm, "k", g, 1, 5).0.is_ok() {
                             admitted.fetch_add(1, Ordering::Relaxed);
                         }
                     }

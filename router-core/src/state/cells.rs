@@ -4,7 +4,6 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
@@ -138,13 +137,47 @@ impl CounterCell {
     }
 }
 
+/// The settled entries of an [`IdMap`]: an immutable map, replaced as a whole.
+pub(crate) type Settled<V> = Arc<FxHashMap<Arc<str>, V>>;
+
+/// Where an [`IdMap`]'s settled entries are published: behind an `ArcSwap` of their own,
+/// or inside a larger immutable view that its owner publishes, so that one
+/// load serves several maps.
+pub(crate) trait SettledSlot<V> {
+    /// The settled entries now published.
+    fn latest(&self) -> Settled<V>;
+    /// Publish new settled entries (called with the map's lock held: publications of one map
+    /// never race).
+    fn publish(&self, map: Settled<V>);
+}
+
+/// A [`SettledSlot`] of its own (for tests).
+#[cfg(test)]
+pub(crate) struct OwnSettled<V>(pub(crate) arc_swap::ArcSwap<FxHashMap<Arc<str>, V>>);
+
+#[cfg(test)]
+impl<V> Default for OwnSettled<V> {
+    fn default() -> Self {
+        OwnSettled(arc_swap::ArcSwap::from_pointee(FxHashMap::default()))
+    }
+}
+
+#[cfg(test)]
+impl<V> SettledSlot<V> for OwnSettled<V> {
+    fn latest(&self) -> Settled<V> {
+        self.0.load_full()
+    }
+    fn publish(&self, map: Settled<V>) {
+        self.0.store(map);
+    }
+}
+
 /// A map from ids to shared per-id state (`V` is cheap to clone: an `Arc`), read without a
-/// lock: the settled entries sit in an immutable map behind an [`ArcSwap`]; entries added since
-/// sit in a small locked map and are merged into a new immutable map once they have been
-/// looked up or added about a quarter of the settled map's size times (each merge copies the
-/// map: its cost spreads over at least that many lookups).
+/// lock: the settled entries sit in an immutable map (published through a [`SettledSlot`]);
+/// entries added since sit in a small locked map and are merged into a new immutable map once
+/// they have been looked up or added about a quarter of the settled map's size times (each
+/// merge copies the map: its cost spreads over at least that many lookups).
 pub(crate) struct IdMap<V> {
-    settled: ArcSwap<FxHashMap<Arc<str>, V>>,
     young: Mutex<Young<V>>,
 }
 
@@ -157,7 +190,6 @@ struct Young<V> {
 impl<V> Default for IdMap<V> {
     fn default() -> Self {
         IdMap {
-            settled: ArcSwap::from_pointee(FxHashMap::default()),
             young: Mutex::new(Young {
                 map: FxHashMap::default(),
                 uses: 0,
@@ -169,63 +201,68 @@ impl<V> Default for IdMap<V> {
 impl<V> std::fmt::Debug for IdMap<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdMap")
-            .field("settled", &self.settled.load().len())
             .field("young", &self.young.lock().map.len())
             .finish()
     }
 }
 
 impl<V: Clone> IdMap<V> {
-    /// `f` on the entry of `id`; an entry that is missing or that `live` rejects is replaced by
-    /// `make()`.
+    /// `f` on the entry of `id`, looked up in `settled` (the caller's view of the settled
+    /// entries), else among the young entries; an entry that is missing or that `live`
+    /// rejects is replaced by `make()`.
     #[inline]
     pub(crate) fn with<R>(
         &self,
+        settled: &FxHashMap<Arc<str>, V>,
+        slot: &dyn SettledSlot<V>,
         id: &str,
         live: impl Fn(&V) -> bool,
         make: impl FnOnce() -> V,
         f: impl FnOnce(&V) -> R,
     ) -> R {
-        if let Some(v) = self.settled.load().get(id).filter(|v| live(v)) {
+        if let Some(v) = settled.get(id).filter(|v| live(v)) {
             return f(v);
         }
-        let v = self.young_entry(id, live, make);
+        let v = self.young_entry(slot, id, live, make);
         f(&v)
     }
 
     #[cold]
-    fn young_entry(&self, id: &str, live: impl Fn(&V) -> bool, make: impl FnOnce() -> V) -> V {
+    fn young_entry(
+        &self,
+        slot: &dyn SettledSlot<V>,
+        id: &str,
+        live: impl Fn(&V) -> bool,
+        make: impl FnOnce() -> V,
+    ) -> V {
         let mut young = self.young.lock();
         young.uses += 1;
+        // The caller's view may be older than what is published.
+        let settled = slot.latest();
         let v = match young.map.get(id).filter(|v| live(v)) {
             Some(v) => v.clone(),
-            None => {
-                // Another thread may have merged it meanwhile.
-                let settled = self.settled.load();
-                match settled.get(id).filter(|v| live(v)) {
-                    Some(v) => v.clone(),
-                    None => {
-                        let v = make();
-                        young.map.insert(Arc::from(id), v.clone());
-                        v
-                    }
+            None => match settled.get(id).filter(|v| live(v)) {
+                Some(v) => v.clone(),
+                None => {
+                    let v = make();
+                    young.map.insert(Arc::from(id), v.clone());
+                    v
                 }
-            }
+            },
         };
-        let settled = self.settled.load();
         if young.uses >= 8 + settled.len() / 4 {
-            let mut merged = (**settled).clone();
+            let mut merged = (*settled).clone();
             merged.extend(young.map.drain());
             young.uses = 0;
-            self.settled.store(Arc::new(merged));
+            slot.publish(Arc::new(merged));
         }
         v
     }
 
     /// Keep only the entries `keep` accepts (it may act on the ones it drops).
-    pub(crate) fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
+    pub(crate) fn retain(&self, slot: &dyn SettledSlot<V>, mut keep: impl FnMut(&V) -> bool) {
         let mut young = self.young.lock();
-        let settled = self.settled.load();
+        let settled = slot.latest();
         let mut next: FxHashMap<Arc<str>, V> = FxHashMap::default();
         // A young entry replaces the settled one of its id.
         for (k, v) in settled.iter() {
@@ -239,14 +276,14 @@ impl<V: Clone> IdMap<V> {
             }
         }
         young.uses = 0;
-        self.settled.store(Arc::new(next));
+        slot.publish(Arc::new(next));
     }
 
     /// Entries, settled or not.
     #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    pub(crate) fn len(&self, slot: &dyn SettledSlot<V>) -> usize {
         let young = self.young.lock();
-        let settled = self.settled.load();
+        let settled = slot.latest();
         settled.len() + young.map.keys().filter(|k| !settled.contains_key(&***k)).count()
     }
 }
@@ -293,21 +330,25 @@ mod tests {
     #[test]
     fn id_map_finds_replaces_and_merges() {
         let m: IdMap<Arc<AtomicI64>> = IdMap::default();
+        let slot = OwnSettled::default();
         let make = || Arc::new(AtomicI64::new(0));
         let live = |v: &Arc<AtomicI64>| v.load(Ordering::Relaxed) >= 0;
+        let with = |id: &str, f: &dyn Fn(&Arc<AtomicI64>)| m.with(&slot.0.load(), &slot, id, live, make, f);
         for round in 0..3 {
             for i in 0..100 {
-                m.with(&format!("id-{i}"), live, make, |v| v.fetch_add(1, Ordering::Relaxed));
+                with(&format!("id-{i}"), &|v| {
+                    v.fetch_add(1, Ordering::Relaxed);
+                });
             }
-            assert_eq!(m.len(), 100, "round {round}");
+            assert_eq!(m.len(&slot), 100, "round {round}");
         }
         // Everything merged by now: a lookup takes no lock.
-        assert_eq!(m.settled.load().len(), 100);
-        m.with("id-7", live, make, |v| assert_eq!(v.load(Ordering::Relaxed), 3));
+        assert_eq!(slot.0.load().len(), 100);
+        with("id-7", &|v| assert_eq!(v.load(Ordering::Relaxed), 3));
         // A dead entry is replaced.
-        m.with("id-7", live, make, |v| v.store(-1, Ordering::Relaxed));
-        m.with("id-7", live, make, |v| assert_eq!(v.load(Ordering::Relaxed), 0));
-        m.retain(|v| v.load(Ordering::Relaxed) != 0);
-        assert_eq!(m.len(), 99);
+        with("id-7", &|v| v.store(-1, Ordering::Relaxed));
+        with("id-7", &|v| assert_eq!(v.load(Ordering::Relaxed), 0));
+        m.retain(&slot, |v| v.load(Ordering::Relaxed) != 0);
+        assert_eq!(m.len(&slot), 99);
     }
 }

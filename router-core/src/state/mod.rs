@@ -12,7 +12,9 @@ mod cells;
 mod live;
 
 pub use cells::CounterCell;
-pub(crate) use cells::IdMap;
+#[cfg(test)]
+pub(crate) use cells::OwnSettled;
+pub(crate) use cells::{IdMap, Settled, SettledSlot};
 pub use live::{EndpointState, LATENCY_EWMA_ALPHA, PEAK_EWMA_DECAY_MS, SUCCESS_EWMA_ALPHA};
 
 use parking_lot::Mutex;
