@@ -4,6 +4,13 @@
 //!
 //! Nothing here runs for a request that no budget, limit or experiment concerns and that
 //! carries no id to account usage by: the common decision path stays as it was.
+//!
+//! What a decision with a budget and a limit costs: one load of the router's [`View`] (the
+//! [`Plan`] of its configuration, with each budget window's counter cell already resolved and
+//! each limit's GCRA computed, and the settled limiters), a hash lookup of its workspace and of
+//! each limited id, one compare-and-swap per limiter, one atomic addition per budget window
+//! (another to give it back or settle it), and the boxed [`Ticket`] (ids kept inline). No lock,
+//! no key formatted, no store call in batched mode.
 
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
@@ -519,7 +526,16 @@ impl Accounting<'_> {
     /// Budget checks before the pick: past its downgrade share a workspace budget in downgrade
     /// mode asks for the cheapest models; spent model and provider budgets remove their models.
     /// (A workspace budget in reject mode is checked by the reservation after the pick.)
+    #[inline]
     pub(crate) fn precheck(&self, pool: &Pool) -> Result<Precheck> {
+        let nothing = self.snap.config.budgets.is_empty() && self.plan().is_none_or(|p| !p.budgets.downgrades);
+        if nothing {
+            return Ok(Precheck::default());
+        }
+        self.precheck_budgets(pool)
+    }
+
+    fn precheck_budgets(&self, pool: &Pool) -> Result<Precheck> {
         let mut out = Precheck::default();
         let Some(plan) = self.plan() else { return Ok(out) };
         let downgrading = plan
