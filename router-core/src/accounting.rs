@@ -4,53 +4,284 @@
 //!
 //! Nothing here runs for a request that no budget, limit or experiment concerns and that
 //! carries no id to account usage by: the common decision path stays as it was.
+//!
+//! What a decision with a budget and a limit costs: one load of the router's [`View`] (the
+//! [`Plan`] of its configuration, with each budget window's counter cell already resolved and
+//! each limit's GCRA computed, and the settled limiters), a hash lookup of its workspace and of
+//! each limited id, one compare-and-swap per limiter, one atomic addition per budget window
+//! (another to give it back or settle it), and the boxed [`Ticket`] (ids kept inline). No lock,
+//! no key formatted, no store call in batched mode.
 
+use std::cell::OnceCell;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::budget::{counter_key, BudgetLimits, BudgetMode, BudgetScope, Consistency, OnStoreError};
+use arc_swap::ArcSwap;
+use smallvec::SmallVec;
+
+use crate::budget::{BudgetMode, BudgetPlan, BudgetScope, Consistency, OnStoreError, PlannedBudget};
+use crate::config::RouterConfig;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus};
-use crate::limits::{Gcra, LimitScope};
+use crate::limits::{Gcra, GcraCell, LimitScope, LimiterKey, LimiterMaps, LimiterView, Limiters, Maps, Unit};
 use crate::model::Model;
+use crate::policy::WorkspaceConfig;
 use crate::registry::snapshot::{ModelMask, Pool, Snapshot};
 use crate::registry::Slot;
 use crate::request::RouteRequest;
-use crate::state::{InMemoryStore, StateStore};
+use crate::state::{Settled, StateStore};
 use crate::usage::{from_micros, to_micros, BudgetWindow};
 
-/// One budget window's reservation, held by a decision until it is reported or dropped.
+/// What a router keeps for accounting besides the store: its own rate limiters and the view
+/// the decision path reads (the current [`Plan`] and the settled limiters, behind one
+/// [`ArcSwap`] so that one load serves a decision).
+#[derive(Default)]
+pub(crate) struct Local {
+    limiters: Limiters,
+    views: Views,
+}
+
+impl std::fmt::Debug for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Local")
+            .field("limiters", &self.limiters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the decision path reads, replaced as a whole.
+#[derive(Clone)]
+struct View {
+    plan: Option<Arc<Plan>>,
+    limiters: LimiterMaps,
+}
+
+#[derive(Default)]
+struct Views(ArcSwap<View>);
+
+impl Default for View {
+    fn default() -> Self {
+        View {
+            plan: None,
+            limiters: std::array::from_fn(|_| Arc::default()),
+        }
+    }
+}
+
+impl LimiterView for Views {
+    fn latest(&self, i: usize) -> Settled<Arc<GcraCell>> {
+        Arc::clone(&self.0.load().limiters[i])
+    }
+
+    fn publish(&self, i: usize, map: Settled<Arc<GcraCell>>) {
+        self.0.rcu(|v| {
+            let mut next = View::clone(v);
+            next.limiters[i] = Arc::clone(&map);
+            next
+        });
+    }
+}
+
+/// A decision's hold on the view, and the plan of its snapshot.
+pub(crate) struct State {
+    view: arc_swap::Guard<Arc<View>>,
+    /// A plan built for this decision's snapshot, when the view's was not (a configuration
+    /// change or a window rollover).
+    own: Option<Arc<Plan>>,
+}
+
+impl State {
+    fn plan(&self) -> &Plan {
+        self.own
+            .as_deref()
+            .or(self.view.plan.as_deref())
+            .expect("a state has a plan")
+    }
+}
+
+impl Local {
+    /// Forget limiters that idled out by `now_ms`.
+    pub(crate) fn sweep(&self, now_ms: u64) {
+        self.limiters.sweep(&self.views, now_ms);
+    }
+
+    /// The view, with the plan of `snap` at `now_ms`: the current one, else a new one (which
+    /// becomes current unless a newer configuration's plan is).
+    fn state(&self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> State {
+        let view = self.views.0.load();
+        if view
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.made_for(snap) && p.budgets.holds(now_ms))
+        {
+            return State { view, own: None };
+        }
+        self.renew(snap, store, now_ms)
+    }
+
+    #[cold]
+    fn renew(&self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> State {
+        let plan = Arc::new(Plan::build(snap, store, now_ms));
+        self.views.0.rcu(|v| {
+            let mut next = View::clone(v);
+            if v.plan.as_ref().is_none_or(|p| p.generation <= snap.generation) {
+                next.plan = Some(Arc::clone(&plan));
+            }
+            next
+        });
+        State {
+            view: self.views.0.load(),
+            own: Some(plan),
+        }
+    }
+
+    fn maps<'a>(&'a self, view: &'a View) -> Maps<'a> {
+        Maps {
+            settled: &view.limiters,
+            view: &self.views,
+        }
+    }
+}
+
+/// What the decision path's accounting needs of one configuration, prepared once: the budgets'
+/// counters in the current windows ([`BudgetPlan`]) and the rate limits' GCRAs. Rebuilt (by the
+/// first request that finds it stale) when the workspaces or the settings change and when a
+/// budget window rolls over.
+pub(crate) struct Plan {
+    workspaces_src: Arc<BTreeMap<String, WorkspaceConfig>>,
+    config_src: Arc<RouterConfig>,
+    generation: u64,
+    budgets: BudgetPlan,
+    /// The limiters of each of the settings' `rate_limits`, in order.
+    limits: Vec<SmallVec<[(Unit, Gcra); 3]>>,
+}
+
+impl Plan {
+    fn build(snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> Plan {
+        Plan {
+            workspaces_src: Arc::clone(&snap.workspaces),
+            config_src: Arc::clone(&snap.config),
+            generation: snap.generation,
+            budgets: BudgetPlan::build(snap, store, now_ms),
+            limits: snap
+                .config
+                .rate_limits
+                .iter()
+                .map(|rl| rl.limiters().collect())
+                .collect(),
+        }
+    }
+
+    fn made_for(&self, snap: &Snapshot) -> bool {
+        Arc::ptr_eq(&self.workspaces_src, &snap.workspaces) && Arc::ptr_eq(&self.config_src, &snap.config)
+    }
+}
+
+/// An id a ticket keeps (workspace, user, agent type, request): inline, without allocating, up
+/// to [`Id::INLINE`] bytes.
+#[derive(Clone)]
+pub(crate) enum Id {
+    Inline { len: u8, bytes: [u8; Id::INLINE] },
+    Heap(Box<str>),
+}
+
+impl Id {
+    const INLINE: usize = 22;
+
+    pub(crate) fn new(s: &str) -> Id {
+        if s.len() <= Id::INLINE {
+            let mut bytes = [0; Id::INLINE];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Id::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            Id::Heap(s.into())
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Id::Inline { len, bytes } => std::str::from_utf8(&bytes[..*len as usize]).expect("copied from a str"),
+            Id::Heap(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for Id {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// A budget's reservation, on each of its windows that has a limit, held by a decision until it
+/// is reported or dropped.
 #[derive(Debug)]
 pub(crate) struct Reservation {
-    pub(crate) scope: BudgetScope,
-    pub(crate) id: String,
-    pub(crate) window: BudgetWindow,
-    pub(crate) key: Arc<str>,
+    pub(crate) budget: Arc<PlannedBudget>,
     pub(crate) micros: i64,
-    pub(crate) limit_micros: i64,
-    pub(crate) expires_at_ms: u64,
-    pub(crate) alert_at: Arc<[f64]>,
-    pub(crate) mode: BudgetMode,
 }
+
+impl Reservation {
+    /// The windows reserved on, with their limits (micro-units).
+    fn windows(&self) -> impl Iterator<Item = (BudgetWindow, i64)> + '_ {
+        BudgetWindow::ALL
+            .into_iter()
+            .filter_map(|w| Some((w, self.budget.limit_micros[w as usize]?)))
+    }
+
+    /// Give the reservation back.
+    fn release(&self) {
+        release_windows(&self.budget, self.micros, BudgetWindow::ALL.len());
+    }
+}
+
+/// Take `micros` back from the first `n` windows of `budget` that have a limit.
+fn release_windows(budget: &PlannedBudget, micros: i64, n: usize) {
+    for w in BudgetWindow::ALL.into_iter().take(n) {
+        if budget.limit_micros[w as usize].is_some() {
+            let _ = budget.counter(w).add(-micros);
+        }
+    }
+}
+
+/// The reservations of a decision: inline up to two (a workspace's and a model's budget).
+pub(crate) type Reservations = SmallVec<[Reservation; 2]>;
 
 /// A token limit charged on an estimate, corrected at report time.
 #[derive(Debug)]
-pub(crate) struct TokenCharge {
-    pub(crate) key: String,
-    pub(crate) gcra: Gcra,
-    pub(crate) shared: bool,
+pub(crate) enum TokenCharge {
+    /// A limiter this router keeps.
+    Local {
+        cell: Arc<GcraCell>,
+        scope: LimitScope,
+        id: Id,
+        gcra: Gcra,
+    },
+    /// A strict limiter, in the store.
+    Shared { key: String, gcra: Gcra },
 }
 
 /// What a decision carries for accounting. Present only when something needs it.
 #[derive(Debug)]
 pub(crate) struct Ticket {
-    pub(crate) request_id: Option<String>,
-    pub(crate) workspace_id: Option<String>,
-    pub(crate) agent_type: Option<String>,
-    pub(crate) user_id: Option<String>,
+    pub(crate) request_id: Option<Id>,
+    pub(crate) workspace_id: Option<Id>,
+    pub(crate) agent_type: Option<Id>,
+    pub(crate) user_id: Option<Id>,
     /// Estimated prompt and completion tokens.
     pub(crate) est_in: u64,
     pub(crate) est_out: u64,
-    pub(crate) reservations: Vec<Reservation>,
+    pub(crate) reservations: Reservations,
     pub(crate) token_charges: Vec<TokenCharge>,
     /// The experiment and the index of the variant the request was assigned to.
     pub(crate) experiment: Option<(String, usize)>,
@@ -62,15 +293,34 @@ pub(crate) struct Ticket {
     /// carries the adaptive choice).
     pub(crate) accounted: bool,
     /// The adaptive model choice, whose arm the report updates.
-    pub(crate) adaptive: Option<crate::adaptive::AdaptivePick>,
-    pub(crate) store: Arc<dyn StateStore>,
+    pub(crate) adaptive: Option<Box<crate::adaptive::AdaptivePick>>,
 }
 
 impl Ticket {
+    /// The ticket of an accounted request.
+    pub(crate) fn new(req: &RouteRequest, est_in: u64, est_out: u64) -> Ticket {
+        let id = |s: &Option<String>| s.as_deref().map(Id::new);
+        Ticket {
+            request_id: id(&req.request_id),
+            workspace_id: id(&req.workspace_id),
+            agent_type: id(&req.agent_type),
+            user_id: id(&req.user_id),
+            est_in,
+            est_out,
+            reservations: Reservations::new(),
+            token_charges: Vec::new(),
+            experiment: None,
+            downgraded: false,
+            forced: None,
+            accounted: true,
+            adaptive: None,
+        }
+    }
+
     /// Give the reservations back (a decision dropped without a report).
     pub(crate) fn release(&self) {
         for r in &self.reservations {
-            let _ = self.store.add(&r.key, -r.micros, r.expires_at_ms);
+            r.release();
         }
     }
 
@@ -84,19 +334,18 @@ impl Ticket {
             user_id: self.user_id.clone(),
             est_in: self.est_in,
             est_out: self.est_out,
-            reservations: Vec::new(),
+            reservations: Reservations::new(),
             token_charges: Vec::new(),
             experiment: self.experiment.clone(),
             downgraded: self.downgraded,
             forced: self.forced.clone(),
             accounted: self.accounted,
             adaptive: self.adaptive.clone(),
-            store: Arc::clone(&self.store),
         }
     }
 
     /// A ticket that only carries an adaptive choice.
-    pub(crate) fn adaptive_only(pick: crate::adaptive::AdaptivePick, store: &Arc<dyn StateStore>) -> Ticket {
+    pub(crate) fn adaptive_only(pick: crate::adaptive::AdaptivePick) -> Ticket {
         Ticket {
             request_id: None,
             workspace_id: None,
@@ -104,14 +353,13 @@ impl Ticket {
             user_id: None,
             est_in: 0,
             est_out: 0,
-            reservations: Vec::new(),
+            reservations: Reservations::new(),
             token_charges: Vec::new(),
             experiment: None,
             downgraded: false,
             forced: None,
             accounted: false,
-            adaptive: Some(pick),
-            store: Arc::clone(store),
+            adaptive: Some(Box::new(pick)),
         }
     }
 }
@@ -129,16 +377,15 @@ pub(crate) fn needed(snap: &Snapshot, req: &RouteRequest) -> bool {
         || !cfg.rate_limits.is_empty()
         || !cfg.experiments.is_empty()
         || !cfg.forced_routes.is_empty()
-        || workspace_budget(snap, req).is_some()
+        || has_workspace_budget(snap, req)
 }
 
-fn workspace_budget<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Option<(&'s str, &'s BudgetLimits)> {
-    let ws = req.workspace_id.as_deref()?;
-    let (id, cfg) = snap.workspaces.get_key_value(ws)?;
-    cfg.budget_limits
-        .as_ref()
-        .filter(|b| b.is_set())
-        .map(|b| (id.as_str(), b))
+fn has_workspace_budget(snap: &Snapshot, req: &RouteRequest) -> bool {
+    req.workspace_id
+        .as_deref()
+        .and_then(|ws| snap.workspaces.get(ws))
+        .and_then(|cfg| cfg.budget_limits.as_ref())
+        .is_some_and(|b| b.is_set())
 }
 
 /// The estimated cost of `req` on `model` at `slot`'s prices, in micro-units.
@@ -152,9 +399,11 @@ pub(crate) struct Accounting<'a> {
     pub(crate) snap: &'a Snapshot,
     pub(crate) req: &'a RouteRequest,
     pub(crate) store: &'a Arc<dyn StateStore>,
-    pub(crate) local: &'a InMemoryStore,
+    pub(crate) local: &'a Local,
     pub(crate) events: &'a EventBus,
     pub(crate) now_ms: u64,
+    /// The view and plan, loaded by the first check that needs them.
+    pub(crate) plan: OnceCell<State>,
 }
 
 /// What the checks before the pick found.
@@ -169,76 +418,100 @@ pub(crate) struct Precheck {
 }
 
 impl Accounting<'_> {
-    fn spent(&self, key: &str) -> i64 {
-        self.store.get(key).unwrap_or(0)
+    /// The view and plan, when any budget or rate limit is configured.
+    fn state(&self) -> Option<&State> {
+        let cfg = &self.snap.config;
+        if cfg.budgets.is_empty() && cfg.rate_limits.is_empty() && self.snap.workspaces.is_empty() {
+            return None;
+        }
+        Some(
+            self.plan
+                .get_or_init(|| self.local.state(self.snap, self.store, self.now_ms)),
+        )
+    }
+
+    /// The plan, when any budget or rate limit is configured.
+    fn plan(&self) -> Option<&Plan> {
+        self.state().map(State::plan)
+    }
+
+    /// The request's workspace budget, if it has one.
+    fn workspace_budget(&self) -> Option<&Arc<PlannedBudget>> {
+        let ws = self.req.workspace_id.as_deref()?;
+        self.plan()?.budgets.workspaces.get(ws)
     }
 
     /// Request-scope rate limits (workspace, API key, user): admit or fail with `RateLimited`.
     pub(crate) fn request_limits(&self, est_tokens: u64, charges: &mut Vec<TokenCharge>) -> Result<()> {
-        for rl in &self.snap.config.rate_limits {
+        for (i, rl) in self.snap.config.rate_limits.iter().enumerate() {
             let value = match rl.scope {
                 LimitScope::Workspace => self.req.workspace_id.as_deref(),
                 LimitScope::ApiKey => self.req.api_key.as_deref(),
                 LimitScope::User => self.req.user_id.as_deref(),
                 LimitScope::Model => continue,
             };
-            self.limit(rl, value, est_tokens, charges)?;
+            self.limit(i, value, est_tokens, charges)?;
         }
         Ok(())
     }
 
     /// Model-scope rate limits, for the chosen model.
     pub(crate) fn model_limits(&self, model_id: &str, est_tokens: u64, charges: &mut Vec<TokenCharge>) -> Result<()> {
-        for rl in self
-            .snap
-            .config
-            .rate_limits
-            .iter()
-            .filter(|r| r.scope == LimitScope::Model)
-        {
-            self.limit(rl, Some(model_id), est_tokens, charges)?;
+        for (i, rl) in self.snap.config.rate_limits.iter().enumerate() {
+            if rl.scope == LimitScope::Model {
+                self.limit(i, Some(model_id), est_tokens, charges)?;
+            }
         }
         Ok(())
     }
 
-    fn limit(
-        &self,
-        rl: &crate::limits::RateLimit,
-        value: Option<&str>,
-        est_tokens: u64,
-        charges: &mut Vec<TokenCharge>,
-    ) -> Result<()> {
+    /// Rate limit `i` of the settings, for `value` of its scope.
+    fn limit(&self, i: usize, value: Option<&str>, est_tokens: u64, charges: &mut Vec<TokenCharge>) -> Result<()> {
+        let rl = &self.snap.config.rate_limits[i];
         let Some(value) = value else { return Ok(()) };
         if rl.id.as_deref().is_some_and(|id| id != value) {
             return Ok(());
         }
-        let shared = rl.consistency == Consistency::Strict;
+        let Some(state) = self.state() else { return Ok(()) };
+        let maps = self.local.maps(&state.view);
         let now_us = self.now_ms.saturating_mul(1000);
-        thread_local! {
-            // The limiter key, formatted without allocating on the decision path.
-            static KEY: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(64));
-        }
-        for (unit, gcra, tokens) in rl.limiters() {
+        for &(unit, gcra) in &state.plan().limits[i] {
+            let tokens = unit.counts_tokens();
             let n = if tokens { est_tokens.max(1) } else { 1 };
-            let (verdict, key) = KEY.with(|k| -> Result<_> {
-                use std::fmt::Write;
-                let mut key = k.borrow_mut();
-                key.clear();
-                let _ = write!(key, "{{rl:{}:{value}}}:{unit}", rl.scope.as_str());
-                let verdict = if shared {
-                    match self.store.gcra(&key, gcra, n, false, now_us) {
-                        Ok(v) => v,
-                        Err(e) if rl.on_store_error == OnStoreError::FailClosed => return Err(e),
-                        Err(_) => self.local.gcra(&key, gcra, n, false, now_us)?,
-                    }
-                } else {
-                    self.local.gcra(&key, gcra, n, false, now_us)?
+            let key = LimiterKey {
+                scope: rl.scope,
+                unit,
+                id: value,
+            };
+            let local = || self.local.limiters.check(maps, key, &gcra, n, now_us, tokens);
+            // `Ok` when admitted, else the wait in µs.
+            let verdict = if rl.consistency == Consistency::Strict {
+                let store_key = format!("{{rl:{}:{value}}}:{}", rl.scope.as_str(), unit.as_str());
+                let verdict = match self.store.gcra(&store_key, gcra, n, false, now_us) {
+                    Ok(v) if v.allowed => Ok(()),
+                    Ok(v) => Err(v.retry_after_us),
+                    Err(e) if rl.on_store_error == OnStoreError::FailClosed => return Err(e),
+                    Err(_) => local().0,
                 };
-                Ok((verdict, (tokens && verdict.allowed).then(|| key.clone())))
-            })?;
-            if !verdict.allowed {
-                let retry_after_ms = verdict.retry_after_us.div_ceil(1000);
-                let key = format!("{}:{value}:{unit}", rl.scope.as_str());
+                if tokens && verdict.is_ok() {
+                    charges.push(TokenCharge::Shared { key: store_key, gcra });
+                }
+                verdict
+            } else {
+                let (verdict, cell) = local();
+                if let Some(cell) = cell.filter(|_| verdict.is_ok()) {
+                    charges.push(TokenCharge::Local {
+                        cell,
+                        scope: rl.scope,
+                        id: Id::new(value),
+                        gcra,
+                    });
+                }
+                verdict
+            };
+            if let Err(wait_us) = verdict {
+                let retry_after_ms = wait_us.div_ceil(1000);
+                let key = format!("{}:{value}:{}", rl.scope.as_str(), unit.as_str());
                 self.events.emit(&Event::RateLimited {
                     key: key.clone(),
                     retry_after_ms,
@@ -246,61 +519,61 @@ impl Accounting<'_> {
                 });
                 return Err(Error::RateLimited { key, retry_after_ms });
             }
-            if let Some(key) = key {
-                charges.push(TokenCharge { key, gcra, shared });
-            }
         }
         Ok(())
     }
 
-    /// Budget checks before the pick: a spent workspace budget in reject mode fails the
-    /// request; past its downgrade share it asks for the cheapest models; spent model and
-    /// provider budgets remove their models.
+    /// Budget checks before the pick: past its downgrade share a workspace budget in downgrade
+    /// mode asks for the cheapest models; spent model and provider budgets remove their models.
+    /// (A workspace budget in reject mode is checked by the reservation after the pick.)
+    #[inline]
     pub(crate) fn precheck(&self, pool: &Pool) -> Result<Precheck> {
+        let nothing = self.snap.config.budgets.is_empty() && self.plan().is_none_or(|p| !p.budgets.downgrades);
+        if nothing {
+            return Ok(Precheck::default());
+        }
+        self.precheck_budgets(pool)
+    }
+
+    fn precheck_budgets(&self, pool: &Pool) -> Result<Precheck> {
         let mut out = Precheck::default();
-        // A reject-mode workspace budget is checked by the reservation after the pick.
-        if let Some((ws, b)) = workspace_budget(self.snap, self.req).filter(|(_, b)| b.mode == BudgetMode::Downgrade) {
+        let Some(plan) = self.plan() else { return Ok(out) };
+        let downgrading = plan
+            .budgets
+            .downgrades
+            .then(|| self.workspace_budget())
+            .flatten()
+            .filter(|b| b.limits.mode == BudgetMode::Downgrade);
+        if let Some(b) = downgrading {
             for w in BudgetWindow::ALL {
-                let Some(limit) = b.limit(w) else { continue };
-                let limit_micros = to_micros(limit);
-                let spent = self.spent(&counter_key(BudgetScope::Workspace, ws, w, self.now_ms));
-                match b.mode {
-                    BudgetMode::Reject if spent >= limit_micros => {
-                        return Err(exceeded(
-                            BudgetScope::Workspace,
-                            ws,
-                            w,
-                            limit_micros,
-                            spent,
-                            self.now_ms,
-                        ));
-                    }
-                    BudgetMode::Downgrade if spent as f64 >= b.downgrade_at * limit_micros as f64 => {
-                        out.downgrade = true;
-                        out.notes.push(format!(
-                            "workspace `{ws}` {w} budget {:.0}% spent (downgrade at {:.0}%): cheapest models only",
-                            100.0 * spent as f64 / limit_micros.max(1) as f64,
-                            100.0 * b.downgrade_at
-                        ));
-                    }
-                    _ => {}
+                let Some(limit_micros) = b.limit_micros[w as usize] else {
+                    continue;
+                };
+                let spent = b.counter(w).get();
+                if spent as f64 >= b.limits.downgrade_at * limit_micros as f64 {
+                    out.downgrade = true;
+                    out.notes.push(format!(
+                        "workspace `{}` {w} budget {:.0}% spent (downgrade at {:.0}%): cheapest models only",
+                        b.id,
+                        100.0 * spent as f64 / limit_micros.max(1) as f64,
+                        100.0 * b.limits.downgrade_at
+                    ));
                 }
             }
         }
-        for sb in &self.snap.config.budgets {
+        for sb in &plan.budgets.scoped {
             if sb.limits.mode == BudgetMode::Shadow {
                 continue;
             }
-            let spent_out = BudgetWindow::ALL.into_iter().find_map(|w| {
-                let limit = to_micros(sb.limits.limit(w)?);
-                (self.spent(&counter_key(sb.scope, &sb.id, w, self.now_ms)) >= limit).then_some(w)
-            });
+            let spent_out = BudgetWindow::ALL
+                .into_iter()
+                .find(|&w| sb.limit_micros[w as usize].is_some_and(|limit| sb.counter(w).get() >= limit));
             let Some(w) = spent_out else { continue };
             for &mi in pool.models.iter() {
                 let m = &self.snap.models[mi as usize].model;
                 let hit = match sb.scope {
-                    BudgetScope::Model => m.id == sb.id,
-                    BudgetScope::Provider => m.provider == sb.id,
+                    BudgetScope::Model => *m.id == *sb.id,
+                    BudgetScope::Provider => *m.provider == *sb.id,
                     BudgetScope::Workspace => false,
                 };
                 if hit && !out.exhausted.contains(&mi) {
@@ -315,84 +588,73 @@ impl Accounting<'_> {
         Ok(out)
     }
 
-    /// Reserve the estimated cost of the chosen model on every budget window that applies.
-    /// On failure, what was reserved is given back.
-    pub(crate) fn reserve(&self, model: &Model, slot: &Slot, est_in: u64, est_out: u64) -> Result<Vec<Reservation>> {
-        let mut out: Vec<Reservation> = Vec::new();
-        let micros = estimate_micros(model, slot, est_in, est_out);
-        let mut budgets: Vec<(BudgetScope, &str, &BudgetLimits)> = Vec::new();
-        if let Some((ws, b)) = workspace_budget(self.snap, self.req) {
-            budgets.push((BudgetScope::Workspace, ws, b));
+    /// Reserve the estimated cost of the chosen model on every budget window that applies, in
+    /// the ticket. On failure, what was reserved is given back.
+    pub(crate) fn reserve(&self, model: &Model, slot: &Slot, ticket: &mut Ticket) -> Result<()> {
+        let Some(plan) = self.plan() else { return Ok(()) };
+        let scoped = plan.budgets.scoped.iter().filter(|sb| match sb.scope {
+            BudgetScope::Model => *model.id == *sb.id,
+            BudgetScope::Provider => *model.provider == *sb.id,
+            BudgetScope::Workspace => false,
+        });
+        let mut budgets = self.workspace_budget().into_iter().chain(scoped).peekable();
+        if budgets.peek().is_none() {
+            return Ok(());
         }
-        for sb in &self.snap.config.budgets {
-            let hit = match sb.scope {
-                BudgetScope::Model => model.id == sb.id,
-                BudgetScope::Provider => model.provider == sb.id,
-                BudgetScope::Workspace => false,
-            };
-            if hit {
-                budgets.push((sb.scope, &sb.id, &sb.limits));
-            }
-        }
-        for (scope, id, b) in budgets {
-            for w in BudgetWindow::ALL {
-                let Some(limit) = b.limit(w) else { continue };
-                let limit_micros = to_micros(limit);
-                let key = crate::budget::counter_key_shared(scope, id, w, self.now_ms);
-                let expires_at_ms = w.with_current(self.now_ms, |_, end, _| end);
-                let enforce = b.mode == BudgetMode::Reject;
-                let admitted = match (b.consistency, enforce) {
-                    (Consistency::Strict, true) => {
-                        match self.store.try_add(&key, micros, limit_micros, expires_at_ms) {
-                            Ok(t) if t.admitted && t.total - micros >= limit_micros => {
-                                let _ = self.store.add(&key, -micros, expires_at_ms);
-                                Err(t.total - micros)
-                            }
-                            Ok(t) => t.admitted.then_some(()).ok_or(t.total),
-                            Err(e) if b.on_store_error == OnStoreError::FailClosed => {
-                                release(self.store.as_ref(), &out);
-                                return Err(e);
-                            }
-                            Err(_) => self.store.add(&key, micros, expires_at_ms).map(|_| ()).or(Ok(())),
+        let out = &mut ticket.reservations;
+        let micros = estimate_micros(model, slot, ticket.est_in, ticket.est_out);
+        for b in budgets {
+            for (k, w) in BudgetWindow::ALL.into_iter().enumerate() {
+                let Some(limit_micros) = b.limit_micros[w as usize] else {
+                    continue;
+                };
+                let counter = b.counter(w);
+                let enforce = b.limits.mode == BudgetMode::Reject;
+                let admitted = match (b.limits.consistency, enforce) {
+                    (Consistency::Strict, true) => match counter.try_add(micros, limit_micros) {
+                        Ok(t) if t.admitted && t.total - micros >= limit_micros => {
+                            let _ = counter.add(-micros);
+                            Err(t.total - micros)
                         }
-                    }
-                    // Batched: add, and take it back when it went over (one store call when it fits).
-                    (_, true) => match self.store.add(&key, micros, expires_at_ms) {
+                        Ok(t) => t.admitted.then_some(()).ok_or(t.total),
+                        Err(e) if b.limits.on_store_error == OnStoreError::FailClosed => {
+                            release_windows(b, micros, k);
+                            release(out);
+                            return Err(e);
+                        }
+                        Err(_) => counter.add(micros).map(|_| ()).or(Ok(())),
+                    },
+                    // Batched: add, and take it back when it went over (one addition when it fits).
+                    (_, true) => match counter.add(micros) {
                         Ok(total) if total > limit_micros || total - micros >= limit_micros => {
-                            let _ = self.store.add(&key, -micros, expires_at_ms);
+                            let _ = counter.add(-micros);
                             Err(total - micros)
                         }
                         _ => Ok(()),
                     },
                     (_, false) => {
-                        let _ = self.store.add(&key, micros, expires_at_ms);
+                        let _ = counter.add(micros);
                         Ok(())
                     }
                 };
                 if let Err(spent) = admitted {
-                    release(self.store.as_ref(), &out);
-                    return Err(exceeded(scope, id, w, limit_micros, spent, self.now_ms));
+                    release_windows(b, micros, k);
+                    release(out);
+                    return Err(exceeded(b.scope, &b.id, w, limit_micros, spent, self.now_ms));
                 }
-                out.push(Reservation {
-                    scope,
-                    id: id.to_owned(),
-                    window: w,
-                    key,
-                    micros,
-                    limit_micros,
-                    expires_at_ms,
-                    alert_at: Arc::clone(&b.alert_at),
-                    mode: b.mode,
-                });
             }
+            out.push(Reservation {
+                budget: Arc::clone(b),
+                micros,
+            });
         }
-        Ok(out)
+        Ok(())
     }
 }
 
-fn release(store: &dyn StateStore, rs: &[Reservation]) {
-    for r in rs {
-        let _ = store.add(&r.key, -r.micros, r.expires_at_ms);
+fn release(rs: &mut Reservations) {
+    for r in rs.drain(..) {
+        r.release();
     }
 }
 
@@ -441,35 +703,58 @@ pub(crate) fn without(snap: &Snapshot, pool: &Pool, mask: Option<&ModelMask>, mo
 /// Settle a reported decision's reservations with its real cost; emit threshold events.
 pub(crate) fn settle_budgets(ticket: &Ticket, cost_micros: i64, events: &EventBus, now_ms: u64) {
     for r in &ticket.reservations {
-        let Ok(total) = ticket.store.add(&r.key, cost_micros - r.micros, r.expires_at_ms) else {
-            continue;
-        };
-        let before = total - cost_micros;
-        let limit = r.limit_micros as f64;
-        for &a in r.alert_at.iter() {
-            let t = a * limit;
-            if (before as f64) < t && total as f64 >= t {
-                events.emit(&Event::BudgetThresholdCrossed {
-                    scope: r.scope,
-                    id: r.id.clone(),
-                    window: r.window,
-                    threshold: a,
+        let b = &r.budget;
+        for (window, limit_micros) in r.windows() {
+            let Ok(total) = b.counter(window).add(cost_micros - r.micros) else {
+                continue;
+            };
+            let before = total - cost_micros;
+            let limit = limit_micros as f64;
+            for &a in b.limits.alert_at.iter() {
+                let t = a * limit;
+                if (before as f64) < t && total as f64 >= t {
+                    events.emit(&Event::BudgetThresholdCrossed {
+                        scope: b.scope,
+                        id: b.id.to_string(),
+                        window,
+                        threshold: a,
+                        spent: from_micros(total),
+                        limit: from_micros(limit_micros),
+                        at_ms: now_ms,
+                    });
+                }
+            }
+            if before < limit_micros && total >= limit_micros {
+                events.emit(&Event::BudgetExceeded {
+                    scope: b.scope,
+                    id: b.id.to_string(),
+                    window,
                     spent: from_micros(total),
-                    limit: from_micros(r.limit_micros),
+                    limit: from_micros(limit_micros),
+                    mode: b.limits.mode,
                     at_ms: now_ms,
                 });
             }
         }
-        if before < r.limit_micros && total >= r.limit_micros {
-            events.emit(&Event::BudgetExceeded {
-                scope: r.scope,
-                id: r.id.clone(),
-                window: r.window,
-                spent: from_micros(total),
-                limit: from_micros(r.limit_micros),
-                mode: r.mode,
-                at_ms: now_ms,
-            });
+    }
+}
+
+/// Charge the tokens a reported decision used beyond its estimate to its token limits.
+pub(crate) fn charge_tokens(ticket: &Ticket, extra: u64, store: &dyn StateStore, local: &Local, now_us: u64) {
+    for c in &ticket.token_charges {
+        match c {
+            TokenCharge::Local { cell, scope, id, gcra } => {
+                let key = LimiterKey {
+                    scope: *scope,
+                    unit: Unit::Tpm,
+                    id,
+                };
+                let view = local.views.0.load();
+                local.limiters.charge(local.maps(&view), key, cell, gcra, extra, now_us)
+            }
+            TokenCharge::Shared { key, gcra } => {
+                let _ = store.gcra(key, *gcra, extra, true, now_us);
+            }
         }
     }
 }

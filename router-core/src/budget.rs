@@ -20,10 +20,15 @@
 //! bound is the flush interval × spend rate × instances) or *strict* (each reservation is an
 //! atomic check-and-add in the store: never more than one request's reservation over).
 
+use std::sync::{Arc, OnceLock};
+
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::usage::BudgetWindow;
+use crate::registry::snapshot::Snapshot;
+use crate::state::{CounterCell, StateStore, TryAdd};
+use crate::usage::{to_micros, BudgetWindow};
 
 /// What a budget does when spend reaches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -216,38 +221,6 @@ pub(crate) fn counter_key(scope: BudgetScope, id: &str, window: BudgetWindow, no
     window.with_current(now_ms, |_, _, label| format!("{{{}:{id}}}:budget:{label}", scope.tag()))
 }
 
-/// [`counter_key`], shared: the decision path asks for the same few keys over and over, so each
-/// thread keeps the current window's keys (a few thousand at most) and hands out clones.
-pub(crate) fn counter_key_shared(
-    scope: BudgetScope,
-    id: &str,
-    window: BudgetWindow,
-    now_ms: u64,
-) -> std::sync::Arc<str> {
-    use std::cell::RefCell;
-    use std::sync::Arc;
-    type Cache = [rustc_hash::FxHashMap<String, (u64, Arc<str>)>; 9];
-    thread_local! {
-        static KEYS: RefCell<Cache> = RefCell::new(Default::default());
-    }
-    let start = window.with_current(now_ms, |start, _, _| start);
-    KEYS.with(|c| {
-        let mut c = c.borrow_mut();
-        let map = &mut c[scope as usize * 3 + window as usize];
-        if let Some((s, k)) = map.get(id) {
-            if *s == start {
-                return Arc::clone(k);
-            }
-        }
-        if map.len() >= 4096 {
-            map.clear();
-        }
-        let k: Arc<str> = counter_key(scope, id, window, now_ms).into();
-        map.insert(id.to_owned(), (start, Arc::clone(&k)));
-        k
-    })
-}
-
 /// Spend of one budget window, as [`crate::Router::budget_status`] reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BudgetStatus {
@@ -265,4 +238,154 @@ pub struct BudgetStatus {
     pub resets_at_ms: u64,
     /// The mode.
     pub mode: BudgetMode,
+}
+
+/// One budget window's counter, resolved once per [`BudgetPlan`]: its key, and the store's
+/// [`CounterCell`] for it when the store has cells.
+pub(crate) struct WindowCounter {
+    pub(crate) key: Arc<str>,
+    pub(crate) expires_at_ms: u64,
+    cell: Option<Arc<CounterCell>>,
+    store: Arc<dyn StateStore>,
+}
+
+impl WindowCounter {
+    /// [`StateStore::add`] on the counter (through its cell when the store has one).
+    #[inline]
+    pub(crate) fn add(&self, delta: i64) -> Result<i64> {
+        match &self.cell {
+            Some(c) if !c.is_retired() => Ok(c.add(delta)),
+            _ => self.store.add(&self.key, delta, self.expires_at_ms),
+        }
+    }
+
+    /// [`StateStore::get`] on the counter (0 when the store cannot answer).
+    #[inline]
+    pub(crate) fn get(&self) -> i64 {
+        match &self.cell {
+            Some(c) if !c.is_retired() => c.get(),
+            _ => self.store.get(&self.key).unwrap_or(0),
+        }
+    }
+
+    /// [`StateStore::try_add`] on the counter: strict, always the store's.
+    pub(crate) fn try_add(&self, delta: i64, limit: i64) -> Result<TryAdd> {
+        self.store.try_add(&self.key, delta, limit, self.expires_at_ms)
+    }
+}
+
+/// One budget of a [`BudgetPlan`] (a workspace's, a model's or a provider's) and the counters
+/// of its windows, resolved on first use.
+pub(crate) struct PlannedBudget {
+    pub(crate) scope: BudgetScope,
+    pub(crate) id: Arc<str>,
+    pub(crate) limits: BudgetLimits,
+    /// Each window's limit in micro-units (`None`: no limit for that window).
+    pub(crate) limit_micros: [Option<i64>; 3],
+    windows: Arc<Windows>,
+    counters: [OnceLock<WindowCounter>; 3],
+}
+
+impl std::fmt::Debug for PlannedBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlannedBudget")
+            .field("scope", &self.scope)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PlannedBudget {
+    /// The counter of `window` (its key formatted and its cell asked for once per plan).
+    #[inline]
+    pub(crate) fn counter(&self, window: BudgetWindow) -> &WindowCounter {
+        self.counters[window as usize].get_or_init(|| {
+            let w = &self.windows;
+            let key: Arc<str> = format!(
+                "{{{}:{}}}:budget:{}",
+                self.scope.tag(),
+                self.id,
+                w.labels[window as usize]
+            )
+            .into();
+            let expires_at_ms = w.bounds[window as usize].1;
+            WindowCounter {
+                cell: w.store.counter_cell(&key, expires_at_ms),
+                key,
+                expires_at_ms,
+                store: Arc::clone(&w.store),
+            }
+        })
+    }
+}
+
+/// The windows a plan was made for.
+struct Windows {
+    bounds: [(u64, u64); 3],
+    labels: [String; 3],
+    store: Arc<dyn StateStore>,
+}
+
+/// Every budget of one configuration in the current day, week and month, with the counters the
+/// decision path adds to (built once per configuration and window, so that a decision neither
+/// formats counter keys nor looks them up).
+pub(crate) struct BudgetPlan {
+    /// The instants the plan's windows hold: the latest start and the earliest end.
+    valid: (u64, u64),
+    /// Workspaces with a budget.
+    pub(crate) workspaces: FxHashMap<Arc<str>, Arc<PlannedBudget>>,
+    /// Whether a workspace budget is in downgrade mode.
+    pub(crate) downgrades: bool,
+    /// The model and provider budgets, in the order of the settings' `budgets`.
+    pub(crate) scoped: Vec<Arc<PlannedBudget>>,
+}
+
+impl BudgetPlan {
+    /// The budgets of `snap` in the windows holding `now_ms`.
+    pub(crate) fn build(snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> BudgetPlan {
+        let bounds = BudgetWindow::ALL.map(|w| w.bounds(now_ms));
+        let windows = Arc::new(Windows {
+            bounds,
+            labels: BudgetWindow::ALL.map(|w| w.label(now_ms)),
+            store: Arc::clone(store),
+        });
+        let planned = |scope: BudgetScope, id: &str, limits: &BudgetLimits| {
+            Arc::new(PlannedBudget {
+                scope,
+                id: id.into(),
+                limits: limits.clone(),
+                limit_micros: BudgetWindow::ALL.map(|w| limits.limit(w).map(to_micros)),
+                windows: Arc::clone(&windows),
+                counters: Default::default(),
+            })
+        };
+        let workspaces: FxHashMap<Arc<str>, Arc<PlannedBudget>> = snap
+            .workspaces
+            .iter()
+            .filter_map(|(id, cfg)| {
+                let b = cfg.budget_limits.as_ref().filter(|b| b.is_set())?;
+                Some((Arc::from(id.as_str()), planned(BudgetScope::Workspace, id, b)))
+            })
+            .collect();
+        let scoped = snap
+            .config
+            .budgets
+            .iter()
+            .map(|b| planned(b.scope, &b.id, &b.limits))
+            .collect();
+        BudgetPlan {
+            valid: (
+                bounds.iter().map(|b| b.0).max().unwrap_or(0),
+                bounds.iter().map(|b| b.1).min().unwrap_or(u64::MAX),
+            ),
+            downgrades: workspaces.values().any(|b| b.limits.mode == BudgetMode::Downgrade),
+            workspaces,
+            scoped,
+        }
+    }
+
+    /// Whether `now_ms` lies in the plan's windows.
+    pub(crate) fn holds(&self, now_ms: u64) -> bool {
+        (self.valid.0..self.valid.1).contains(&now_ms)
+    }
 }

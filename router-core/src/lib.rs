@@ -95,7 +95,7 @@ pub use router::{
     ModelHealth, ModelVerdict, Retry, Router, RouterBuilder,
 };
 pub use rules::{Rule, TargetModel, TrafficSplit};
-pub use state::{InMemoryStore, StateChange, StateSink, StateStore, StoreStatus, TryAdd};
+pub use state::{CounterCell, InMemoryStore, StateChange, StateSink, StateStore, StoreStatus, TryAdd};
 pub use strategy::{Detail, StrategyKind, Tier, Verdict};
 pub use usage::{parse_time_range, Analytics, BudgetWindow, Dimension, RequestRecord, UsageConfig, UsageTotals};
 pub use watch::{PolicyWatcher, WatchHandle};

@@ -63,7 +63,7 @@ impl RouterBuilder {
             events: Arc::new(EventBus::default()),
             store: self.store.unwrap_or_else(|| Arc::new(InMemoryStore::new())),
             instance: rand::random(),
-            local: InMemoryStore::new(),
+            local: Default::default(),
             history: Default::default(),
             usage: Usage::default(),
             experiments: Default::default(),
@@ -84,8 +84,8 @@ struct Inner {
     events: Arc<EventBus>,
     store: Arc<dyn StateStore>,
     instance: u64,
-    /// Rate limiters kept in this instance (`batched` limits).
-    local: InMemoryStore,
+    /// Rate limiters kept in this instance (`batched` limits) and the budget counters' plan.
+    local: accounting::Local,
     history: crate::history::History,
     usage: Usage,
     experiments: crate::experiment::Results,
@@ -179,8 +179,13 @@ impl<'s> Tenant<'s> {
         }
     }
 
+    /// Whether it filters no model: no agent preferences, and no workspace or one whose
+    /// configuration restricts no model (a budget or a quality floor only).
     fn is_empty(&self) -> bool {
-        self.agent.is_none() && self.workspace.is_none()
+        self.agent.is_none()
+            && self
+                .workspace
+                .is_none_or(|w| w.model_restrictions.is_empty() && w.compliance_requirements.is_empty())
     }
 
     fn verdict(&self, model: &Model) -> ModelVerdict {
@@ -593,6 +598,7 @@ impl Router {
             local: &self.inner.local,
             events: &self.inner.events,
             now_ms,
+            plan: Default::default(),
         };
         let est_in = req.token_estimate().unwrap_or(0);
         let est_out = snap.config.usage.default_output_tokens;
@@ -685,28 +691,18 @@ impl Router {
                 }
             };
             let model = &snap.models[slot.model_idx as usize].model;
-            let reservations = acc
-                .model_limits(&model.id, est_in.saturating_add(est_out), &mut charges)
-                .and_then(|()| acc.reserve(model, slot, est_in, est_out))
+            let mut t = Box::new(Ticket::new(req, est_in, est_out));
+            t.token_charges = charges;
+            acc.model_limits(&model.id, est_in.saturating_add(est_out), &mut t.token_charges)
+                .and_then(|()| acc.reserve(model, slot, &mut t))
                 .inspect_err(|_| release_probe())?;
-            Some(Box::new(Ticket {
-                request_id: req.request_id.clone(),
-                workspace_id: req.workspace_id.clone(),
-                agent_type: req.agent_type.clone(),
-                user_id: req.user_id.clone(),
-                est_in,
-                est_out,
-                reservations,
-                token_charges: charges,
-                experiment: arm,
-                downgraded,
-                forced: forced.map(|f| f.reason.clone()),
-                accounted: true,
-                adaptive,
-                store: Arc::clone(&self.inner.store),
-            }))
+            t.experiment = arm;
+            t.downgraded = downgraded;
+            t.forced = forced.map(|f| f.reason.clone());
+            t.adaptive = adaptive.map(Box::new);
+            Some(t)
         } else {
-            adaptive.map(|a| Box::new(Ticket::adaptive_only(a, &self.inner.store)))
+            adaptive.map(|a| Box::new(Ticket::adaptive_only(a)))
         };
         slot.state.acquire();
         crate::predict::record(snap, slot, now_ms, &self.inner.events);
@@ -874,6 +870,7 @@ impl Router {
                     local: &self.inner.local,
                     events: &self.inner.events,
                     now_ms,
+                    plan: Default::default(),
                 };
                 match acc.precheck(scope.pool) {
                     Ok(pre) => {
@@ -1514,10 +1511,7 @@ impl Inner {
                 let diff = real.saturating_sub(i64::try_from(t.est_in.saturating_add(t.est_out)).unwrap_or(i64::MAX));
                 let now_us = now.saturating_mul(1000);
                 if diff > 0 {
-                    for c in &t.token_charges {
-                        let store: &dyn StateStore = if c.shared { &*self.store } else { &self.local };
-                        let _ = store.gcra(&c.key, c.gcra, diff as u64, true, now_us);
-                    }
+                    accounting::charge_tokens(t, diff as u64, &*self.store, &self.local, now_us);
                 }
                 if slot.tpm.is_some() {
                     slot.state.charge_caps(None, slot.tpm, 0, diff, now_us);

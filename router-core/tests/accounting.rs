@@ -524,3 +524,158 @@ fn invalid_accounting_settings_name_their_field() {
         .unwrap_err();
     assert_eq!(e.field(), Some("budget_limits.downgrade_at"));
 }
+
+/// A store without counter cells (the trait's default): the router adds through `add`.
+#[derive(Debug, Default)]
+struct NoCells(InMemoryStore);
+
+impl StateStore for NoCells {
+    fn name(&self) -> &'static str {
+        "no-cells"
+    }
+    fn publish(&self, origin: u64, change: &StateChange) -> Result<()> {
+        self.0.publish(origin, change)
+    }
+    fn attach(&self, origin: u64, sink: std::sync::Weak<dyn StateSink>) {
+        self.0.attach(origin, sink)
+    }
+    fn add(&self, key: &str, delta: i64, expires_at_ms: u64) -> Result<i64> {
+        self.0.add(key, delta, expires_at_ms)
+    }
+    fn get(&self, key: &str) -> Result<i64> {
+        self.0.get(key)
+    }
+    fn try_add(&self, key: &str, delta: i64, limit: i64, expires_at_ms: u64) -> Result<TryAdd> {
+        self.0.try_add(key, delta, limit, expires_at_ms)
+    }
+    fn gcra(
+        &self,
+        key: &str,
+        limit: limits::Gcra,
+        n: u64,
+        charge_only: bool,
+        now_us: u64,
+    ) -> Result<limits::GcraVerdict> {
+        self.0.gcra(key, limit, n, charge_only, now_us)
+    }
+}
+
+#[test]
+fn a_store_without_cells_counts_the_same() {
+    let clock = at(MON - 60_000);
+    let r = Router::builder()
+        .policy(policy(json!({})))
+        .clock(clock.clone())
+        .store(Arc::new(NoCells::default()))
+        .build()
+        .unwrap();
+    r.set_workspace_config("ws", workspace(json!({"daily": 0.05}))).unwrap();
+    // About $0.038 reserved each.
+    let req = RouteRequest {
+        estimated_tokens: Some(3000),
+        ..ws_req("ws", "big")
+    };
+    let d = r.route(&req).unwrap();
+    assert!(spent(&r, "ws", BudgetWindow::Daily) > 0.0);
+    assert!(matches!(r.route(&req), Err(Error::BudgetExceeded { .. })));
+    drop(d);
+    assert_eq!(spent(&r, "ws", BudgetWindow::Daily), 0.0);
+    spend_4_cents(&r, "ws").unwrap();
+    assert!(matches!(r.route(&req), Err(Error::BudgetExceeded { .. })));
+    clock.set(MON);
+    spend_4_cents(&r, "ws").unwrap();
+    assert!((spent(&r, "ws", BudgetWindow::Daily) - 0.04).abs() < 1e-9);
+}
+
+#[test]
+fn a_batched_budget_is_shared_by_routers_on_one_store() {
+    let store: Arc<dyn StateStore> = Arc::new(InMemoryStore::new());
+    let routers: Vec<Router> = (0..2)
+        .map(|_| {
+            Router::builder()
+                .policy(policy(json!({})))
+                .clock(at(MON))
+                .store(store.clone())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    // The configuration reaches the second router through the store.
+    routers[0]
+        .set_workspace_config("ws", workspace(json!({"daily": 0.08})))
+        .unwrap();
+    spend_4_cents(&routers[0], "ws").unwrap();
+    spend_4_cents(&routers[1], "ws").unwrap();
+    for r in &routers {
+        assert!((spent(r, "ws", BudgetWindow::Daily) - 0.08).abs() < 1e-9);
+        assert!(matches!(spend_4_cents(r, "ws"), Err(Error::BudgetExceeded { .. })));
+    }
+}
+
+#[test]
+fn a_budget_change_applies_to_the_next_request() {
+    let r = common::router(policy(json!({})), at(MON));
+    r.set_workspace_config("ws", workspace(json!({"daily": 1.0}))).unwrap();
+    spend_4_cents(&r, "ws").unwrap();
+    spend_4_cents(&r, "ws").unwrap();
+    r.set_workspace_config("ws", workspace(json!({"daily": 0.08}))).unwrap();
+    // Same window, same counter: the spend so far counts against the new limit.
+    assert!(matches!(spend_4_cents(&r, "ws"), Err(Error::BudgetExceeded { .. })));
+    r.set_workspace_config("ws", workspace(json!({"daily": 0.08, "mode": "shadow"})))
+        .unwrap();
+    spend_4_cents(&r, "ws").unwrap();
+    assert!((spent(&r, "ws", BudgetWindow::Daily) - 0.12).abs() < 1e-9);
+    // A model budget added later removes its model at once.
+    let mut settings = r.policy().settings;
+    settings.budgets = vec![serde_json::from_value(json!({"scope": "model", "id": "big", "daily": 0.01})).unwrap()];
+    r.set_config(settings).unwrap();
+    spend_4_cents(&r, "other").unwrap();
+    assert!(matches!(
+        r.route(&RouteRequest::for_model("big")),
+        Err(Error::NoCandidateModel { .. })
+    ));
+}
+
+#[test]
+fn eight_threads_reserving_and_dropping_leave_nothing_reserved() {
+    let r = common::router(
+        policy(json!({"rate_limits": [{"scope": "user", "rpm": 1_000_000, "tpm": 100_000_000}]})),
+        at(MON),
+    );
+    r.set_workspace_config("ws", workspace(json!({"daily": 1e6, "weekly": 1e6})))
+        .unwrap();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let r = r.clone();
+            s.spawn(move || {
+                for i in 0..500 {
+                    let req = RouteRequest {
+                        user_id: Some(format!("u{}", (t * 500 + i) % 97)),
+                        estimated_tokens: Some(1000),
+                        ..ws_req("ws", "big")
+                    };
+                    drop(r.route(&req).unwrap());
+                }
+            });
+        }
+    });
+    assert_eq!(spent(&r, "ws", BudgetWindow::Daily), 0.0);
+    assert_eq!(spent(&r, "ws", BudgetWindow::Weekly), 0.0);
+}
+
+#[test]
+fn sweeping_forgets_past_windows_only() {
+    let clock = at(MON - 1_000);
+    let r = common::router(policy(json!({})), clock.clone());
+    r.set_workspace_config("ws", workspace(json!({"daily": 0.08}))).unwrap();
+    spend_4_cents(&r, "ws").unwrap();
+    r.sweep();
+    assert!((spent(&r, "ws", BudgetWindow::Daily) - 0.04).abs() < 1e-9);
+    clock.set(MON);
+    r.sweep();
+    spend_4_cents(&r, "ws").unwrap();
+    r.sweep();
+    spend_4_cents(&r, "ws").unwrap();
+    assert!((spent(&r, "ws", BudgetWindow::Daily) - 0.08).abs() < 1e-9);
+    assert!(matches!(spend_4_cents(&r, "ws"), Err(Error::BudgetExceeded { .. })));
+}

@@ -2,25 +2,42 @@
 //!
 //! A key's view is `global + inflight + pending`: `global` is the total Redis returned at the
 //! last flush that included the key, `inflight` the deltas of the batch being written (or
-//! retried), `pending` what was added since. A batch that failed is retried as it is, with the
+//! retried), `pending` what was added since. Each key's view and pending deltas live in a
+//! tracking [`CounterCell`], which the router may hold and add to without the lock
+//! ([`router_core::StateStore::counter_cell`]); the lock guards the rest. A batch that failed is retried as it is, with the
 //! same id and the same deltas (Redis may have applied it: the flush script ignores an id it has
 //! seen), and no new batch is cut until it is acknowledged. Memory is bounded by the number of
 //! distinct keys, not by the number of additions.
 
+use std::sync::Arc;
+
+use router_core::CounterCell;
 use rustc_hash::FxHashMap;
 
 use crate::keys::{hash_tag, Keys};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Entry {
+    /// The view (`global + inflight + pending`) and the pending deltas; read since the last
+    /// flush (the next flush then fetches its total).
+    cell: Arc<CounterCell>,
     global: i64,
     inflight: i64,
-    pending: i64,
     expires_at_ms: u64,
-    /// Read since the last flush: the next flush fetches its total.
-    read: bool,
-    /// Used since the last sweep.
+    /// Used since the last sweep (through the store; a cell held elsewhere counts as used).
     used: bool,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            cell: Arc::new(CounterCell::tracking(0)),
+            global: 0,
+            inflight: 0,
+            expires_at_ms: 0,
+            used: false,
+        }
+    }
 }
 
 /// The counters of one hash tag in one batch.
@@ -73,19 +90,25 @@ impl Counters {
     /// Add a delta; `None` when the key is new and the map is full (the delta is dropped).
     pub(crate) fn add(&mut self, key: &str, delta: i64, expires_at_ms: u64) -> Option<i64> {
         let e = self.entry(key)?;
-        e.pending += delta;
         e.expires_at_ms = e.expires_at_ms.max(expires_at_ms);
         e.used = true;
-        Some(e.global + e.inflight + e.pending)
+        Some(e.cell.add(delta))
+    }
+
+    /// The key's cell (`None` when the key is new and the map is full).
+    pub(crate) fn cell(&mut self, key: &str, expires_at_ms: u64) -> Option<Arc<CounterCell>> {
+        let e = self.entry(key)?;
+        e.expires_at_ms = e.expires_at_ms.max(expires_at_ms);
+        e.used = true;
+        Some(Arc::clone(&e.cell))
     }
 
     /// This instance's view; marks the key for a refresh at the next flush.
     pub(crate) fn get(&mut self, key: &str) -> i64 {
         match self.entry(key) {
             Some(e) => {
-                e.read = true;
                 e.used = true;
-                e.global + e.inflight + e.pending
+                e.cell.get()
             }
             None => 0,
         }
@@ -93,12 +116,13 @@ impl Counters {
 
     /// The view without marking anything.
     pub(crate) fn view(&self, key: &str) -> i64 {
-        self.map.get(key).map_or(0, |e| e.global + e.inflight + e.pending)
+        self.map.get(key).map_or(0, |e| e.cell.value())
     }
 
     /// A strict call learnt the total.
     pub(crate) fn learn(&mut self, key: &str, total: i64) {
         if let Some(e) = self.map.get_mut(key) {
+            e.cell.rebase(total - e.global);
             e.global = total;
         }
     }
@@ -110,7 +134,10 @@ impl Counters {
         }
         let mut groups: FxHashMap<String, Group> = FxHashMap::default();
         for (k, e) in self.map.iter_mut() {
-            if e.pending == 0 && !e.read {
+            // Both marks are taken: a delta or a read after this belongs to the next batch.
+            let read = e.cell.take_read();
+            let pending = e.cell.take_pending();
+            if pending == 0 && !read {
                 continue;
             }
             let redis_key = keys.counter(k);
@@ -124,11 +151,9 @@ impl Counters {
             });
             g.keys.push(k.clone());
             g.redis_keys.push(redis_key);
-            g.deltas.push(e.pending);
+            g.deltas.push(pending);
             g.expiries.push(e.expires_at_ms);
-            e.inflight += e.pending;
-            e.pending = 0;
-            e.read = false;
+            e.inflight += pending;
         }
         if groups.is_empty() {
             return None;
@@ -167,6 +192,8 @@ impl Counters {
         }
         for ((k, d), t) in g.keys.iter().zip(&g.deltas).zip(totals) {
             if let Some(e) = self.map.get_mut(k) {
+                // The view loses the acknowledged deltas and the old total, gains the new one.
+                e.cell.rebase(t - e.global - d);
                 e.inflight -= d;
                 e.global = *t;
             }
@@ -182,7 +209,10 @@ impl Counters {
 
     /// Keys holding deltas Redis has not acknowledged.
     pub(crate) fn unflushed(&self) -> usize {
-        self.map.values().filter(|e| e.pending != 0 || e.inflight != 0).count()
+        self.map
+            .values()
+            .filter(|e| e.cell.pending() != 0 || e.inflight != 0)
+            .count()
     }
 
     pub(crate) fn has_inflight(&self) -> bool {
@@ -192,10 +222,14 @@ impl Counters {
     /// Forget keys that expired or went unused since the last sweep and hold nothing unflushed.
     pub(crate) fn sweep(&mut self, now_ms: u64) {
         self.map.retain(|_, e| {
-            let idle = e.pending == 0 && e.inflight == 0;
+            let idle = e.cell.pending() == 0 && e.inflight == 0;
             let expired = e.expires_at_ms != 0 && e.expires_at_ms <= now_ms;
-            let keep = !idle || (e.used && !expired);
+            let used = e.used || Arc::strong_count(&e.cell) > 1;
+            let keep = !idle || (used && !expired);
             e.used = false;
+            if !keep {
+                e.cell.retire();
+            }
             keep
         });
     }
@@ -226,6 +260,34 @@ mod tests {
         let b3 = c.batch(&keys).unwrap();
         assert_ne!(b3.id, b1.id);
         assert_eq!(b3.groups[0].deltas, vec![2]);
+    }
+
+    #[test]
+    fn cells_are_the_counters_of_their_keys() {
+        let keys = Keys::new("mr:");
+        let mut c = Counters::new(10);
+        let cell = c.cell("{ws:a}:b", 0).unwrap();
+        assert_eq!(cell.add(5), 5);
+        assert_eq!(c.add("{ws:a}:b", 2, 0), Some(7));
+        let b = c.batch(&keys).unwrap();
+        assert_eq!(b.groups[0].deltas, vec![7]);
+        assert_eq!(cell.add(1), 8);
+        // Redis had 100 from other instances.
+        assert_eq!(c.ack_group(0, &[107]), Some((true, false)));
+        assert_eq!(cell.value(), 108);
+        assert_eq!(c.view("{ws:a}:b"), 108);
+        c.learn("{ws:a}:b", 200);
+        assert_eq!(cell.value(), 201);
+        assert_eq!(c.batch(&keys).unwrap().groups[0].deltas, vec![1]);
+        // A cell held elsewhere keeps its key through sweeps until it expires.
+        c.ack_group(0, &[201]);
+        c.sweep(0);
+        c.sweep(0);
+        assert!(!cell.is_retired());
+        assert_eq!(c.view("{ws:a}:b"), 201);
+        drop(cell);
+        c.sweep(0);
+        assert_eq!(c.view("{ws:a}:b"), 0);
     }
 
     #[test]

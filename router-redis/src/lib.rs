@@ -60,8 +60,8 @@ use std::time::{Duration, Instant};
 
 use router_core::limits::{Gcra, GcraVerdict};
 use router_core::{
-    DecisionRecord, Error, Event, Result, Router, StateChange, StateSink, StateStore, StoreStatus, SubscriptionId,
-    TryAdd,
+    CounterCell, DecisionRecord, Error, Event, Result, Router, StateChange, StateSink, StateStore, StoreStatus,
+    SubscriptionId, TryAdd,
 };
 
 use crate::conn::{is_transient, Conn, Target};
@@ -393,6 +393,10 @@ impl StateStore for RedisStore {
 
     fn get(&self, key: &str) -> Result<i64> {
         Ok(self.sh.counters.lock().get(key))
+    }
+
+    fn counter_cell(&self, key: &str, expires_at_ms: u64) -> Option<Arc<CounterCell>> {
+        self.sh.counters.lock().cell(key, expires_at_ms)
     }
 
     fn try_add(&self, key: &str, delta: i64, limit: i64, expires_at_ms: u64) -> Result<TryAdd> {

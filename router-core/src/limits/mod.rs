@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::budget::{Consistency, OnStoreError};
 use crate::error::{Error, Result};
 
+mod local;
+
+pub(crate) use local::{GcraCell, LimiterKey, LimiterMaps, LimiterView, Limiters, Maps};
+
 /// What a rate limit counts per.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -99,20 +103,44 @@ impl RateLimit {
         Ok(())
     }
 
-    /// The limiters of this rule: (unit, GCRA, whether it counts tokens).
-    pub(crate) fn limiters(&self) -> impl Iterator<Item = (&'static str, Gcra, bool)> + '_ {
+    /// The limiters of this rule: (unit, GCRA).
+    pub(crate) fn limiters(&self) -> impl Iterator<Item = (Unit, Gcra)> + '_ {
         [
-            ("rps", self.rps, 1_000, false),
-            ("rpm", self.rpm, 60_000, false),
-            ("tpm", self.tpm, 60_000, true),
+            (Unit::Rps, self.rps, 1_000),
+            (Unit::Rpm, self.rpm, 60_000),
+            (Unit::Tpm, self.tpm, 60_000),
         ]
         .into_iter()
-        .filter_map(move |(unit, n, period, tokens)| {
+        .filter_map(move |(unit, n, period)| {
             let n = n?;
             Gcra::per_period(n, period, self.burst.unwrap_or(n))
                 .ok()
-                .map(|g| (unit, g, tokens))
+                .map(|g| (unit, g))
         })
+    }
+}
+
+/// What a limiter counts: requests per second or minute, or tokens per minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unit {
+    Rps,
+    Rpm,
+    Tpm,
+}
+
+impl Unit {
+    /// The unit's name, as it ends the limiter's key.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Unit::Rps => "rps",
+            Unit::Rpm => "rpm",
+            Unit::Tpm => "tpm",
+        }
+    }
+
+    /// Whether it counts tokens (else requests).
+    pub(crate) fn counts_tokens(self) -> bool {
+        self == Unit::Tpm
     }
 }
 
@@ -162,23 +190,38 @@ impl Gcra {
     pub fn check(&self, tat_us: &mut u64, now_us: u64, n: u64) -> GcraVerdict {
         let t = self.emission_interval_us;
         let tau = self.tolerance_us();
-        let base = (*tat_us).max(now_us);
-        let new_tat = base.saturating_add(n.saturating_mul(t));
-        let ahead = new_tat - now_us;
-        if ahead <= tau {
-            *tat_us = new_tat;
-            GcraVerdict {
-                allowed: true,
-                retry_after_us: 0,
-                remaining: (tau - ahead) / t,
+        match self.admit(*tat_us, now_us, n) {
+            Ok(new_tat) => {
+                *tat_us = new_tat;
+                GcraVerdict {
+                    allowed: true,
+                    retry_after_us: 0,
+                    remaining: (tau - (new_tat - now_us)) / t,
+                }
             }
-        } else {
-            let retry_after_us = if n > self.burst { u64::MAX } else { ahead - tau };
-            GcraVerdict {
+            Err(retry_after_us) => GcraVerdict {
                 allowed: false,
                 retry_after_us,
-                remaining: tau.saturating_sub(base - now_us) / t,
-            }
+                remaining: tau.saturating_sub((*tat_us).max(now_us) - now_us) / t,
+            },
+        }
+    }
+
+    /// [`check`](Self::check) without the `remaining` count (no division): the new state when
+    /// admitted, else the wait in µs (`u64::MAX` when `n` is larger than the burst).
+    #[inline]
+    pub(crate) fn admit(&self, tat_us: u64, now_us: u64, n: u64) -> std::result::Result<u64, u64> {
+        let tau = self.tolerance_us();
+        let new_tat = tat_us
+            .max(now_us)
+            .saturating_add(n.saturating_mul(self.emission_interval_us));
+        let ahead = new_tat - now_us;
+        if ahead <= tau {
+            Ok(new_tat)
+        } else if n > self.burst {
+            Err(u64::MAX)
+        } else {
+            Err(ahead - tau)
         }
     }
 

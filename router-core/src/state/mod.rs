@@ -3,20 +3,25 @@
 //! [`EndpointState`] is this instance's live view of one endpoint (atomics). What several
 //! instances must agree on (head status, heartbeats, the registry, shared counters) crosses
 //! the [`StateStore`] trait: the router publishes each change it makes, and the store delivers
-//! changes made elsewhere to the router's [`StateSink`]. The decision path never calls the
-//! store. [`InMemoryStore`] is the default: with one router it keeps counters; shared by
+//! changes made elsewhere to the router's [`StateSink`]. The decision path calls the store only
+//! for strict counters (and once per budget window for its [`CounterCell`]). [`InMemoryStore`] is the default: with one router it keeps counters; shared by
 //! several routers in one process it makes them act as one. router-redis implements the same
 //! trait over Redis.
 
+mod cells;
 mod live;
 
+pub use cells::CounterCell;
+#[cfg(test)]
+pub(crate) use cells::OwnSettled;
+pub(crate) use cells::{IdMap, Settled, SettledSlot};
 pub use live::{EndpointState, LATENCY_EWMA_ALPHA, PEAK_EWMA_DECAY_MS, SUCCESS_EWMA_ALPHA};
 
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 use crate::config::RouterConfig;
 use crate::endpoint::{Endpoint, HeadStatusUpdate};
@@ -149,7 +154,9 @@ pub struct TryAdd {
 /// Implementations do their I/O off the caller's thread or with a bounded timeout; the router
 /// calls them from its write paths (registry changes, status reports, outcome reports) and, on
 /// the decision path, only [`StateStore::try_add`] and [`StateStore::gcra`] for counters set to
-/// strict consistency.
+/// strict consistency, and [`StateStore::counter_cell`] the first time a budget window's counter
+/// is needed: batched budget counters are then added to through their [`CounterCell`] (a store
+/// without cells gets [`StateStore::add`] calls instead).
 pub trait StateStore: Send + Sync + Debug {
     /// A short name for errors and logs (`memory`, `redis`).
     fn name(&self) -> &'static str;
@@ -169,6 +176,17 @@ pub trait StateStore: Send + Sync + Debug {
 
     /// This instance's view of counter `key` (0 when never written or expired).
     fn get(&self, key: &str) -> Result<i64>;
+
+    /// A handle on counter `key` (created if needed, with expiry `expires_at_ms`) through which
+    /// the decision path adds and reads without a key lookup: [`CounterCell::add`] is
+    /// [`add`](StateStore::add) on `key`, [`CounterCell::get`] is [`get`](StateStore::get).
+    /// The store keeps using the same cell for the key until it forgets the counter, when it
+    /// [retires](CounterCell::retire) it. `None` (the default) when the store has no cells, or
+    /// cannot take another counter: the router then calls `add` and `get`.
+    fn counter_cell(&self, key: &str, expires_at_ms: u64) -> Option<Arc<CounterCell>> {
+        let _ = (key, expires_at_ms);
+        None
+    }
 
     /// Strict: atomically add `delta` to counter `key` only if the total stays at or below
     /// `limit`. Exact across instances (one round trip to a remote backend).
@@ -203,9 +221,9 @@ pub struct InMemoryStore {
     limiters: Mutex<FxHashMap<String, (u64, Gcra)>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Counter {
-    value: i64,
+    cell: Arc<CounterCell>,
     expires_at_ms: u64,
 }
 
@@ -225,19 +243,19 @@ impl InMemoryStore {
         Self::default()
     }
 
-    fn counter<'a>(map: &'a mut FxHashMap<String, Counter>, key: &str, expires_at_ms: u64) -> &'a mut Counter {
+    fn counter<'a>(map: &'a mut FxHashMap<String, Counter>, key: &str, expires_at_ms: u64) -> &'a CounterCell {
         if !map.contains_key(key) {
             map.insert(
                 key.to_owned(),
                 Counter {
-                    value: 0,
+                    cell: Arc::new(CounterCell::new(0)),
                     expires_at_ms,
                 },
             );
         }
         let c = map.get_mut(key).expect("inserted");
         c.expires_at_ms = c.expires_at_ms.max(expires_at_ms);
-        c
+        &c.cell
     }
 }
 
@@ -269,26 +287,22 @@ impl StateStore for InMemoryStore {
 
     fn add(&self, key: &str, delta: i64, expires_at_ms: u64) -> Result<i64> {
         let mut map = self.counters.lock();
-        let c = Self::counter(&mut map, key, expires_at_ms);
-        c.value += delta;
-        Ok(c.value)
+        Ok(Self::counter(&mut map, key, expires_at_ms).add(delta))
     }
 
     fn get(&self, key: &str) -> Result<i64> {
-        Ok(self.counters.lock().get(key).map_or(0, |c| c.value))
+        Ok(self.counters.lock().get(key).map_or(0, |c| c.cell.value()))
+    }
+
+    fn counter_cell(&self, key: &str, expires_at_ms: u64) -> Option<Arc<CounterCell>> {
+        let mut map = self.counters.lock();
+        Self::counter(&mut map, key, expires_at_ms);
+        map.get(key).map(|c| Arc::clone(&c.cell))
     }
 
     fn try_add(&self, key: &str, delta: i64, limit: i64, expires_at_ms: u64) -> Result<TryAdd> {
         let mut map = self.counters.lock();
-        let c = Self::counter(&mut map, key, expires_at_ms);
-        let admitted = c.value + delta <= limit;
-        if admitted {
-            c.value += delta;
-        }
-        Ok(TryAdd {
-            admitted,
-            total: c.value,
-        })
+        Ok(Self::counter(&mut map, key, expires_at_ms).try_add(delta, limit))
     }
 
     fn gcra(&self, key: &str, limit: Gcra, n: u64, charge_only: bool, now_us: u64) -> Result<GcraVerdict> {
@@ -309,9 +323,13 @@ impl StateStore for InMemoryStore {
     }
 
     fn sweep(&self, now_ms: u64) {
-        self.counters
-            .lock()
-            .retain(|_, c| c.expires_at_ms == 0 || c.expires_at_ms > now_ms);
+        self.counters.lock().retain(|_, c| {
+            let keep = c.expires_at_ms == 0 || c.expires_at_ms > now_ms;
+            if !keep {
+                c.cell.retire();
+            }
+            keep
+        });
         let now_us = now_ms.saturating_mul(1000);
         self.limiters.lock().retain(|_, (tat, _)| *tat > now_us);
     }
@@ -331,6 +349,22 @@ mod tests {
         assert_eq!(s.get("k").unwrap(), 35);
         s.sweep(1_000);
         assert_eq!(s.get("k").unwrap(), 0);
+    }
+
+    #[test]
+    fn cells_are_the_counters_of_their_keys() {
+        let s = InMemoryStore::new();
+        let c = s.counter_cell("k", 1_000).unwrap();
+        assert_eq!(c.add(7), 7);
+        assert_eq!(s.add("k", 3, 1_000).unwrap(), 10);
+        assert_eq!(s.get("k").unwrap(), 10);
+        assert!(Arc::ptr_eq(&c, &s.counter_cell("k", 1_000).unwrap()));
+        assert!(!s.try_add("k", 91, 100, 1_000).unwrap().admitted);
+        assert_eq!(c.value(), 10);
+        s.sweep(1_000);
+        assert!(c.is_retired());
+        assert_eq!(s.get("k").unwrap(), 0);
+        assert!(!s.counter_cell("k", 2_000).unwrap().is_retired());
     }
 
     #[test]
