@@ -847,9 +847,16 @@ impl Context {
                 if decisions < s.stale_at || self.refreshing.swap(true, Ordering::Acquire) {
                     return s.clone();
                 }
+                /// Clears `refreshing` however the refresh ends.
+                struct Done<'a>(&'a AtomicBool);
+                impl Drop for Done<'_> {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::Release);
+                    }
+                }
+                let _done = Done(&self.refreshing);
                 let fresh = Arc::new(Shares::build(self, snap, models, first, decisions));
                 self.shares.store(Some(fresh.clone()));
-                self.refreshing.store(false, Ordering::Release);
                 fresh
             }
             Some(s) if s.generation == snap.generation && decisions < s.stale_at => {
