@@ -1,6 +1,6 @@
 //! Load prediction and pre-emptive spill-over.
 //!
-//! **Forecast.** Every endpoint and every model keeps a [`Forecaster`]: Holt's double exponential
+//! **Forecast.** Every endpoint keeps a [`Forecaster`]: Holt's double exponential
 //! smoothing (C. C. Holt, "Forecasting seasonals and trends by exponentially weighted moving
 //! averages", ONR memo 52, 1957; Hyndman and Athanasopoulos, *Forecasting: Principles and
 //! Practice*, 3rd ed., §8.2) over one-second buckets of two series:
@@ -8,8 +8,11 @@
 //! - **arrivals per second**: the decisions routed there in each second (counted on the
 //!   decision path, one `fetch_add`);
 //! - **in-flight**: the load strategies see (own in-flight plus the other instances' reported
-//!   share, [`EndpointState::load_at`]; a model's is the sum over its endpoints), sampled once
-//!   per second when the bucket rolls over.
+//!   share, [`EndpointState::load_at`]), sampled once per second when the bucket rolls over.
+//!
+//! Every model keeps the in-flight series of its endpoints' sum. Its arrivals forecast is the
+//! sum of its endpoints' (Holt's recursions are linear, so the sum of the forecasts is the
+//! forecast of the sum, up to the floor at 0): the decision path counts each arrival once.
 //!
 //! Each series keeps a level `L` and a trend `T` (per second). When bucket value `x` closes:
 //!
@@ -46,29 +49,39 @@
 //! `spillover_share` (default 0.9) of its capacity, the sum of the capacities of its endpoints
 //! that serve (status healthy or degraded, weight > 0; a serving endpoint without capacity
 //! makes the model's capacity unbounded: it never spills). It stops spilling when the predicted
-//! in-flight falls under `release_share` (default 0.8) of capacity: the hysteresis between the
-//! two keeps it from flapping. The state moves once per second, at the model's roll-over, and
-//! each move emits `spillover_started` / `spillover_stopped`. Between two roll-overs, a model
-//! whose prediction was within the hysteresis band (or that stopped spilling less than a horizon
-//! ago) also starts spilling on the decision that
-//! finds its in-flight now at `spillover_share` (one pass over its endpoints, only while near). While a model spills, new
-//! requests go to its **fallback models**, the request's other candidates:
+//! in-flight falls under `release_share` (default 0.8) of capacity. The state moves once per
+//! second, at the model's roll-over, and each move emits `spillover_started` /
+//! `spillover_stopped`. Between two roll-overs, a model whose prediction was within the band
+//! (or that stopped spilling less than a horizon ago) also starts spilling on the decision that
+//! finds its in-flight now at `spillover_share` (one pass over its endpoints, only while near).
+//!
+//! **Proportional.** A spilling model sheds each new request with probability
+//! `s = clamp((L − release) / (spillover − release), 0, 1)` (shares of capacity), where `L` is
+//! its in-flight now plus the rise its forecast's trend predicts over the horizon: 0 at 80% of
+//! capacity, 1 at 90%. `L` is taken on every decision while the model spills (one pass over its
+//! endpoints), so the in-flight settles inside the band where the admitted requests balance
+//! the completions (first-order feedback, no oscillation) instead of cycling between spilling
+//! everything and nothing; the trend sheds ahead of a ramp. At a steady demand of 150% of
+//! capacity, about 85% is held and 43% of the requests spill. The shed requests go to its
+//! **fallback models**, the request's other candidates:
 //!
 //! - a rule's other target models;
 //! - an agent's other preferred models, else the agent's `fallback_models`;
 //! - by type: the other active models of the type that pass the request's filters.
 //!
 //! A request that names its model (or is steered to one by an experiment or forced route) never
-//! spills, nor does one whose every candidate model spills: then the strategy and the capacity
+//! spills, nor does one that every candidate model sheds: then the strategy and the capacity
 //! checks decide as without prediction.
 
+use rand::Rng as _;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use crate::endpoint::HeadStatus;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventBus};
 use crate::registry::snapshot::{ModelMask, Pool, Slot, Snapshot};
+use crate::rng::with_rng;
 #[cfg(doc)]
 use crate::state::EndpointState;
 use crate::RouterConfig;
@@ -95,11 +108,13 @@ pub struct PredictionConfig {
     pub alpha: f64,
     /// Holt's trend smoothing β, in (0, 1].
     pub beta: f64,
-    /// A model spills once its predicted in-flight reaches this share of its capacity.
+    /// A model starts spilling once its predicted in-flight reaches this share of its
+    /// capacity; from this share on, a spilling model sheds every new request.
     #[serde(alias = "spilloverShare")]
     pub spillover_share: f64,
     /// A spilling model stops when its predicted in-flight falls under this share (below
-    /// `spillover_share`: the hysteresis).
+    /// `spillover_share`: the hysteresis). The share of new requests a spilling model sheds
+    /// rises linearly from 0 at this share of its capacity to 1 at `spillover_share`.
     #[serde(alias = "releaseShare")]
     pub release_share: f64,
 }
@@ -233,12 +248,36 @@ impl Forecaster {
         if sec <= cur {
             return None;
         }
-        self.roll_slow(cur, sec, cfg, sample)
+        self.roll_slow(cur, sec, cfg, sample, true)
+    }
+
+    /// [`Forecaster::roll`] for a forecaster that counts no arrivals (a model's: its arrivals
+    /// are the sum of its endpoints'), so only its in-flight series moves.
+    #[inline]
+    pub(crate) fn roll_in_flight(
+        &self,
+        now_ms: u64,
+        cfg: &PredictionConfig,
+        sample: impl FnOnce() -> f64,
+    ) -> Option<f64> {
+        let sec = now_ms / 1000 + 1;
+        let cur = self.second.load(Ordering::Acquire);
+        if sec <= cur {
+            return None;
+        }
+        self.roll_slow(cur, sec, cfg, sample, false)
     }
 
     #[cold]
     #[inline(never)]
-    fn roll_slow(&self, cur: u64, sec: u64, cfg: &PredictionConfig, sample: impl FnOnce() -> f64) -> Option<f64> {
+    fn roll_slow(
+        &self,
+        cur: u64,
+        sec: u64,
+        cfg: &PredictionConfig,
+        sample: impl FnOnce() -> f64,
+        arrivals: bool,
+    ) -> Option<f64> {
         if self
             .second
             .compare_exchange(cur, sec, Ordering::AcqRel, Ordering::Acquire)
@@ -246,7 +285,11 @@ impl Forecaster {
         {
             return None;
         }
-        let n = self.count.swap(0, Ordering::AcqRel);
+        let n = if arrivals {
+            self.count.swap(0, Ordering::AcqRel)
+        } else {
+            0
+        };
         #[cfg(test)]
         self.folded.fetch_add(n, Ordering::Relaxed);
         let x = sample();
@@ -259,16 +302,18 @@ impl Forecaster {
             return Some(x);
         }
         let gap = sec - cur;
-        let _ = self.rate.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-            let (mut l, mut t) = unpack(v);
-            if gap > MAX_IDLE_BUCKETS {
-                return Some(pack(0.0, 0.0));
-            }
-            (l, t) = holt(l, t, n as f64, alpha, beta);
-            for _ in 1..gap {
-                (l, t) = holt(l, t, 0.0, alpha, beta);
-            }
-            Some(pack(l, t))
+        let _ = arrivals.then(|| {
+            self.rate.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                let (mut l, mut t) = unpack(v);
+                if gap > MAX_IDLE_BUCKETS {
+                    return Some(pack(0.0, 0.0));
+                }
+                (l, t) = holt(l, t, n as f64, alpha, beta);
+                for _ in 1..gap {
+                    (l, t) = holt(l, t, 0.0, alpha, beta);
+                }
+                Some(pack(l, t))
+            })
         });
         let _ = self.load.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
             let (mut l, mut t) = unpack(v);
@@ -326,6 +371,13 @@ impl Forecaster {
         }
     }
 
+    /// The rise of in-flight the forecast's trend predicts over `horizon_ms` (0 when it falls).
+    #[inline]
+    pub(crate) fn rise(&self, horizon_ms: u64) -> f64 {
+        let (_, trend) = unpack(self.load.load(Ordering::Acquire));
+        (f64::from(trend) * horizon_ms as f64 / 1000.0).max(0.0)
+    }
+
     /// Predicted in-flight `horizon_ms` after `now_ms`: the forecast, never below `current`.
     #[inline]
     pub(crate) fn predicted_in_flight(&self, now_ms: u64, horizon_ms: u64, current: f64) -> f64 {
@@ -354,15 +406,30 @@ pub(crate) fn endpoint_load(slot: &Slot, now_ms: u64, config: &RouterConfig) -> 
 /// A model's live prediction state, kept across configuration changes.
 #[derive(Debug, Default)]
 pub(crate) struct ModelLoad {
+    /// Its in-flight series (it counts no arrivals: those are its endpoints').
     pub(crate) forecast: Forecaster,
-    spilling: AtomicBool,
-    /// Set at the last roll-over when the prediction was at or above `release_share` of
-    /// capacity: then each decision also checks the in-flight now against `spillover_share`.
-    near: AtomicBool,
+    /// [`SPILLING`] and [`NEAR`]: read with one load per decision.
+    state: AtomicU8,
     /// The capacity found at the last roll-over (`u64::MAX`: unbounded).
     capacity: AtomicU64,
     /// When the model last stopped spilling, Unix ms (it stays near for a horizon after).
     stopped_ms: AtomicU64,
+}
+
+/// Between `spillover_started` and `spillover_stopped`.
+const SPILLING: u8 = 1;
+/// The prediction at the last roll-over was at or above `release_share` of capacity (or the
+/// model spills, or stopped less than a horizon ago): each decision looks at its in-flight now.
+const NEAR: u8 = 2;
+
+/// The share of new requests a spilling model spills when its in-flight (predicted, or now)
+/// is `load` and its capacity `cap`: 0 at `release_share` of the capacity, rising linearly to 1
+/// at `spillover_share`, where it starts spilling. The share of requests that keeps its
+/// in-flight inside the band instead of letting it reach the threshold.
+fn spill_share(p: &PredictionConfig, load: f64, cap: u64) -> f64 {
+    let cap = cap as f64;
+    let (start, full) = (p.release_share * cap, p.spillover_share * cap);
+    ((load - start) / (full - start)).clamp(0.0, 1.0)
 }
 
 /// The in-flight of a model's endpoints now, and the capacity of those that serve (`None`:
@@ -386,38 +453,72 @@ fn model_load(members: &[std::sync::Arc<Slot>], now_ms: u64, config: &RouterConf
 }
 
 impl ModelLoad {
-    /// Whether the model spills now.
-    #[inline]
+    /// Whether the model spills now (between `spillover_started` and `spillover_stopped`).
     pub(crate) fn spilling(&self) -> bool {
-        self.spilling.load(Ordering::Relaxed)
+        self.state.load(Ordering::Relaxed) & SPILLING != 0
     }
 
-    /// Between two roll-overs, a model near its threshold starts spilling as soon as its
-    /// in-flight now reaches `spillover_share` of its capacity (a ramp can fill it within the
-    /// second otherwise). Costs one pass over its endpoints, only while near.
+    /// The share of new requests the model spills now ([`spill_share`] of its in-flight now
+    /// plus the rise its forecast's trend predicts over the horizon), 0 unless it spills; the
+    /// decision that finds its in-flight now at `spillover_share` of its capacity starts the
+    /// spill (a ramp can fill it between two roll-overs). One atomic load, plus one pass over
+    /// its endpoints while near.
     #[inline]
-    fn check_now(&self, snap: &Snapshot, model_idx: u32, now_ms: u64, events: &EventBus) {
-        if self.spilling() || !self.near.load(Ordering::Relaxed) {
-            return;
+    fn share_now(&self, snap: &Snapshot, model_idx: u32, now_ms: u64, events: &EventBus) -> f64 {
+        let st = self.state.load(Ordering::Relaxed);
+        if st & NEAR == 0 {
+            return 0.0;
         }
         let cap = self.capacity.load(Ordering::Relaxed);
         if cap == u64::MAX || cap == 0 {
-            return;
+            return 0.0;
         }
         let entry = &snap.models[model_idx as usize];
         let (current, _) = model_load(&snap.pools[entry.pool as usize].members, now_ms, &snap.config);
         let p = &snap.config.prediction;
-        if current < p.spillover_share * cap as f64 || self.spilling.swap(true, Ordering::AcqRel) {
-            return;
+        let share = self.share_at(st, current, cap, p);
+        if st & SPILLING == 0
+            && current >= p.spillover_share * cap as f64
+            && self.state.fetch_or(SPILLING, Ordering::AcqRel) & SPILLING == 0
+        {
+            let predicted = self.forecast.predicted_in_flight(now_ms, p.horizon_ms, current);
+            events.emit(&Event::SpilloverStarted {
+                model_id: entry.id.to_string(),
+                current_in_flight: current,
+                predicted_in_flight: predicted,
+                capacity: cap,
+                at_ms: now_ms,
+            });
         }
-        let predicted = self.forecast.predicted_in_flight(now_ms, p.horizon_ms, current);
-        events.emit(&Event::SpilloverStarted {
-            model_id: entry.id.to_string(),
-            current_in_flight: current,
-            predicted_in_flight: predicted,
-            capacity: cap,
-            at_ms: now_ms,
-        });
+        share
+    }
+
+    /// The spill share in state `st` with `current` in flight now: while the model spills (or
+    /// once `current` reaches `spillover_share` of `cap`), [`spill_share`] of `current` plus
+    /// the forecast's rise over the horizon; else 0.
+    fn share_at(&self, st: u8, current: f64, cap: u64, p: &PredictionConfig) -> f64 {
+        if st & SPILLING != 0 || current >= p.spillover_share * cap as f64 {
+            spill_share(p, current + self.forecast.rise(p.horizon_ms), cap)
+        } else {
+            0.0
+        }
+    }
+
+    /// [`ModelLoad::share_now`] with `current` in flight now, without moving the state.
+    pub(crate) fn share_seen(&self, current: f64, p: &PredictionConfig) -> f64 {
+        let st = self.state.load(Ordering::Relaxed);
+        match self.capacity.load(Ordering::Relaxed) {
+            c if st & NEAR != 0 && c != 0 && c != u64::MAX => self.share_at(st, current, c, p),
+            _ => 0.0,
+        }
+    }
+
+    /// Whether this request spills off the model: with probability [`ModelLoad::share_now`].
+    #[inline]
+    fn spills(&self, snap: &Snapshot, model_idx: u32, now_ms: u64, events: &EventBus) -> bool {
+        self.tick(snap, model_idx, now_ms, events);
+        let share = self.share_now(snap, model_idx, now_ms, events);
+        share > 0.0 && (share >= 1.0 || with_rng(|r| r.random::<f64>()) < share)
     }
 
     /// Roll the model's buckets over when a new second began, and move its spill-over state
@@ -428,7 +529,7 @@ impl ModelLoad {
         let entry = &snap.models[model_idx as usize];
         let members = &snap.pools[entry.pool as usize].members;
         let mut cap = None;
-        let Some(current) = self.forecast.roll(now_ms, &cfg.prediction, || {
+        let Some(current) = self.forecast.roll_in_flight(now_ms, &cfg.prediction, || {
             let (l, c) = model_load(members, now_ms, cfg);
             cap = c;
             l
@@ -440,24 +541,24 @@ impl ModelLoad {
         }
         let p = &cfg.prediction;
         let predicted = self.forecast.predicted_in_flight(now_ms, p.horizon_ms, current);
-        let was = self.spilling();
         self.capacity.store(cap.unwrap_or(u64::MAX), Ordering::Relaxed);
         let recently = now_ms.saturating_sub(self.stopped_ms.load(Ordering::Relaxed)) < p.horizon_ms;
-        self.near.store(
-            cap.is_some_and(|c| predicted >= p.release_share * c as f64 || (was || recently)),
-            Ordering::Relaxed,
-        );
-        let now = match cap {
-            None | Some(0) => false,
-            Some(c) if was => predicted >= p.release_share * c as f64,
-            Some(c) => predicted >= p.spillover_share * c as f64,
-        };
-        if now == was || self.spilling.swap(now, Ordering::AcqRel) == now {
+        let (mut was, mut now) = (false, false);
+        let _ = self.state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            was = v & SPILLING != 0;
+            now = match cap {
+                None | Some(0) => false,
+                Some(c) if was => predicted >= p.release_share * c as f64,
+                Some(c) => predicted >= p.spillover_share * c as f64,
+            };
+            let near = cap.is_some_and(|c| predicted >= p.release_share * c as f64) || now || was || recently;
+            Some(if now { SPILLING } else { 0 } | if near && cap.is_some() { NEAR } else { 0 })
+        });
+        if now == was {
             return;
         }
         if !now {
             self.stopped_ms.store(now_ms, Ordering::Relaxed);
-            self.near.store(true, Ordering::Relaxed);
         }
         let (model_id, capacity) = (entry.id.to_string(), cap.unwrap_or(0));
         events.emit(&if now {
@@ -480,7 +581,8 @@ impl ModelLoad {
     }
 }
 
-/// Count a routed request: an arrival at its endpoint and at its model.
+/// Count a routed request: an arrival at its endpoint (a model's arrivals are the sum of its
+/// endpoints'), and roll the model's in-flight series over.
 #[inline]
 pub(crate) fn record(snap: &Snapshot, slot: &Slot, now_ms: u64, events: &EventBus) {
     let cfg = &snap.config;
@@ -494,13 +596,13 @@ pub(crate) fn record(snap: &Snapshot, slot: &Slot, now_ms: u64, events: &EventBu
     st.forecast.arrive();
     if let Some(e) = snap.models.get(slot.model_idx as usize) {
         e.load.tick(snap, slot.model_idx, now_ms, events);
-        e.load.forecast.arrive();
     }
 }
 
-/// The candidate models of a request once spilling models are left out: `None` when none of
-/// them spills, or when no other candidate is left (then `fallback` gives the agent's fallback
-/// models, if any, with the spilling ones left out too).
+/// The candidate models of a request once the ones it spills off are left out: `None` when it
+/// spills off none of them, or when no other candidate is left (then `fallback` gives the
+/// agent's fallback models, if any, less those it spills off too). A spilling model sheds each
+/// request with probability its spill share.
 pub(crate) fn spill_mask(
     snap: &Snapshot,
     pool: &Pool,
@@ -513,45 +615,40 @@ pub(crate) fn spill_mask(
     if !p.enabled || !p.spillover {
         return None;
     }
-    let mut any = false;
+    // The models this request spills off (no allocation up to 256 models).
+    let mut off: Option<ModelMask> = None;
     let mut keep = false;
     for &mi in pool.models.iter() {
         if mask.is_some_and(|m| !m.contains(mi)) {
             continue;
         }
-        let load = &snap.models[mi as usize].load;
-        load.tick(snap, mi, now_ms, events);
-        load.check_now(snap, mi, now_ms, events);
-        if load.spilling() {
-            any = true;
+        if snap.models[mi as usize].load.spills(snap, mi, now_ms, events) {
+            off.get_or_insert_with(|| ModelMask::empty(snap.models.len()))
+                .insert(mi);
         } else {
             keep = true;
         }
     }
-    if !any {
-        return None;
-    }
-    let without = |m: Option<&ModelMask>| {
+    let mut off = off?;
+    let without = |m: Option<&ModelMask>, off: &ModelMask| {
         let mut out = ModelMask::empty(snap.models.len());
         for &mi in pool.models.iter() {
-            if m.is_none_or(|m| m.contains(mi)) && !snap.models[mi as usize].load.spilling() {
+            if m.is_none_or(|m| m.contains(mi)) && !off.contains(mi) {
                 out.insert(mi);
             }
         }
         out
     };
     if keep {
-        return Some(without(mask));
+        return Some(without(mask, &off));
     }
     let fb = fallback()?;
     for &mi in pool.models.iter() {
-        if fb.contains(mi) {
-            let load = &snap.models[mi as usize].load;
-            load.tick(snap, mi, now_ms, events);
-            load.check_now(snap, mi, now_ms, events);
+        if fb.contains(mi) && !off.contains(mi) && snap.models[mi as usize].load.spills(snap, mi, now_ms, events) {
+            off.insert(mi);
         }
     }
-    let out = without(Some(&fb));
+    let out = without(Some(&fb), &off);
     (!out.is_empty()).then_some(out)
 }
 
@@ -570,8 +667,11 @@ pub struct ModelForecast {
     pub arrivals_per_s: f64,
     /// Predicted arrivals per second a horizon ahead.
     pub predicted_arrivals_per_s: f64,
-    /// Whether it spills.
+    /// Whether it spills (between `spillover_started` and `spillover_stopped`).
     pub spilling: bool,
+    /// The share of new requests it spills now: 0 under `spillover_share` of its capacity,
+    /// rising linearly to 1 at its capacity.
+    pub spill_share: f64,
 }
 
 /// Load prediction in an [`Explanation`](crate::Explanation): each candidate model's current
@@ -603,27 +703,41 @@ pub(crate) fn explain(
         .filter(|&&mi| mask.is_none_or(|m| m.contains(mi)) || spilled.is_some_and(|m| m.contains(mi)))
         .map(|&mi| {
             let e = &snap.models[mi as usize];
-            let (current, capacity) = model_load(&snap.pools[e.pool as usize].members, now_ms, &snap.config);
-            let f = e.load.forecast.forecast(now_ms, p.horizon_ms);
+            let members = &snap.pools[e.pool as usize].members;
+            let (current, capacity) = model_load(members, now_ms, &snap.config);
+            // A model's arrivals are the sum of its endpoints' (Holt's forecasts are linear).
+            let (mut arrivals_now, mut arrivals_ahead) = (0.0, 0.0);
+            for m in members {
+                let st = &m.state;
+                st.forecast.roll(now_ms, p, || {
+                    f64::from(st.load_at(now_ms, snap.config.default_latency_ms))
+                });
+                let f = st.forecast.forecast(now_ms, p.horizon_ms);
+                arrivals_now += f.arrivals_now;
+                arrivals_ahead += f.arrivals_ahead;
+            }
             ModelForecast {
                 model_id: e.id.to_string(),
                 capacity,
                 current_in_flight: current,
                 predicted_in_flight: e.load.forecast.predicted_in_flight(now_ms, p.horizon_ms, current),
-                arrivals_per_s: f.arrivals_now,
-                predicted_arrivals_per_s: f.arrivals_ahead,
+                arrivals_per_s: arrivals_now,
+                predicted_arrivals_per_s: arrivals_ahead,
                 spilling: e.load.spilling(),
+                spill_share: e.load.share_seen(current, p),
             }
         })
         .collect();
     let spilled = spilled.map(|to| {
+        let routed = |m: &ModelForecast| snap.model(&m.model_id).is_some_and(|(mi, _)| to.contains(mi));
         let from: Vec<String> = models
             .iter()
-            .filter(|m| m.spilling)
+            .filter(|m| m.spilling && !routed(m))
             .map(|m| {
                 format!(
-                    "`{}` (predicted in-flight {:.1} in {} s, now {:.1}, capacity {})",
+                    "`{}` (spills {:.0}% of its requests: predicted in-flight {:.1} in {} s, now {:.1}, capacity {})",
                     m.model_id,
+                    m.spill_share * 100.0,
                     m.predicted_in_flight,
                     p.horizon_ms as f64 / 1000.0,
                     m.current_in_flight,
@@ -633,11 +747,11 @@ pub(crate) fn explain(
             .collect();
         let to: Vec<String> = models
             .iter()
-            .filter(|m| snap.model(&m.model_id).is_some_and(|(mi, _)| to.contains(mi)))
+            .filter(|m| routed(m))
             .map(|m| format!("`{}`", m.model_id))
             .collect();
         format!(
-            "spilled: {} reached {:.0}% of capacity (spill-over stops under {:.0}%); routed among {}",
+            "spilled: {} (a model spills from {:.0}% of its capacity, every request at 100%, and stops under {:.0}%); routed among {}",
             from.join(", "),
             p.spillover_share * 100.0,
             p.release_share * 100.0,
@@ -766,6 +880,16 @@ mod tests {
         assert_eq!(folded + f.open_bucket(), THREADS * EACH, "every arrival counted once");
         f.roll(clock.load(Ordering::Relaxed) + 1_000, &c, || 0.0);
         assert_eq!(f.folded.load(Ordering::Relaxed), THREADS * EACH);
+    }
+
+    #[test]
+    fn the_spill_share_rises_across_the_band() {
+        let p = cfg();
+        assert_eq!(spill_share(&p, 70.0, 100), 0.0);
+        assert_eq!(spill_share(&p, 80.0, 100), 0.0);
+        assert!((spill_share(&p, 85.0, 100) - 0.5).abs() < 1e-12);
+        assert_eq!(spill_share(&p, 90.0, 100), 1.0);
+        assert_eq!(spill_share(&p, 250.0, 100), 1.0);
     }
 
     #[test]

@@ -143,6 +143,42 @@ fn the_reason_and_explain_show_every_arm() {
     assert!(!r.route(&chat()).unwrap().reason().contains("adaptive"));
 }
 
+/// The choices follow the probabilities the reason and explain show: each model's share of
+/// the decisions is `floor + (1 − k·floor) · P(best)`, Thompson sampling's distribution over
+/// the posteriors plus the exploration floor.
+#[test]
+fn choices_follow_the_probabilities_of_best() {
+    seed_thread(21);
+    let r = common::router(policy(3, json!({})), common::clock());
+    let mut g = 21;
+    for _ in 0..300 {
+        step(&r, &mut g, |m| [0.96, 0.95, 0.94][m]);
+    }
+    // Decisions dropped without a report update no arm: the posteriors stay as they are.
+    let x = r.explain(&chat()).adaptive.expect("adaptive");
+    let expect: Vec<f64> = x
+        .arms
+        .iter()
+        .map(|a| 0.02 + (1.0 - 3.0 * 0.02) * a.probability)
+        .collect();
+    assert!((x.arms.iter().map(|a| a.probability).sum::<f64>() - 1.0).abs() < 1e-9);
+    let n = 20_000;
+    let mut counts = [0usize; 3];
+    for _ in 0..n {
+        let d = r.route(&chat()).unwrap();
+        counts[d.model_id()[1..].parse::<usize>().unwrap()] += 1;
+    }
+    for (m, (&k, &e)) in counts.iter().zip(&expect).enumerate() {
+        let share = k as f64 / n as f64;
+        let sd = (e * (1.0 - e) / n as f64).sqrt();
+        assert!(
+            (share - e).abs() <= 4.0 * sd + 1e-3,
+            "m{m}: {share} vs {e} ({counts:?}, {x:?})"
+        );
+    }
+    assert!(expect[0] > 0.3, "the posteriors should not be flat: {expect:?}");
+}
+
 #[test]
 fn agent_preferences_and_rules_turn_it_on() {
     let mut p = policy(3, json!({}));

@@ -118,6 +118,10 @@ struct RampRun {
     refused: u64,
     spilled: u64,
     events: Vec<String>,
+    /// True in-flight on model `a` (both endpoints, both instances) at each second.
+    a_in_flight: Vec<usize>,
+    /// Requests routed, and sent to `b`, once demand holds at 150% (t ≥ 60 s).
+    plateau: (u64, u64),
 }
 
 const INSTANCES: usize = 2;
@@ -212,12 +216,19 @@ fn ramp(settings: RouterConfig) -> RampRun {
                     if d.model_id() == "b" {
                         out.spilled += 1;
                     }
+                    if t >= 60_000 {
+                        out.plateau.0 += 1;
+                        out.plateau.1 += u64::from(d.model_id() == "b");
+                    }
                     true_in_flight[e] += 1;
                     out.routed += 1;
                     pending.push_back((now + SERVICE_MS, inst, e, d));
                 }
                 Err(_) => out.refused += 1,
             }
+        }
+        if t % 1_000 == 0 {
+            out.a_in_flight.push(true_in_flight[0] + true_in_flight[1]);
         }
         t += TICK_MS;
         clock.advance(TICK_MS);
@@ -236,8 +247,12 @@ fn ramp_to_150_percent_pre_emptive_spillover_sends_nothing_to_a_full_endpoint() 
     for (name, r) in [("pre-emptive", &pre), ("reactive", &reactive)] {
         let started = r.events.iter().filter(|e| e.contains("spillover_started")).count();
         println!(
-            "{name}: routed {}, sent to a full endpoint {}, refused {}, spilled to b {}, spillover_started events {started} (both instances)",
-            r.routed, r.sent_at_capacity, r.refused, r.spilled
+            "{name}: routed {}, sent to a full endpoint {}, refused {}, spilled to b {}, spillover_started events {started} (both instances), peak in-flight on a {}",
+            r.routed,
+            r.sent_at_capacity,
+            r.refused,
+            r.spilled,
+            r.a_in_flight.iter().max().unwrap()
         );
     }
     assert_eq!(pre.sent_at_capacity, 0, "{pre:?}");
@@ -250,6 +265,32 @@ fn ramp_to_150_percent_pre_emptive_spillover_sends_nothing_to_a_full_endpoint() 
     );
     assert!(reactive.sent_at_capacity > 0, "{reactive:?}");
     assert!(reactive.events.is_empty());
+}
+
+/// Spill-over is proportional: at a steady 150% demand the model keeps serving a steady share
+/// (its in-flight held inside the 80-90% band, about 43% of the requests spilled) instead of
+/// cycling between spilling everything and nothing.
+#[test]
+fn spill_over_is_proportional_at_steady_demand() {
+    let run = ramp(RouterConfig {
+        prediction: prediction(true),
+        ..Default::default()
+    });
+    let started = run.events.iter().filter(|e| e.contains("spillover_started")).count();
+    let stopped = run.events.iter().filter(|e| e.contains("spillover_stopped")).count();
+    let held = &run.a_in_flight[65..];
+    let share = run.plateau.1 as f64 / run.plateau.0 as f64;
+    println!(
+        "steady 150% demand (t >= 65 s): in-flight on a {}..{} of 100, share spilled to b {share:.3}; spillover_started {started}, spillover_stopped {stopped}",
+        held.iter().min().unwrap(),
+        held.iter().max().unwrap()
+    );
+    // One start per instance, never a stop: no cycling.
+    assert_eq!((started, stopped), (INSTANCES, 0), "{:?}", run.events);
+    // Steady: in-flight stays near the band (the all-or-nothing spill drained it to 56-65).
+    assert!(held.iter().all(|&n| (75..=95).contains(&n)), "{held:?}");
+    // The share that keeps ~85 of the demand's 150 in flight: 1 - 85/150 ≈ 0.43.
+    assert!((0.33..0.53).contains(&share), "{share}");
 }
 
 #[test]
