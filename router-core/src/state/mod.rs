@@ -10,6 +10,7 @@
 
 mod live;
 
+pub(crate) use live::peak_decayed;
 pub use live::{EndpointState, LATENCY_EWMA_ALPHA, PEAK_EWMA_DECAY_MS, SUCCESS_EWMA_ALPHA};
 
 use parking_lot::Mutex;
