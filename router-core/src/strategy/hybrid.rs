@@ -136,35 +136,46 @@ fn combine(w: &HybridWeights, load_term: f64, l: f64, health: f64, cost_term: f6
     load_term + w.latency * l / (l + w.latency_ref_ms) + w.health * (1.0 - health) + cost_term + w.region * off_region
 }
 
-/// Step of [`decay_table`], ms.
-const DECAY_STEP_MS: u64 = 64;
-/// Steps in [`decay_table`]: 262 s, 26 decay time constants.
+/// Entries of each of the two [`DecayTables`].
 const DECAY_STEPS: usize = 4096;
+/// Elapsed times below this (4096² ms, 4.7 hours, 1,677 decay time constants) are bounded
+/// closely; beyond, the decay is bounded by 0 and e^(-1677).
+const DECAY_SPAN_MS: u64 = (DECAY_STEPS * DECAY_STEPS) as u64;
 
-/// e^(-k · 64 ms / τ) for k = 0 ..= 4096, τ the peak-EWMA decay time constant: entries k and
-/// k + 1 bound the decay of every elapsed time in [k · 64, (k + 1) · 64) ms within 0.7%, so a
-/// scan bounds a member's decayed latency with a lookup instead of an `exp()`.
-fn decay_table() -> &'static [f64; DECAY_STEPS + 1] {
-    static TABLE: OnceLock<Box<[f64; DECAY_STEPS + 1]>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut t = Box::new([0.0; DECAY_STEPS + 1]);
-        for (k, x) in t.iter_mut().enumerate() {
-            *x = (-((k as u64 * DECAY_STEP_MS) as f64) / PEAK_EWMA_DECAY_MS).exp();
+/// e^(-t/τ), τ the peak-EWMA decay time constant, as a product of two lookups: t = 4096·a + b
+/// gives e^(-4096·a/τ) · e^(-b/τ). The product is within a few units in the last place of the
+/// `exp()` that [`peak_decayed`] computes, so a scan bounds a member's decayed latency within
+/// a relative 1e-9 with two lookups instead of an `exp()`.
+struct DecayTables {
+    coarse: [f64; DECAY_STEPS],
+    fine: [f64; DECAY_STEPS],
+}
+
+fn decay_tables() -> &'static DecayTables {
+    static TABLES: OnceLock<Box<DecayTables>> = OnceLock::new();
+    TABLES.get_or_init(|| {
+        let mut t = Box::new(DecayTables {
+            coarse: [0.0; DECAY_STEPS],
+            fine: [0.0; DECAY_STEPS],
+        });
+        for k in 0..DECAY_STEPS {
+            t.coarse[k] = (-((k * DECAY_STEPS) as f64) / PEAK_EWMA_DECAY_MS).exp();
+            t.fine[k] = (-(k as f64) / PEAK_EWMA_DECAY_MS).exp();
         }
         t
     })
 }
 
-/// Bounds of the decay e^(-t/τ) after `elapsed_ms`, from [`decay_table`], widened by a
-/// relative 1e-9 (far above the table's rounding and `exp()`'s error).
+/// Bounds of the decay e^(-t/τ) after `elapsed_ms`, widened by a relative 1e-9, far above the
+/// rounding of the tables, of their product and of `exp()`'s argument and result.
 #[inline(always)]
-fn decay_bounds(table: &[f64; DECAY_STEPS + 1], elapsed_ms: u64) -> (f64, f64) {
-    let k = elapsed_ms / DECAY_STEP_MS;
-    if k < DECAY_STEPS as u64 {
-        let k = k as usize;
-        (table[k + 1] * (1.0 - 1e-9), table[k] * (1.0 + 1e-9))
+fn decay_bounds(tables: &DecayTables, elapsed_ms: u64) -> (f64, f64) {
+    if elapsed_ms < DECAY_SPAN_MS {
+        let d = tables.coarse[(elapsed_ms / DECAY_STEPS as u64) as usize]
+            * tables.fine[(elapsed_ms % DECAY_STEPS as u64) as usize];
+        (d * (1.0 - 1e-9), d * (1.0 + 1e-9))
     } else {
-        (0.0, table[DECAY_STEPS] * (1.0 + 1e-9))
+        (0.0, tables.coarse[DECAY_STEPS - 1] * (1.0 + 1e-9))
     }
 }
 
@@ -222,8 +233,8 @@ impl Strategy for Hybrid {
         let pref = c.preferred_region();
         let pre = &c.pool.hybrid_costs;
         let costs = (pre.weight == w.cost && pre.reference == w.cost_ref_per_1k).then_some(&pre.terms);
-        let table = decay_table();
-        let (i, value, f) = c.scan_bounded(rng, c.config.near_tie_tolerance, |m, _| {
+        let tables = decay_tables();
+        let (i, value, f) = c.scan_bounded(rng, c.config.near_tie_tolerance, |m, above| {
             let st = &m.hot.state;
             let load = c.scanned_load(m);
             let load_term = if load == 0 {
@@ -241,27 +252,33 @@ impl Strategy for Hybrid {
                 Some(p) if m.hot.region != p => 1.0,
                 _ => 0.0,
             };
+            let rest = load_term + w.health * (1.0 - health) + cost + w.region * off_region;
+            // The latency term is ≥ 0: a member whose other terms already exceed the bound
+            // needs no latency (the margins cover the rounding of both sums).
+            if rest * (1.0 - 1e-12) > above * (1.0 + 1e-12) {
+                return None;
+            }
             let peak = st.peak_ewma_raw();
             let (lo, hi) = match peak {
                 None => (default_latency, default_latency),
                 Some((v, ts)) => {
-                    let (a, b) = decay_bounds(table, now_ms.saturating_sub(ts));
+                    let (a, b) = decay_bounds(tables, now_ms.saturating_sub(ts));
                     (v * a, v * b)
                 }
             };
-            HybridBounds {
+            Some(HybridBounds {
                 w,
                 load_term,
                 health,
                 cost,
                 off_region,
-                rest: load_term + w.health * (1.0 - health) + cost + w.region * off_region,
+                rest,
                 lo,
                 hi,
                 peak,
                 now_ms,
                 default_latency,
-            }
+            })
         })?;
         Some(Pick::new(
             i,
@@ -293,7 +310,7 @@ mod tests {
             cost in 0.0..1.0f64,
             off in any::<bool>(),
             v in 0.0..20_000.0f64,
-            age in prop_oneof![0..200u64, 0..300_000u64, (0..4096u64).prop_map(|k| k * 64)],
+            age in prop_oneof![0..200u64, 0..300_000u64, (0..4096u64).prop_map(|k| k * 4096), 16_777_000..16_778_000u64],
             rel in prop_oneof![-1e-6..1e-6f64, -1e-12..1e-12f64, -0.1..0.1f64],
         ) {
             let w = HybridWeights {
@@ -305,8 +322,8 @@ mod tests {
                 latency_ref_ms: latency_ref,
                 cost_ref_per_1k: 0.01,
             };
-            let now_ms = 1_000_000;
-            let (a, b) = decay_bounds(decay_table(), age);
+            let now_ms = 100_000_000;
+            let (a, b) = decay_bounds(decay_tables(), age);
             let off_region = if off { 1.0 } else { 0.0 };
             let hb = HybridBounds {
                 w: &w,
@@ -333,16 +350,20 @@ mod tests {
         }
     }
 
-    /// The table's bounds hold the decay `peak_decayed` computes, at every elapsed time.
+    /// The tables' bounds hold the decay `peak_decayed` computes, closely, at every elapsed
+    /// time.
     #[test]
     fn decay_bounds_hold_the_decay() {
-        let table = decay_table();
+        let tables = decay_tables();
         let mut e = 0u64;
-        while e < 300_000 {
+        while e < 40_000_000 {
             let exact = peak_decayed(1.0, 0, e);
-            let (lo, hi) = decay_bounds(table, e);
+            let (lo, hi) = decay_bounds(tables, e);
             assert!(lo <= exact && exact <= hi, "{e}: {lo} {exact} {hi}");
-            assert!(e >= 262_144 || lo >= exact * 0.99, "{e}: loose floor {lo} for {exact}");
+            assert!(
+                e >= DECAY_SPAN_MS || hi - lo <= exact * 3e-9,
+                "{e}: loose {lo} {hi} for {exact}"
+            );
             e += 1 + e / 97;
         }
     }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-use crate::breaker::Admission;
+use crate::breaker::{Admission, BreakerState};
 use crate::endpoint::HeadStatus;
 use crate::registry::snapshot::{Hot, ModelMask, Pool, Slot, NO_REGION};
 use crate::request::RouteRequest;
@@ -251,17 +251,19 @@ pub enum Tier {
     Panic,
 }
 
-/// What an eligibility check read of a member, handed on to its score so that a scan reads
-/// each of the member's atomics once.
+/// What a scan's eligibility check read of a member, handed on to its score so that a scan
+/// reads each of the member's atomics once.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Seen {
-    /// The reported status.
-    pub(crate) status: HeadStatus,
-    /// Its load at `now` ([`EndpointState::load_at`]), when the capacity check computed it.
-    pub(crate) load: Option<u32>,
-    /// Its health score ([`crate::health::score_at`]), when the check worked it out.
-    pub(crate) health: Option<f64>,
+    /// Its load at `now` ([`EndpointState::load_at`]).
+    pub(crate) load: u32,
+    /// Its health score ([`crate::health::score_at`]).
+    pub(crate) health: f64,
 }
+
+/// What the eligibility rules read: the reported status, and the load at `now` when the
+/// capacity check computed it.
+type Checked = (HeadStatus, Option<u32>);
 
 /// Why `slot` can or cannot take a request in `tier` (everything but the model filter).
 #[inline]
@@ -311,7 +313,7 @@ impl<'a> Env<'a> {
         st: &EndpointState,
         capacity: u32,
         caps: Option<(Option<u32>, Option<u32>)>,
-    ) -> Result<Seen, Verdict> {
+    ) -> Result<Checked, Verdict> {
         let (now_ms, tier) = (self.now_ms, self.tier);
         let status = st.status();
         match status {
@@ -352,11 +354,7 @@ impl<'a> Env<'a> {
                 return Err(Verdict::DegradedHeldBack);
             }
         }
-        Ok(Seen {
-            status,
-            load,
-            health: None,
-        })
+        Ok((status, load))
     }
 
     /// The common case in one go: a member healthy by report and by computed health, with no
@@ -366,21 +364,19 @@ impl<'a> Env<'a> {
     /// count and its health score is 1; this returns them. Otherwise `None`: the member takes
     /// the full check. The conditions are combined without short-circuits, so that they
     /// cost few branches.
+    /// `NO_HEARTBEAT` says that heartbeats are off (`heartbeat_ttl_ms` is 0).
     #[inline(always)]
-    fn quick_check(&self, st: &EndpointState, capacity: u32) -> Option<Seen> {
+    fn quick_check<const NO_HEARTBEAT: bool>(&self, st: &EndpointState, capacity: u32) -> Option<Seen> {
         let healthy = st.status() == HeadStatus::Healthy;
         let computed = st.health_status() == HeadStatus::Healthy;
         let no_failure = st.success_rate() >= 1.0;
         let own = st.in_flight();
         let no_report = st.reported_load() == 0;
         let room = capacity == 0 || own < capacity;
-        let closed = st.breaker.admission(self.now_ms, self.breaker) == Admission::Closed;
-        let alive = self.heartbeat_ttl_ms == 0 || !st.is_expired(self.now_ms, self.heartbeat_ttl_ms);
-        (healthy & computed & no_failure & no_report & room & closed & alive).then_some(Seen {
-            status: HeadStatus::Healthy,
-            load: Some(own),
-            health: Some(1.0),
-        })
+        // `admission(now) == Admission::Closed`, without its early returns.
+        let closed = (self.now_ms >= st.breaker.cooldown_until_ms()) & (st.breaker.state() == BreakerState::Closed);
+        let alive = NO_HEARTBEAT || self.heartbeat_ttl_ms == 0 || !st.is_expired(self.now_ms, self.heartbeat_ttl_ms);
+        (healthy & computed & no_failure & no_report & room & closed & alive).then_some(Seen { load: own, health: 1.0 })
     }
 }
 
@@ -431,6 +427,11 @@ impl<'a> ModelFilter<'a> {
             by_bits: true,
             bits,
         }
+    }
+
+    /// Whether every member's model is admitted.
+    fn is_trivial(&self) -> bool {
+        !self.by_bits && self.mask.is_none()
     }
 
     /// Whether the member's model is admitted.
@@ -509,7 +510,7 @@ impl<'a> Candidates<'a> {
     /// The eligibility rules for member `i` (`hot` is `pool.hot[i]`): every rule of
     /// [`Candidates::verdict`], returning what was read for its score when it is eligible.
     #[inline(always)]
-    fn check(&self, env: &Env<'_>, models: &ModelFilter<'_>, i: usize, hot: &Hot) -> Result<Seen, Verdict> {
+    fn check(&self, env: &Env<'_>, models: &ModelFilter<'_>, i: usize, hot: &Hot) -> Result<Checked, Verdict> {
         if hot.flags & Hot::ZERO_WEIGHT != 0 {
             return Err(Verdict::ZeroWeight);
         }
@@ -522,7 +523,7 @@ impl<'a> Candidates<'a> {
         } else {
             None
         };
-        let seen = env.state_check(&hot.state, hot.capacity, caps)?;
+        let checked = env.state_check(&hot.state, hot.capacity, caps)?;
         if let Some(q) = self.quality {
             if env.tier != Tier::Panic {
                 let rate = hot.state.success_rate_at(env.now_ms, env.health.recovery_half_life_ms);
@@ -532,7 +533,7 @@ impl<'a> Candidates<'a> {
                 }
             }
         }
-        Ok(seen)
+        Ok(checked)
     }
 
     /// The pass being run.
@@ -567,16 +568,13 @@ impl<'a> Candidates<'a> {
     /// A scanned member's load ([`Candidates::load`]).
     #[inline(always)]
     pub(crate) fn scanned_load(&self, m: &Scanned<'_>) -> u32 {
-        self.load_with(m.i, &m.hot.state, m.predicts, m.seen.load)
+        self.load_with(m.i, &m.hot.state, m.predicts, Some(m.seen.load))
     }
 
     /// A scanned member's health score ([`crate::health::score_at`]).
     #[inline(always)]
     pub(crate) fn scanned_health(&self, m: &Scanned<'_>) -> f64 {
-        match m.seen.health {
-            Some(h) => h,
-            None => crate::health::score_with(m.seen.status, &m.hot.state, self.now_ms, &self.config.health),
-        }
+        m.seen.health
     }
 
     /// A scanned member's health divisor ([`crate::health`]).
@@ -696,43 +694,54 @@ impl<'a> Candidates<'a> {
         &self,
         rng: &mut dyn RngCore,
         tolerance: f64,
-        score: impl FnMut(&Scanned<'_>, f64) -> f64,
+        mut score: impl FnMut(&Scanned<'_>, f64) -> f64,
     ) -> Option<(usize, f64, Fallbacks)> {
-        self.scan_bounded(rng, tolerance, score)
+        self.scan_bounded(rng, tolerance, |m, above| Some(score(m, above)))
     }
 
     /// [`Candidates::scan`] for scores that are costly to compute exactly: `score` returns
-    /// bounds ([`Bounded`]) and the exact score is computed only when the bounds cannot tell
-    /// what the ranking does with the member. The result is the same as with exact scores
-    /// throughout, random draws included.
+    /// bounds ([`Bounded`]), or `None` when the score is certainly above `above`, and the
+    /// exact score is computed only when the bounds cannot tell what the ranking does with the
+    /// member. The result is the same as with exact scores throughout, random draws included.
     #[inline(always)]
     pub(crate) fn scan_bounded<B: Bounded>(
         &self,
         rng: &mut dyn RngCore,
         tolerance: f64,
-        mut score: impl FnMut(&Scanned<'_>, f64) -> B,
+        mut score: impl FnMut(&Scanned<'_>, f64) -> Option<B>,
     ) -> Option<(usize, f64, Fallbacks)> {
         let mut top = TopK::new(TieBreaker::new(rng), tolerance, self.config.max_fallbacks);
-        let mut view = top.view();
         let env = self.env();
         let models = ModelFilter::for_scan(self.mask, self.pool);
+        let mut view = top.view();
         // The quality floor reads more of the state than `Env::quick_check` does.
         let quick_ok = self.quality.is_none();
+        // The common configuration: besides, no model filter and no heartbeats.
+        let common = quick_ok && models.is_trivial() && env.heartbeat_ttl_ms == 0;
         let predicts = self.config.prediction.predicts_load();
         for (i, hot) in self.pool.hot.iter().enumerate() {
-            let quick = if quick_ok && hot.flags == 0 && models.admits(hot) {
-                env.quick_check(&hot.state, hot.capacity)
+            let quick = if hot.flags != 0 {
+                None
+            } else if common {
+                env.quick_check::<true>(&hot.state, hot.capacity)
+            } else if quick_ok && models.admits(hot) {
+                env.quick_check::<false>(&hot.state, hot.capacity)
             } else {
                 None
             };
             let seen = match quick {
                 Some(seen) => seen,
                 None => match self.check(&env, &models, i, hot) {
-                    Ok(seen) => seen,
+                    Ok((status, load)) => Seen {
+                        load: load.unwrap_or_else(|| hot.state.load_at(env.now_ms, env.default_latency_ms)),
+                        health: crate::health::score_with(status, &hot.state, env.now_ms, env.health),
+                    },
                     Err(_) => continue,
                 },
             };
-            let b = score(&Scanned { i, hot, seen, predicts }, view.above);
+            let Some(b) = score(&Scanned { i, hot, seen, predicts }, view.above) else {
+                continue;
+            };
             if b.exceeds(view.above) {
                 continue;
             }
@@ -1071,20 +1080,22 @@ impl TopK {
         }
     }
 
-    /// A range of scores that are certainly near-ties of the first: |s - b| ≤ t · max(s, b) +
-    /// 1e-12 holds with b ≥ 0 for s in [b - m, b + m], m = t · b + 1e-12, since max(s, b) ≥ b.
-    /// The range is narrowed by a relative 1e-9 of m and an absolute 1e-15 of b, far above the
-    /// rounding of the test and of the range itself (it is empty when that leaves nothing).
+    /// A range of scores that are certainly near-ties of the first, b ≥ 0: with t the
+    /// tolerance, |s - b| ≤ t · max(s, b) + 1e-12 holds for s in [b - (t · b + 1e-12),
+    /// (b + 1e-12) / (1 - t)]. The range is narrowed by a relative 1e-9 of its half-widths and
+    /// by 1e-14 · b, far above the rounding of the test and of the range itself, for
+    /// t ≤ 0.5 (it is empty when that leaves nothing).
     fn near_range(&self) -> (f64, f64) {
         let b = self.items[0].0;
         if !(0.0..f64::INFINITY).contains(&b) || !(0.0..=0.5).contains(&self.tolerance) {
             return (f64::NAN, f64::NAN);
         }
-        let m = (self.tolerance * b + 1e-12) * (1.0 - 1e-9) - b * 1e-15;
-        if m <= 0.0 {
+        let below = (self.tolerance * b + 1e-12) * (1.0 - 1e-9) - b * 1e-14;
+        let above = ((b + 1e-12) / (1.0 - self.tolerance) - b) * (1.0 - 1e-9) - b * 1e-14;
+        if below <= 0.0 || above <= 0.0 {
             return (f64::NAN, f64::NAN);
         }
-        (b - m, b + m)
+        (b - below, b + above)
     }
 
     /// The value of [`TopK::above`] for the current list. With a best score `b ≥ 0` and a
@@ -1191,7 +1202,12 @@ mod tests {
         #[test]
         fn near_range_is_inside_the_near_test(
             best in proptest::prop_oneof![0.0..1.0f64, 0.0..1e13f64, 1e-14..1e-10f64],
-            tolerance in proptest::prop_oneof![0.0..0.5f64, proptest::strategy::Just(0.0), proptest::strategy::Just(0.5)],
+            tolerance in proptest::prop_oneof![
+                0.0..0.5f64,
+                1e-12..1e-6f64,
+                proptest::strategy::Just(0.0),
+                proptest::strategy::Just(0.5)
+            ],
             at in 0.0..=1.0f64,
         ) {
             let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(1);
