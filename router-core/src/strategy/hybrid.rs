@@ -190,28 +190,72 @@ struct HybridBounds<'a> {
     health: f64,
     cost: f64,
     off_region: f64,
-    /// The sum of every term but latency.
-    rest: f64,
-    /// Bounds of the latency, ms.
-    lo: f64,
-    hi: f64,
     /// The peak EWMA as read (value, when), or `None` (the prior `default_latency` then).
     peak: Option<(f64, u64)>,
     now_ms: u64,
     default_latency: f64,
+    /// The sum of every term but latency, less and more a relative 1e-12.
+    rest_lo: f64,
+    rest_hi: f64,
+    /// w · lo, less 1e-12, and w · hi, more 1e-12, for the latency's bounds lo and hi.
+    w_lo: f64,
+    w_hi: f64,
+    /// lo + ref, more 1e-12, and hi + ref, less 1e-12.
+    lo_ref: f64,
+    hi_ref: f64,
+}
+
+/// The margins of [`HybridBounds`].
+const UP: f64 = 1.0 + 1e-12;
+const DOWN: f64 = 1.0 - 1e-12;
+
+impl<'a> HybridBounds<'a> {
+    /// Bounds for the score with the given terms, `rest` their sum without latency, and the
+    /// latency within [`lo`, `hi`].
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn new(
+        w: &'a HybridWeights,
+        load_term: f64,
+        health: f64,
+        cost: f64,
+        off_region: f64,
+        rest: f64,
+        (lo, hi): (f64, f64),
+        peak: Option<(f64, u64)>,
+        now_ms: u64,
+        default_latency: f64,
+    ) -> Self {
+        HybridBounds {
+            w,
+            load_term,
+            health,
+            cost,
+            off_region,
+            peak,
+            now_ms,
+            default_latency,
+            rest_lo: rest * DOWN,
+            rest_hi: rest * UP,
+            w_lo: w.latency * lo * DOWN,
+            w_hi: w.latency * hi * UP,
+            lo_ref: (lo + w.latency_ref_ms) * UP,
+            hi_ref: (hi + w.latency_ref_ms) * DOWN,
+        }
+    }
 }
 
 impl Bounded for HybridBounds<'_> {
     #[inline(always)]
     fn exceeds(&self, t: f64) -> bool {
-        let r = t * (1.0 + 1e-12) - self.rest * (1.0 - 1e-12);
-        r < 0.0 || self.w.latency * self.lo * (1.0 - 1e-12) > r * (self.lo + self.w.latency_ref_ms) * (1.0 + 1e-12)
+        let r = t * UP - self.rest_lo;
+        r < 0.0 || self.w_lo > r * self.lo_ref
     }
 
     #[inline(always)]
     fn within(&self, t: f64) -> bool {
-        let r = t * (1.0 - 1e-12) - self.rest * (1.0 + 1e-12);
-        r >= 0.0 && self.w.latency * self.hi * (1.0 + 1e-12) <= r * (self.hi + self.w.latency_ref_ms) * (1.0 - 1e-12)
+        let r = t * DOWN - self.rest_hi;
+        r >= 0.0 && self.w_hi <= r * self.hi_ref
     }
 
     #[inline]
@@ -255,30 +299,29 @@ impl Strategy for Hybrid {
             let rest = load_term + w.health * (1.0 - health) + cost + w.region * off_region;
             // The latency term is ≥ 0: a member whose other terms already exceed the bound
             // needs no latency (the margins cover the rounding of both sums).
-            if rest * (1.0 - 1e-12) > above * (1.0 + 1e-12) {
+            if rest * DOWN > above * UP {
                 return None;
             }
             let peak = st.peak_ewma_raw();
-            let (lo, hi) = match peak {
+            let latency = match peak {
                 None => (default_latency, default_latency),
                 Some((v, ts)) => {
                     let (a, b) = decay_bounds(tables, now_ms.saturating_sub(ts));
                     (v * a, v * b)
                 }
             };
-            Some(HybridBounds {
+            Some(HybridBounds::new(
                 w,
                 load_term,
                 health,
                 cost,
                 off_region,
                 rest,
-                lo,
-                hi,
+                latency,
                 peak,
                 now_ms,
                 default_latency,
-            })
+            ))
         })?;
         Some(Pick::new(
             i,
@@ -325,19 +368,18 @@ mod tests {
             let now_ms = 100_000_000;
             let (a, b) = decay_bounds(decay_tables(), age);
             let off_region = if off { 1.0 } else { 0.0 };
-            let hb = HybridBounds {
-                w: &w,
+            let hb = HybridBounds::new(
+                &w,
                 load_term,
                 health,
                 cost,
                 off_region,
-                rest: load_term + w.health * (1.0 - health) + cost + w.region * off_region,
-                lo: v * a,
-                hi: v * b,
-                peak: Some((v, now_ms - age)),
+                load_term + w.health * (1.0 - health) + cost + w.region * off_region,
+                (v * a, v * b),
+                Some((v, now_ms - age)),
                 now_ms,
-                default_latency: 500.0,
-            };
+                500.0,
+            );
             let exact = hb.exact();
             for t in [exact * (1.0 + rel), exact + rel, exact] {
                 if hb.exceeds(t) {
