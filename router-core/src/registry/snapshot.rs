@@ -4,7 +4,9 @@
 //! atomically (arc-swap); readers never lock. It holds every model and endpoint with ids as
 //! `Arc<str>`, and *pools*: the candidate sets of requests (one per model, one per model type
 //! over its active models), each with what its strategies precompute (cumulative weights; the
-//! smooth-WRR sequence and the hash ring, built on first use).
+//! smooth-WRR sequence and the hash ring, built on first use; for the scanning strategies, a
+//! struct of arrays of what a scan reads per member: [`Hot`], prices, hybrid cost terms and
+//! region indices).
 
 use rustc_hash::FxHashMap;
 use std::sync::atomic::AtomicUsize;
@@ -180,6 +182,7 @@ impl Pool {
         models.sort_unstable();
         models.dedup();
         let mut regions: Vec<Arc<str>> = Vec::new();
+        let mut region_index: FxHashMap<Arc<str>, u32> = FxHashMap::default();
         let hot = members
             .iter()
             .zip(&weights)
@@ -188,11 +191,10 @@ impl Pool {
                 capacity: m.capacity,
                 model_idx: m.model_idx,
                 region: m.region.as_ref().map_or(NO_REGION, |r| {
-                    let at = regions.iter().position(|x| x == r).unwrap_or_else(|| {
+                    *region_index.entry(r.clone()).or_insert_with(|| {
                         regions.push(r.clone());
-                        regions.len() - 1
-                    });
-                    at as u32
+                        (regions.len() - 1) as u32
+                    })
                 }),
                 flags: if w <= 0.0 || m.weight <= 0.0 {
                     Hot::ZERO_WEIGHT
