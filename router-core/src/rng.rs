@@ -45,9 +45,44 @@ impl TieBreaker {
         (self.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// True with probability `1 / n` (n ≥ 1).
+    /// For a reservoir of one whose current item came at count `t` (≥ 1): the count at which
+    /// the next item replaces it, `J = ⌊t / U⌋ + 1` with U uniform in (0, 1], so that
+    /// P(J > m) = t / m for every m ≥ t, as when each item m replaces with probability 1 / m.
     #[inline]
-    pub(crate) fn one_in(&mut self, n: u32) -> bool {
-        n <= 1 || ((u128::from(self.next()) * u128::from(n)) >> 64) == 0
+    pub(crate) fn next_win(&mut self, t: u64) -> u64 {
+        let u = ((self.next() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
+        // A float-to-integer cast saturates.
+        ((t as f64 / u).floor() as u64).saturating_add(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TieBreaker;
+
+    /// The skip gives each of `n` items of a reservoir of one the same chance.
+    #[test]
+    fn next_win_is_uniform_over_the_stream() {
+        let mut tb = TieBreaker(42);
+        let n = 10u64;
+        let rounds = 100_000;
+        let mut wins = [0u32; 10];
+        for _ in 0..rounds {
+            let (mut winner, mut at) = (1u64, 1u64);
+            loop {
+                let j = tb.next_win(at);
+                if j > n {
+                    break;
+                }
+                assert!(j > at);
+                winner = j;
+                at = j;
+            }
+            wins[(winner - 1) as usize] += 1;
+        }
+        for w in wins {
+            let want = f64::from(rounds) / n as f64;
+            assert!((f64::from(w) - want).abs() < 4.0 * want.sqrt(), "{wins:?}");
+        }
     }
 }

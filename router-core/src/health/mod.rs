@@ -150,7 +150,13 @@ impl HealthConfig {
 /// The health score of an endpoint in [0, 1] at `now_ms`.
 #[inline]
 pub fn score_at(state: &EndpointState, now_ms: u64, cfg: &HealthConfig) -> f64 {
-    let status = match state.status() {
+    score_with(state.status(), state, now_ms, cfg)
+}
+
+/// [`score_at`] with the reported status already read (a scan reads it once per member).
+#[inline]
+pub(crate) fn score_with(status: HeadStatus, state: &EndpointState, now_ms: u64, cfg: &HealthConfig) -> f64 {
+    let status = match status {
         HeadStatus::Healthy => 1.0,
         HeadStatus::Degraded => 0.5,
         _ => 0.0,
@@ -172,7 +178,24 @@ pub fn score(state: &EndpointState) -> f64 {
 /// The score at `now_ms`, floored at [`MIN_HEALTH`], for dividing by.
 #[inline]
 pub(crate) fn divisor(state: &EndpointState, now_ms: u64, cfg: &HealthConfig) -> f64 {
-    score_at(state, now_ms, cfg).max(MIN_HEALTH)
+    divisor_with(state.status(), state, now_ms, cfg)
+}
+
+/// [`divisor`] with the reported status already read.
+#[inline]
+pub(crate) fn divisor_with(status: HeadStatus, state: &EndpointState, now_ms: u64, cfg: &HealthConfig) -> f64 {
+    score_with(status, state, now_ms, cfg).max(MIN_HEALTH)
+}
+
+/// `x / divisor`, skipping the division when the divisor is 1 (a healthy endpoint without
+/// recent failures; `x / 1.0` is `x` exactly, so the result is the same).
+#[inline]
+pub(crate) fn divide(x: f64, divisor: f64) -> f64 {
+    if divisor == 1.0 {
+        x
+    } else {
+        x / divisor
+    }
 }
 
 /// The computed status at `now_ms`: the stored one, moved by the time-decayed score (so an

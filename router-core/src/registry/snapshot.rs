@@ -4,7 +4,9 @@
 //! atomically (arc-swap); readers never lock. It holds every model and endpoint with ids as
 //! `Arc<str>`, and *pools*: the candidate sets of requests (one per model, one per model type
 //! over its active models), each with what its strategies precompute (cumulative weights; the
-//! smooth-WRR sequence and the hash ring, built on first use).
+//! smooth-WRR sequence and the hash ring, built on first use; for the scanning strategies, a
+//! struct of arrays of what a scan reads per member: [`Hot`], prices, hybrid cost terms and
+//! region indices).
 
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -180,6 +182,48 @@ impl Cursor {
     }
 }
 
+/// `Hot::region` of a member without a region.
+pub(crate) const NO_REGION: u32 = u32::MAX;
+
+/// What a scan reads of one member besides its live state, copied out of the [`Slot`] into one
+/// contiguous array per pool (24 bytes a member), so a scan over 1,000 endpoints follows one
+/// pointer per member (to the live state) instead of two (`Arc<Slot>`, then its state).
+#[derive(Debug)]
+pub(crate) struct Hot {
+    /// The member's live state (the same allocation as its slot's).
+    pub(crate) state: Arc<EndpointState>,
+    /// Its capacity (0: none).
+    pub(crate) capacity: u32,
+    /// Its model's index.
+    pub(crate) model_idx: u32,
+    /// Its region's index in [`Pool::regions`], or [`NO_REGION`].
+    pub(crate) region: u32,
+    /// [`Hot::ZERO_WEIGHT`] and [`Hot::CAPS`].
+    pub(crate) flags: u8,
+    /// Its model's index in [`Pool::models`] when below 64 (a request's model filter becomes
+    /// one bit test), else `u8::MAX`.
+    pub(crate) local_model: u8,
+}
+
+impl Hot {
+    /// Its weight in the pool or its endpoint's weight is ≤ 0.
+    pub(crate) const ZERO_WEIGHT: u8 = 1;
+    /// It has its own rpm or tpm cap (read from the slot when set).
+    pub(crate) const CAPS: u8 = 2;
+}
+
+/// The members' hybrid cost terms, `cost · p / (p + cost_ref_per_1k)`, for the hybrid weights
+/// of the snapshot's configuration (a scan with other weights computes them itself).
+#[derive(Debug)]
+pub(crate) struct HybridCosts {
+    /// The `cost` weight the terms were computed with.
+    pub(crate) weight: f64,
+    /// The `cost_ref_per_1k` they were computed with.
+    pub(crate) reference: f64,
+    /// One term per member.
+    pub(crate) terms: Box<[f64]>,
+}
+
 /// A candidate set and what strategies precompute over it.
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -190,6 +234,14 @@ pub(crate) struct Pool {
     pub(crate) total_weight: f64,
     /// Distinct model indices of the members.
     pub(crate) models: Box<[u32]>,
+    /// What scans read, member by member (struct of arrays beside `members`).
+    pub(crate) hot: Box<[Hot]>,
+    /// Each member's blended price per 1k tokens.
+    pub(crate) costs: Box<[f64]>,
+    /// The members' distinct regions ([`Hot::region`] indexes them).
+    pub(crate) regions: Box<[Arc<str>]>,
+    /// The members' hybrid cost terms.
+    pub(crate) hybrid_costs: HybridCosts,
     pub(crate) rr_cursor: Cursor,
     pub(crate) wrr_cursor: Cursor,
     wrr: OnceLock<Box<[u32]>>,
@@ -197,12 +249,56 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    fn new(members: Vec<Arc<Slot>>) -> Pool {
+    fn new(members: Vec<Arc<Slot>>, config: &RouterConfig) -> Pool {
         let weights = members.iter().map(|m| m.weight).collect();
-        Pool::with_weights(members, weights)
+        Pool::with_weights(members, weights, config)
     }
 
-    fn with_weights(members: Vec<Arc<Slot>>, weights: Vec<f64>) -> Pool {
+    fn with_weights(members: Vec<Arc<Slot>>, weights: Vec<f64>, config: &RouterConfig) -> Pool {
+        let mut models: Vec<u32> = members.iter().map(|m| m.model_idx).collect();
+        models.sort_unstable();
+        models.dedup();
+        let mut regions: Vec<Arc<str>> = Vec::new();
+        let mut region_index: FxHashMap<Arc<str>, u32> = FxHashMap::default();
+        let hot = members
+            .iter()
+            .zip(&weights)
+            .map(|(m, &w)| Hot {
+                state: m.state.clone(),
+                capacity: m.capacity,
+                model_idx: m.model_idx,
+                region: m.region.as_ref().map_or(NO_REGION, |r| {
+                    *region_index.entry(r.clone()).or_insert_with(|| {
+                        regions.push(r.clone());
+                        (regions.len() - 1) as u32
+                    })
+                }),
+                flags: if w <= 0.0 || m.weight <= 0.0 {
+                    Hot::ZERO_WEIGHT
+                } else {
+                    0
+                } | if m.rpm.is_some() || m.tpm.is_some() {
+                    Hot::CAPS
+                } else {
+                    0
+                },
+                local_model: models
+                    .binary_search(&m.model_idx)
+                    .ok()
+                    .filter(|&k| k < 64)
+                    .map_or(u8::MAX, |k| k as u8),
+            })
+            .collect();
+        let costs = members.iter().map(|m| m.cost_per_1k).collect();
+        let h = &config.hybrid;
+        let hybrid_costs = HybridCosts {
+            weight: h.cost,
+            reference: h.cost_ref_per_1k,
+            terms: members
+                .iter()
+                .map(|m| crate::strategy::hybrid_cost_term(h, m.cost_per_1k))
+                .collect(),
+        };
         let mut total = 0.0;
         let cum_weights = weights
             .iter()
@@ -211,15 +307,16 @@ impl Pool {
                 total
             })
             .collect();
-        let mut models: Vec<u32> = members.iter().map(|m| m.model_idx).collect();
-        models.sort_unstable();
-        models.dedup();
         Pool {
             members: members.into_boxed_slice(),
             weights: weights.into_boxed_slice(),
             cum_weights,
             total_weight: total,
             models: models.into_boxed_slice(),
+            hot,
+            costs,
+            regions: regions.into_boxed_slice(),
+            hybrid_costs,
             rr_cursor: Cursor::new(rand::random::<u32>() as usize),
             wrr_cursor: Cursor::new(rand::random::<u32>() as usize),
             wrr: OnceLock::new(),
@@ -417,7 +514,7 @@ impl Snapshot {
                 pool: pools.len() as u32,
                 load: model_loads.get(m.id.as_str()).cloned().unwrap_or_default(),
             });
-            pools.push(Pool::new(members));
+            pools.push(Pool::new(members, &config));
         }
         let mut type_pools = FxHashMap::default();
         let mut builtin_pools = [u32::MAX; BUILTIN_TYPES];
@@ -428,9 +525,9 @@ impl Snapshot {
                     type_pools.insert(t, pools.len() as u32);
                 }
             }
-            pools.push(Pool::new(members));
+            pools.push(Pool::new(members, &config));
         }
-        let rules = compile_rules(rules, &model_index, &entries, &mut pools);
+        let rules = compile_rules(rules, &model_index, &entries, &mut pools, &config);
         Snapshot {
             generation,
             config,
@@ -490,6 +587,7 @@ fn compile_rules(
     model_index: &FxHashMap<Arc<str>, u32>,
     models: &[ModelEntry],
     pools: &mut Vec<Pool>,
+    config: &RouterConfig,
 ) -> RuleSet {
     let mut set = RuleSet::default();
     for (rule, condition) in rules {
@@ -517,7 +615,7 @@ fn compile_rules(
         }
         let mut pool_of = |v: Vec<(Arc<Slot>, f64)>| {
             let (members, weights): (Vec<_>, Vec<_>) = v.into_iter().unzip();
-            pools.push(Pool::with_weights(members, weights));
+            pools.push(Pool::with_weights(members, weights, config));
             (pools.len() - 1) as u32
         };
         let has_canary = !canary.is_empty();

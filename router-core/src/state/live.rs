@@ -20,6 +20,16 @@ pub const PEAK_EWMA_DECAY_MS: f64 = 10_000.0;
 
 const NO_SAMPLE: u64 = u64::MAX;
 
+/// A peak-EWMA latency `v` last updated at `ts_ms`, decayed to `now_ms`.
+#[inline]
+pub(crate) fn peak_decayed(v: f64, ts_ms: u64, now_ms: u64) -> f64 {
+    let elapsed = now_ms.saturating_sub(ts_ms);
+    if elapsed == 0 {
+        return v;
+    }
+    v * (-(elapsed as f64) / PEAK_EWMA_DECAY_MS).exp()
+}
+
 /// e^(−1 ms / [`PEAK_EWMA_DECAY_MS`]): the peak-EWMA weight of samples at most a millisecond
 /// apart (the common case under load), without calling `exp`.
 const PEAK_EWMA_ONE_MS: f64 = 0.999_900_004_999_833_3;
@@ -380,12 +390,16 @@ impl EndpointState {
     /// Peak-EWMA latency at `now_ms` (tower's `PeakEwma`): jumps up to a slower sample at once,
     /// decays towards faster ones with time constant [`PEAK_EWMA_DECAY_MS`].
     pub fn peak_ewma_ms(&self, now_ms: u64) -> Option<f64> {
+        let (v, ts) = self.peak_ewma_raw()?;
+        Some(peak_decayed(v, ts, now_ms))
+    }
+
+    /// The peak-EWMA latency as last updated and when, ms, before decay (a scan bounds the
+    /// decay without computing it; [`peak_decayed`] gives [`EndpointState::peak_ewma_ms`]).
+    #[inline]
+    pub(crate) fn peak_ewma_raw(&self) -> Option<(f64, u64)> {
         let v = self.peak_ewma.get()?;
-        let elapsed = now_ms.saturating_sub(self.peak_ts_ms.load(Ordering::Relaxed));
-        if elapsed == 0 {
-            return Some(v);
-        }
-        Some(v * (-(elapsed as f64) / PEAK_EWMA_DECAY_MS).exp())
+        Some((v, self.peak_ts_ms.load(Ordering::Relaxed)))
     }
 
     /// Success-rate EWMA in [0, 1] (endpoint failures only; client errors do not count).

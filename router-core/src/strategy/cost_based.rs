@@ -18,13 +18,21 @@ pub struct CostBased;
 /// The price per 1k tokens of member `i`, divided by its health divisor (lower is better).
 pub(crate) fn cost_score(c: &Candidates<'_>, i: usize) -> f64 {
     let m = c.member(i);
-    m.cost_per_1k / health::divisor(&m.state, c.now_ms, &c.config.health)
+    health::divide(m.cost_per_1k, health::divisor(&m.state, c.now_ms, &c.config.health))
 }
 
 impl Strategy for CostBased {
     fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
         let tol = c.config.near_tie_tolerance;
-        let (i, value, f) = c.argmin(rng, tol, |i| cost_score(c, i))?;
+        let costs = &c.pool.costs;
+        let (i, value, f) = c.scan(rng, tol, |m, above| {
+            let cost = costs[m.i];
+            // The divisor is at most 1, so the score is at least the price.
+            if cost > above {
+                return cost;
+            }
+            health::divide(cost, c.scanned_divisor(m))
+        })?;
         Some(Pick::new(
             i,
             f,

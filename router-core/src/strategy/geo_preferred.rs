@@ -10,7 +10,7 @@
 
 use rand::RngCore;
 
-use super::least_loaded::load_score;
+use super::least_loaded::LoadScores;
 use super::{Candidates, Detail, Pick, Strategy};
 
 /// Offset that puts every out-of-region endpoint behind every in-region one.
@@ -22,28 +22,22 @@ pub struct GeoPreferred;
 
 impl Strategy for GeoPreferred {
     fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
-        let pref = c
-            .request
-            .region_preference
-            .as_deref()
-            .or(c.config.default_region.as_deref());
-        let in_region = |i: usize| match pref {
-            None => true,
-            Some(p) => c.member(i).region.as_deref() == Some(p),
-        };
-        let (i, _, f) = c.argmin(rng, 0.0, |i| {
-            let s = load_score(c, i);
-            if in_region(i) {
-                s
+        // Regions compared as indices into the pool's distinct regions, not as strings.
+        let pref = c.preferred_region();
+        let in_region = |region: u32| pref.is_none_or(|p| p == region);
+        let mut scores = LoadScores::new();
+        let (i, _, f) = c.scan(rng, 0.0, |m, above| {
+            if in_region(m.hot.region) {
+                scores.score(c, m, above)
             } else {
-                s + OUT_OF_REGION
+                scores.score(c, m, f64::INFINITY) + OUT_OF_REGION
             }
         })?;
         Some(Pick::new(
             i,
             f,
             Detail::Region {
-                spilled: !in_region(i),
+                spilled: !in_region(c.pool.hot[i].region),
                 utilization: c.utilization(i),
             },
         ))

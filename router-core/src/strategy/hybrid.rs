@@ -13,8 +13,11 @@
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use super::{Candidates, Detail, Pick, Strategy};
+use std::sync::OnceLock;
+
+use super::{utilization, Bounded, Candidates, Detail, Pick, Strategy};
 use crate::health;
+use crate::state::{peak_decayed, PEAK_EWMA_DECAY_MS};
 
 /// Weights and reference points of the hybrid score.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -95,8 +98,6 @@ pub struct Hybrid;
 pub(crate) fn hybrid_score(c: &Candidates<'_>, i: usize) -> f64 {
     let w = &c.config.hybrid;
     let m = c.member(i);
-    let u = c.utilization(i);
-    let l = m.state.peak_ewma_ms(c.now_ms).unwrap_or(c.config.default_latency_ms);
     let pref = c
         .request
         .region_preference
@@ -106,16 +107,222 @@ pub(crate) fn hybrid_score(c: &Candidates<'_>, i: usize) -> f64 {
         Some(p) if m.region.as_deref() != Some(p) => 1.0,
         _ => 0.0,
     };
+    combine(
+        w,
+        load_term(w, c.utilization(i)),
+        m.state.peak_ewma_ms(c.now_ms).unwrap_or(c.config.default_latency_ms),
+        health::score_at(&m.state, c.now_ms, &c.config.health),
+        hybrid_cost_term(w, m.cost_per_1k),
+        off_region,
+    )
+}
+
+/// The cost term of the hybrid score for a price `p` per 1k tokens (it depends on the
+/// configuration only, so pools precompute it).
+pub(crate) fn hybrid_cost_term(w: &HybridWeights, p: f64) -> f64 {
+    w.cost * p / (p + w.cost_ref_per_1k)
+}
+
+/// The load term of the hybrid score for a utilisation `u`.
+#[inline(always)]
+fn load_term(w: &HybridWeights, u: f64) -> f64 {
     w.load * u / (1.0 + u)
-        + w.latency * l / (l + w.latency_ref_ms)
-        + w.health * (1.0 - health::score_at(&m.state, c.now_ms, &c.config.health))
-        + w.cost * m.cost_per_1k / (m.cost_per_1k + w.cost_ref_per_1k)
-        + w.region * off_region
+}
+
+/// The weighted sum, from the load term, latency `l`, health score `health`, the cost term and
+/// `off_region` (1 outside the preferred region, else 0).
+#[inline(always)]
+fn combine(w: &HybridWeights, load_term: f64, l: f64, health: f64, cost_term: f64, off_region: f64) -> f64 {
+    load_term + w.latency * l / (l + w.latency_ref_ms) + w.health * (1.0 - health) + cost_term + w.region * off_region
+}
+
+/// Entries of each of the two [`DecayTables`].
+const DECAY_STEPS: usize = 4096;
+/// Elapsed times below this (4096² ms, 4.7 hours, 1,677 decay time constants) are bounded
+/// closely; beyond, the decay is bounded by 0 and e^(-1677).
+const DECAY_SPAN_MS: u64 = (DECAY_STEPS * DECAY_STEPS) as u64;
+
+/// e^(-t/τ), τ the peak-EWMA decay time constant, as a product of two lookups: t = 4096·a + b
+/// gives e^(-4096·a/τ) · e^(-b/τ). The product is within a few units in the last place of the
+/// `exp()` that [`peak_decayed`] computes, so a scan bounds a member's decayed latency within
+/// a relative 1e-9 with two lookups instead of an `exp()`.
+struct DecayTables {
+    coarse: [f64; DECAY_STEPS],
+    fine: [f64; DECAY_STEPS],
+}
+
+fn decay_tables() -> &'static DecayTables {
+    static TABLES: OnceLock<Box<DecayTables>> = OnceLock::new();
+    TABLES.get_or_init(|| {
+        let mut t = Box::new(DecayTables {
+            coarse: [0.0; DECAY_STEPS],
+            fine: [0.0; DECAY_STEPS],
+        });
+        for k in 0..DECAY_STEPS {
+            t.coarse[k] = (-((k * DECAY_STEPS) as f64) / PEAK_EWMA_DECAY_MS).exp();
+            t.fine[k] = (-(k as f64) / PEAK_EWMA_DECAY_MS).exp();
+        }
+        t
+    })
+}
+
+/// Bounds of the decay e^(-t/τ) after `elapsed_ms`, widened by a relative 1e-9, far above the
+/// rounding of the tables, of their product and of `exp()`'s argument and result.
+#[inline(always)]
+fn decay_bounds(tables: &DecayTables, elapsed_ms: u64) -> (f64, f64) {
+    if elapsed_ms < DECAY_SPAN_MS {
+        let d = tables.coarse[(elapsed_ms / DECAY_STEPS as u64) as usize]
+            * tables.fine[(elapsed_ms % DECAY_STEPS as u64) as usize];
+        (d * (1.0 - 1e-9), d * (1.0 + 1e-9))
+    } else {
+        (0.0, tables.coarse[DECAY_STEPS - 1] * (1.0 + 1e-9))
+    }
+}
+
+/// A member's hybrid score with its latency known within bounds until [`Bounded::exact`] asks
+/// for the decayed peak-EWMA latency (an `exp()`): only winners and members close to the
+/// kept ones need it. Every term is ≥ 0 and the latency term w·l / (l + ref) grows with l, so
+/// comparing the score with a threshold t becomes comparing w·l with (t - rest)·(l + ref);
+/// margins of 1e-12 cover the rounding of both sides.
+struct HybridBounds<'a> {
+    w: &'a HybridWeights,
+    load_term: f64,
+    health: f64,
+    cost: f64,
+    off_region: f64,
+    /// The peak EWMA as read (value, when), or `None` (the prior `default_latency` then).
+    peak: Option<(f64, u64)>,
+    now_ms: u64,
+    default_latency: f64,
+    /// The sum of every term but latency, less and more a relative 1e-12.
+    rest_lo: f64,
+    rest_hi: f64,
+    /// w · lo, less 1e-12, and w · hi, more 1e-12, for the latency's bounds lo and hi.
+    w_lo: f64,
+    w_hi: f64,
+    /// lo + ref, more 1e-12, and hi + ref, less 1e-12.
+    lo_ref: f64,
+    hi_ref: f64,
+}
+
+/// The margins of [`HybridBounds`].
+const UP: f64 = 1.0 + 1e-12;
+const DOWN: f64 = 1.0 - 1e-12;
+
+impl<'a> HybridBounds<'a> {
+    /// Bounds for the score with the given terms, `rest` their sum without latency, and the
+    /// latency within [`lo`, `hi`].
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn new(
+        w: &'a HybridWeights,
+        load_term: f64,
+        health: f64,
+        cost: f64,
+        off_region: f64,
+        rest: f64,
+        (lo, hi): (f64, f64),
+        peak: Option<(f64, u64)>,
+        now_ms: u64,
+        default_latency: f64,
+    ) -> Self {
+        HybridBounds {
+            w,
+            load_term,
+            health,
+            cost,
+            off_region,
+            peak,
+            now_ms,
+            default_latency,
+            rest_lo: rest * DOWN,
+            rest_hi: rest * UP,
+            w_lo: w.latency * lo * DOWN,
+            w_hi: w.latency * hi * UP,
+            lo_ref: (lo + w.latency_ref_ms) * UP,
+            hi_ref: (hi + w.latency_ref_ms) * DOWN,
+        }
+    }
+}
+
+impl Bounded for HybridBounds<'_> {
+    #[inline(always)]
+    fn exceeds(&self, t: f64) -> bool {
+        let r = t * UP - self.rest_lo;
+        r < 0.0 || self.w_lo > r * self.lo_ref
+    }
+
+    #[inline(always)]
+    fn within(&self, t: f64) -> bool {
+        let r = t * DOWN - self.rest_hi;
+        r >= 0.0 && self.w_hi <= r * self.hi_ref
+    }
+
+    #[inline]
+    fn exact(&self) -> f64 {
+        let l = self
+            .peak
+            .map_or(self.default_latency, |(v, ts)| peak_decayed(v, ts, self.now_ms));
+        combine(self.w, self.load_term, l, self.health, self.cost, self.off_region)
+    }
 }
 
 impl Strategy for Hybrid {
     fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
-        let (i, value, f) = c.argmin(rng, c.config.near_tie_tolerance, |i| hybrid_score(c, i))?;
+        // Copied out, so that the loop keeps them at hand.
+        let w = &c.config.hybrid.clone();
+        let default_latency = c.config.default_latency_ms;
+        let now_ms = c.now_ms;
+        // Regions compared as indices into the pool's distinct regions, not as strings.
+        let pref = c.preferred_region();
+        let pre = &c.pool.hybrid_costs;
+        let costs = (pre.weight == w.cost && pre.reference == w.cost_ref_per_1k).then_some(&pre.terms);
+        let tables = decay_tables();
+        let (i, value, f) = c.scan_bounded(rng, c.config.near_tie_tolerance, |m, above| {
+            let st = &m.hot.state;
+            let load = c.scanned_load(m);
+            let load_term = if load == 0 {
+                // u = 0: the term is 0 exactly.
+                0.0
+            } else {
+                load_term(w, utilization(load, m.hot.capacity))
+            };
+            let health = c.scanned_health(m);
+            let cost = match costs {
+                Some(t) => t[m.i],
+                None => hybrid_cost_term(w, c.pool.costs[m.i]),
+            };
+            let off_region = match pref {
+                Some(p) if m.hot.region != p => 1.0,
+                _ => 0.0,
+            };
+            let rest = load_term + w.health * (1.0 - health) + cost + w.region * off_region;
+            // The latency term is ≥ 0: a member whose other terms already exceed the bound
+            // needs no latency (the margins cover the rounding of both sums).
+            if rest * DOWN > above * UP {
+                return None;
+            }
+            let peak = st.peak_ewma_raw();
+            let latency = match peak {
+                None => (default_latency, default_latency),
+                Some((v, ts)) => {
+                    let (a, b) = decay_bounds(tables, now_ms.saturating_sub(ts));
+                    (v * a, v * b)
+                }
+            };
+            Some(HybridBounds::new(
+                w,
+                load_term,
+                health,
+                cost,
+                off_region,
+                rest,
+                latency,
+                peak,
+                now_ms,
+                default_latency,
+            ))
+        })?;
         Some(Pick::new(
             i,
             f,
@@ -124,5 +331,82 @@ impl Strategy for Hybrid {
                 value,
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use proptest::prelude::*;
+    use proptest::strategy::Strategy as _;
+
+    proptest! {
+        /// `exceeds` and `within` never claim what the exact score contradicts, for thresholds
+        /// right next to it.
+        #[test]
+        fn bounds_never_contradict_the_exact_score(
+            weights in prop::array::uniform5(0.0..2.0f64),
+            latency_ref in 1.0..5_000.0f64,
+            load_term in 0.0..1.0f64,
+            health in 0.0..=1.0f64,
+            cost in 0.0..1.0f64,
+            off in any::<bool>(),
+            v in 0.0..20_000.0f64,
+            age in prop_oneof![0..200u64, 0..300_000u64, (0..4096u64).prop_map(|k| k * 4096), 16_777_000..16_778_000u64],
+            rel in prop_oneof![-1e-6..1e-6f64, -1e-12..1e-12f64, -0.1..0.1f64],
+        ) {
+            let w = HybridWeights {
+                load: weights[0],
+                latency: weights[1],
+                health: weights[2],
+                cost: weights[3],
+                region: weights[4],
+                latency_ref_ms: latency_ref,
+                cost_ref_per_1k: 0.01,
+            };
+            let now_ms = 100_000_000;
+            let (a, b) = decay_bounds(decay_tables(), age);
+            let off_region = if off { 1.0 } else { 0.0 };
+            let hb = HybridBounds::new(
+                &w,
+                load_term,
+                health,
+                cost,
+                off_region,
+                load_term + w.health * (1.0 - health) + cost + w.region * off_region,
+                (v * a, v * b),
+                Some((v, now_ms - age)),
+                now_ms,
+                500.0,
+            );
+            let exact = hb.exact();
+            for t in [exact * (1.0 + rel), exact + rel, exact] {
+                if hb.exceeds(t) {
+                    prop_assert!(exact > t, "exceeds({t}) but exact {exact}");
+                }
+                if hb.within(t) {
+                    prop_assert!(exact <= t, "within({t}) but exact {exact}");
+                }
+            }
+        }
+    }
+
+    /// The tables' bounds hold the decay `peak_decayed` computes, closely, at every elapsed
+    /// time.
+    #[test]
+    fn decay_bounds_hold_the_decay() {
+        let tables = decay_tables();
+        let mut e = 0u64;
+        while e < 40_000_000 {
+            let exact = peak_decayed(1.0, 0, e);
+            let (lo, hi) = decay_bounds(tables, e);
+            assert!(lo <= exact && exact <= hi, "{e}: {lo} {exact} {hi}");
+            assert!(
+                e >= DECAY_SPAN_MS || hi - lo <= exact * 3e-9,
+                "{e}: loose {lo} {hi} for {exact}"
+            );
+            e += 1 + e / 97;
+        }
     }
 }

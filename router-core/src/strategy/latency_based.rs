@@ -14,7 +14,10 @@ use crate::health;
 
 /// The expected latency of member `i`, ms, divided by its health divisor (lower is better).
 pub(crate) fn latency_score(c: &Candidates<'_>, i: usize) -> f64 {
-    c.latency_ms(i) / health::divisor(&c.member(i).state, c.now_ms, &c.config.health)
+    health::divide(
+        c.latency_ms(i),
+        health::divisor(&c.member(i).state, c.now_ms, &c.config.health),
+    )
 }
 
 /// Latency based.
@@ -24,7 +27,11 @@ pub struct LatencyBased;
 impl Strategy for LatencyBased {
     fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
         let tol = c.config.near_tie_tolerance;
-        let (i, value, f) = c.argmin(rng, tol, |i| latency_score(c, i))?;
+        let default = c.config.default_latency_ms;
+        let (i, value, f) = c.scan(rng, tol, |m, _| {
+            let latency = m.hot.state.latency_ewma_ms().unwrap_or(default);
+            health::divide(latency, c.scanned_divisor(m))
+        })?;
         Some(Pick::new(
             i,
             f,

@@ -9,7 +9,7 @@
 
 use rand::RngCore;
 
-use super::{Candidates, Detail, Pick, Strategy};
+use super::{Candidates, Detail, Pick, Scanned, Strategy};
 use crate::health;
 
 /// Least loaded.
@@ -20,13 +20,78 @@ pub struct LeastLoaded;
 #[inline]
 pub(crate) fn load_score(c: &Candidates<'_>, i: usize) -> f64 {
     let m = c.member(i);
-    let cap = if m.capacity == 0 { 1.0 } else { f64::from(m.capacity) };
-    (f64::from(c.load(i)) + 1.0) / cap / health::divisor(&m.state, c.now_ms, &c.config.health)
+    score(
+        c.load(i),
+        m.capacity,
+        health::divisor(&m.state, c.now_ms, &c.config.health),
+    )
+}
+
+/// (load + 1) / capacity / health divisor.
+#[inline(always)]
+fn score(load: u32, capacity: u32, divisor: f64) -> f64 {
+    health::divide(ratio(load, capacity), divisor)
+}
+
+/// (load + 1) / capacity (1 when unset).
+#[inline(always)]
+fn ratio(load: u32, capacity: u32) -> f64 {
+    (f64::from(load) + 1.0) / capacity_f64(capacity)
+}
+
+#[inline(always)]
+fn capacity_f64(capacity: u32) -> f64 {
+    if capacity == 0 {
+        1.0
+    } else {
+        f64::from(capacity)
+    }
+}
+
+/// The least-loaded scores of one scan's members, as [`load_score`], for less: a member whose
+/// score is certainly above the scan's bound is dropped without a division, and the last
+/// (load, capacity) ratio is reused (in a fleet of equal capacities most members share a few
+/// loads).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoadScores {
+    last: (u32, u32, f64),
+}
+
+impl LoadScores {
+    pub(crate) fn new() -> Self {
+        LoadScores {
+            last: (u32::MAX, u32::MAX, ratio(u32::MAX, u32::MAX)),
+        }
+    }
+
+    /// `m`'s score, or a number above `above` when the score is.
+    #[inline(always)]
+    pub(crate) fn score(&mut self, c: &Candidates<'_>, m: &Scanned<'_>, above: f64) -> f64 {
+        let load = c.scanned_load(m);
+        let capacity = m.hot.capacity;
+        let r = if (load, capacity) == (self.last.0, self.last.1) {
+            self.last.2
+        } else {
+            // The divisor is at most 1, so the score is at least the ratio; the margin covers
+            // the rounding of both sides.
+            if f64::from(load) + 1.0 > above * capacity_f64(capacity) * (1.0 + 1e-12) {
+                return f64::INFINITY;
+            }
+            let r = ratio(load, capacity);
+            self.last = (load, capacity, r);
+            r
+        };
+        if r > above {
+            return r;
+        }
+        health::divide(r, c.scanned_divisor(m))
+    }
 }
 
 impl Strategy for LeastLoaded {
     fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
-        let (i, value, f) = c.argmin(rng, 0.0, |i| load_score(c, i))?;
+        let mut scores = LoadScores::new();
+        let (i, value, f) = c.scan(rng, 0.0, |m, above| scores.score(c, m, above))?;
         Some(Pick::new(
             i,
             f,
