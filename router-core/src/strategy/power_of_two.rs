@@ -38,9 +38,9 @@ pub(crate) fn p2c_cost(c: &Candidates<'_>, i: usize) -> f64 {
         .unwrap_or(c.config.default_latency_ms)
         .max(0.001);
     let cap = if m.capacity == 0 { 1.0 } else { f64::from(m.capacity) };
+    // One division: (latency · (load + 1) / capacity) / health.
     latency_factor(rtt, c.config.p2c_latency_exponent) * (f64::from(c.load(i)) + 1.0)
-        / cap
-        / health::divisor(&m.state, c.now_ms, &c.config.health)
+        / (cap * health::divisor(&m.state, c.now_ms, &c.config.health))
 }
 
 /// `rtt^beta`, with the common exponents computed without `powf` (about 20 ns saved per
