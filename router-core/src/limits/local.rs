@@ -86,16 +86,26 @@ pub(crate) struct LimiterKey<'a> {
     pub(crate) id: &'a str,
 }
 
+/// Maps per scope and unit: ids are spread over them by hash, so that a merge of young entries
+/// into a settled map (a copy of the map) stays short with many ids.
+const SHARDS: usize = 16;
+
+/// Maps in all: 4 scopes, 3 units.
+pub(crate) const MAPS: usize = 4 * 3 * SHARDS;
+
 impl LimiterKey<'_> {
     /// The index of the key's map in [`LimiterMaps`].
     fn map(&self) -> usize {
-        self.scope as usize * 3 + self.unit as usize
+        use std::hash::Hasher;
+        let mut h = rustc_hash::FxHasher::default();
+        h.write(self.id.as_bytes());
+        (self.scope as usize * 3 + self.unit as usize) * SHARDS + (h.finish() >> 32) as usize % SHARDS
     }
 }
 
-/// The settled limiters of each scope and unit, as a view publishes them (see
+/// The settled limiters of each scope, unit and shard, as a view publishes them (see
 /// [`crate::state::IdMap`]).
-pub(crate) type LimiterMaps = [Settled<Arc<GcraCell>>; 12];
+pub(crate) type LimiterMaps = [Settled<Arc<GcraCell>>; MAPS];
 
 /// Where [`LimiterMaps`] are published.
 pub(crate) trait LimiterView {
@@ -130,9 +140,17 @@ impl SettledSlot<Arc<GcraCell>> for Slot<'_> {
 /// limiter of an id, as they share its key in a store (`{rl:<scope>:<id>}:<unit>`). The
 /// settled entries are published by the owner's view (so that one load serves the decision);
 /// this keeps the young ones.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Limiters {
-    young: [IdMap<Arc<GcraCell>>; 12],
+    young: Box<[IdMap<Arc<GcraCell>>]>,
+}
+
+impl Default for Limiters {
+    fn default() -> Self {
+        Limiters {
+            young: (0..MAPS).map(|_| IdMap::default()).collect(),
+        }
+    }
 }
 
 impl Limiters {
@@ -197,8 +215,13 @@ mod tests {
     use crate::state::OwnSettled;
 
     /// A view of its own per map.
-    #[derive(Default)]
-    struct TestView([OwnSettled<Arc<GcraCell>>; 12]);
+    struct TestView(Vec<OwnSettled<Arc<GcraCell>>>);
+
+    impl Default for TestView {
+        fn default() -> Self {
+            TestView((0..MAPS).map(|_| OwnSettled::default()).collect())
+        }
+    }
 
     impl LimiterView for TestView {
         fn latest(&self, i: usize) -> Settled<Arc<GcraCell>> {

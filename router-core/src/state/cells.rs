@@ -104,6 +104,9 @@ impl CounterCell {
     /// For the store: take the deltas added since the last call (0 for a cell that does not
     /// track them).
     pub fn take_pending(&self) -> i64 {
+        if self.pending.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
         self.pending.swap(0, Ordering::Relaxed)
     }
 
