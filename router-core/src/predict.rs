@@ -251,6 +251,12 @@ impl Forecaster {
         self.roll_slow(cur, sec, cfg, sample, true)
     }
 
+    /// Whether `now_ms` is in a later second than the current bucket's (a roll-over is due).
+    #[inline]
+    pub(crate) fn due(&self, now_ms: u64) -> bool {
+        now_ms / 1000 + 1 > self.second.load(Ordering::Acquire)
+    }
+
     /// [`Forecaster::roll`] for a forecaster that counts no arrivals (a model's: its arrivals
     /// are the sum of its endpoints'), so only its in-flight series moves.
     #[inline]
@@ -525,6 +531,20 @@ impl ModelLoad {
     /// (emitting the event) from the new forecast.
     #[inline]
     pub(crate) fn tick(&self, snap: &Snapshot, model_idx: u32, now_ms: u64, events: &EventBus) {
+        if self.forecast.due(now_ms) {
+            self.tick_slow(snap, model_idx, now_ms, events);
+        }
+    }
+
+    /// Whether each decision looks at the model's in-flight now (it may shed requests).
+    #[inline]
+    fn near(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & NEAR != 0
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn tick_slow(&self, snap: &Snapshot, model_idx: u32, now_ms: u64, events: &EventBus) {
         let cfg = &snap.config;
         let entry = &snap.models[model_idx as usize];
         let members = &snap.pools[entry.pool as usize].members;
@@ -603,6 +623,7 @@ pub(crate) fn record(snap: &Snapshot, slot: &Slot, now_ms: u64, events: &EventBu
 /// spills off none of them, or when no other candidate is left (then `fallback` gives the
 /// agent's fallback models, if any, less those it spills off too). A spilling model sheds each
 /// request with probability its spill share.
+#[inline]
 pub(crate) fn spill_mask(
     snap: &Snapshot,
     pool: &Pool,
@@ -615,6 +636,40 @@ pub(crate) fn spill_mask(
     if !p.enabled || !p.spillover {
         return None;
     }
+    // A model that is not near its threshold sheds nothing: one load per candidate model (and
+    // the roll-over check) unless one is.
+    let mut near = false;
+    let sec = now_ms / 1000 + 1;
+    for &mi in pool.models.iter() {
+        if mask.is_some_and(|m| !m.contains(mi)) {
+            continue;
+        }
+        let Some(e) = snap.models.get(mi as usize) else {
+            continue;
+        };
+        let load = &*e.load;
+        if load.forecast.second.load(Ordering::Acquire) < sec {
+            load.tick_slow(snap, mi, now_ms, events);
+        }
+        near |= load.near();
+    }
+    if !near {
+        return None;
+    }
+    spill_mask_near(snap, pool, mask, fallback, now_ms, events)
+}
+
+/// [`spill_mask`] once a candidate model is near its threshold.
+#[cold]
+#[inline(never)]
+fn spill_mask_near(
+    snap: &Snapshot,
+    pool: &Pool,
+    mask: Option<&ModelMask>,
+    fallback: impl FnOnce() -> Option<ModelMask>,
+    now_ms: u64,
+    events: &EventBus,
+) -> Option<ModelMask> {
     // The models this request spills off (no allocation up to 256 models).
     let mut off: Option<ModelMask> = None;
     let mut keep = false;

@@ -1,0 +1,171 @@
+//! Interleaved A/B timing of the `adaptive` and `predict` benches' decisions, for a noisy
+//! machine: chunks of iterations alternate between two configurations in one process, so both
+//! see the same interference, and the median of the per-chunk differences is the figure.
+//! Criterion runs one benchmark after the other, and on a shared 2-core VM their difference
+//! (20 ns in 500) drowns in the drift between them.
+//!
+//! ```text
+//! cargo run --release -p router-benches --example ab -- ab p2c/off p2c/on 4000 250
+//! cargo run --release -p router-benches --example ab -- ab weighted/20 adaptive/20 2000 250
+//! # one configuration N times (for instruction counts under `valgrind --tool=callgrind`):
+//! cargo run --release -p router-benches --example ab -- run adaptive/20 20000
+//! ```
+//!
+//! Configurations: `weighted/<n>` and `adaptive/<n>` are `benches/adaptive.rs`'s (n chat models
+//! of one endpoint, P2C, one agent type, model k fails every (10 + k)-th call);
+//! `p2c/off`, `p2c/on`, `ll/off`, `ll/on` are `benches/predict.rs`'s (two models of five
+//! endpoints, capacity 1000, prediction off or on).
+#![allow(missing_docs)]
+
+use router_core::*;
+use std::hint::black_box;
+
+fn adaptive_router(models: usize, adaptive: bool) -> Router {
+    let mut settings = RouterConfig::default();
+    settings.adaptive.enabled = adaptive;
+    settings.usage.enabled = false;
+    Router::new(Policy {
+        models: (0..models)
+            .map(|k| {
+                Model::new(format!("model-{k}"), "p")
+                    .with_type(ModelType::Chat)
+                    .with_pricing(0.001, 0.002)
+            })
+            .collect(),
+        endpoints: (0..models)
+            .map(|k| Endpoint::new(format!("ep-{k}"), format!("model-{k}"), format!("http://ep-{k}/v1")))
+            .collect(),
+        settings,
+        ..Default::default()
+    })
+    .expect("valid policy")
+}
+
+fn predict_router(prediction: bool) -> Router {
+    let mut settings = RouterConfig::default();
+    settings.usage.enabled = false;
+    settings.prediction.enabled = prediction;
+    Router::new(Policy {
+        models: (0..2)
+            .map(|k| Model::new(format!("model-{k}"), "p").with_type(ModelType::Chat))
+            .collect(),
+        endpoints: (0..10)
+            .map(|k| {
+                Endpoint::new(
+                    format!("ep-{k}"),
+                    format!("model-{}", k % 2),
+                    format!("http://ep-{k}/v1"),
+                )
+                .with_capacity(1000)
+            })
+            .collect(),
+        settings,
+        ..Default::default()
+    })
+    .expect("valid policy")
+}
+
+/// A router, its request, and whether outcomes fail as in the adaptive bench.
+struct Case(Router, RouteRequest, bool, usize);
+
+impl Case {
+    fn new(name: &str) -> Case {
+        let (kind, arg) = name.split_once('/').expect("<kind>/<arg>");
+        match kind {
+            "weighted" | "adaptive" => Case(
+                adaptive_router(arg.parse().expect("models"), kind == "adaptive"),
+                RouteRequest {
+                    model_type: Some(ModelType::Chat),
+                    agent_type: Some("support".into()),
+                    strategy: Some(StrategyKind::PowerOfTwo),
+                    ..Default::default()
+                },
+                true,
+                0,
+            ),
+            "p2c" | "ll" => Case(
+                predict_router(arg == "on"),
+                RouteRequest {
+                    model_type: Some(ModelType::Chat),
+                    strategy: Some(if kind == "p2c" {
+                        StrategyKind::PowerOfTwo
+                    } else {
+                        StrategyKind::LeastLoaded
+                    }),
+                    ..Default::default()
+                },
+                false,
+                0,
+            ),
+            _ => panic!("unknown configuration {name}"),
+        }
+    }
+
+    /// Route and report `n` requests.
+    fn run(&mut self, n: usize) {
+        let Case(r, req, failing, k) = self;
+        for _ in 0..n {
+            *k = k.wrapping_add(1);
+            let d = r.route(black_box(req)).expect("route");
+            let latency = 50.0 + (*k % 400) as f64;
+            let m: usize = d.model_id()[6..].parse().unwrap_or(0);
+            let o = if *failing && *k % (10 + m) == 0 {
+                Outcome::failure(ErrorClass::Server { status: 500 }, latency)
+            } else {
+                Outcome::success(latency)
+            };
+            r.report(&d, o).expect("report");
+        }
+    }
+
+    /// Nanoseconds per iteration over `n` iterations.
+    fn time(&mut self, n: usize) -> f64 {
+        let t = std::time::Instant::now();
+        self.run(n);
+        t.elapsed().as_nanos() as f64 / n as f64
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+    match arg(0) {
+        "run" => Case::new(arg(1)).run(arg(2).parse().expect("iterations")),
+        "ab" => {
+            let (mut a, mut b) = (Case::new(arg(1)), Case::new(arg(2)));
+            let rounds: usize = arg(3).parse().expect("rounds");
+            let chunk: usize = arg(4).parse().expect("chunk");
+            a.run(50_000);
+            b.run(50_000);
+            let (mut ta, mut tb, mut d) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..rounds {
+                // Alternate which goes first.
+                let (x, y) = if i % 2 == 0 {
+                    let x = a.time(chunk);
+                    (x, b.time(chunk))
+                } else {
+                    let y = b.time(chunk);
+                    (a.time(chunk), y)
+                };
+                ta.push(x);
+                tb.push(y);
+                d.push(y - x);
+            }
+            println!(
+                "{} {:.1} ns, {} {:.1} ns, median of B - A {:+.1} ns, ratio of medians {:.2}",
+                arg(1),
+                median(&mut ta),
+                arg(2),
+                median(&mut tb),
+                median(&mut d),
+                median(&mut tb) / median(&mut ta)
+            );
+        }
+        _ => eprintln!("usage: ab ab <A> <B> <rounds> <chunk> | ab run <config> <iterations>"),
+    }
+}
