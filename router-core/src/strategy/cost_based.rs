@@ -25,14 +25,14 @@ impl Strategy for CostBased {
     fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
         let tol = c.config.near_tie_tolerance;
         let costs = &c.pool.costs;
-        let (i, value, f) = c.scan(rng, tol, |m, above| {
-            let cost = costs[m.i];
-            // The divisor is at most 1, so the score is at least the price.
-            if cost > above {
-                return cost;
-            }
-            health::divide(cost, c.scanned_divisor(m))
-        })?;
+        // The health divisor is at most 1, so the score is at least the price: a member dearer
+        // than the bound is passed over without a look at its state.
+        let (i, value, f) = c.scan_bounded(
+            rng,
+            tol,
+            |i, _| costs[i],
+            |m, _| Some(health::divide(costs[m.i], c.scanned_divisor(m))),
+        )?;
         Some(Pick::new(
             i,
             f,

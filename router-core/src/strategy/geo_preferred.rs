@@ -26,13 +26,28 @@ impl Strategy for GeoPreferred {
         let pref = c.preferred_region();
         let in_region = |region: u32| pref.is_none_or(|p| p == region);
         let mut scores = LoadScores::new();
-        let (i, _, f) = c.scan(rng, 0.0, |m, above| {
-            if in_region(m.hot.region) {
-                scores.score(c, m, above)
-            } else {
-                scores.score(c, m, f64::INFINITY) + OUT_OF_REGION
-            }
-        })?;
+        // The least-loaded score is ≥ 0, so an endpoint outside the region scores at least the
+        // offset: once the bound is below it, such an endpoint is passed over without a look at
+        // its state. Not with predicted loads: computing one rolls the endpoint's forecast.
+        let floors = !c.config.prediction.predicts_load();
+        let (i, _, f) = c.scan_bounded(
+            rng,
+            0.0,
+            |_, hot| {
+                if floors && !in_region(hot.region) {
+                    OUT_OF_REGION
+                } else {
+                    f64::NEG_INFINITY
+                }
+            },
+            |m, above| {
+                Some(if in_region(m.hot.region) {
+                    scores.score(c, m, above)
+                } else {
+                    scores.score(c, m, f64::INFINITY) + OUT_OF_REGION
+                })
+            },
+        )?;
         Some(Pick::new(
             i,
             f,

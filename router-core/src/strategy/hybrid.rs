@@ -9,6 +9,11 @@
 //! - health: 1 - health score;
 //! - cost: p / (p + `cost_ref_per_1k`), p = blended price per 1k tokens;
 //! - region: 1 when the endpoint is outside the preferred region, else 0.
+//!
+//! A scan ranks most endpoints without their exact score: the cost and region terms come from
+//! the pool's arrays, and the decayed peak-EWMA latency is bounded from two tables; the `exp()`
+//! of the decay runs only for the endpoints whose rank the bounds cannot settle. The choice is
+//! the same as with every score computed exactly.
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -17,6 +22,7 @@ use std::sync::OnceLock;
 
 use super::{utilization, Bounded, Candidates, Detail, Pick, Strategy};
 use crate::health;
+use crate::registry::snapshot::Hot;
 use crate::state::{peak_decayed, PEAK_EWMA_DECAY_MS};
 
 /// Weights and reference points of the hybrid score.
@@ -270,7 +276,8 @@ impl Bounded for HybridBounds<'_> {
 impl Strategy for Hybrid {
     fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
         // Copied out, so that the loop keeps them at hand.
-        let w = &c.config.hybrid.clone();
+        let weights = c.config.hybrid;
+        let w = &weights;
         let default_latency = c.config.default_latency_ms;
         let now_ms = c.now_ms;
         // Regions compared as indices into the pool's distinct regions, not as strings.
@@ -278,7 +285,26 @@ impl Strategy for Hybrid {
         let pre = &c.pool.hybrid_costs;
         let costs = (pre.weight == w.cost && pre.reference == w.cost_ref_per_1k).then_some(&pre.terms);
         let tables = decay_tables();
-        let (i, value, f) = c.scan_bounded(rng, c.config.near_tie_tolerance, |m, above| {
+        let cost_of = |i: usize| match costs {
+            Some(t) => t[i],
+            None => hybrid_cost_term(w, c.pool.costs[i]),
+        };
+        let off = |region: u32| match pref {
+            Some(p) if region != p => 1.0,
+            _ => 0.0,
+        };
+        // Every term is ≥ 0, so the cost and region terms are a floor of the score: a member
+        // whose floor is above the bound is passed over without a look at its state. Not with
+        // predicted loads: computing one rolls the endpoint's forecast.
+        let floors = !c.config.prediction.predicts_load();
+        let floor = |i: usize, hot: &Hot| {
+            if floors {
+                (cost_of(i) + w.region * off(hot.region)) * DOWN
+            } else {
+                f64::NEG_INFINITY
+            }
+        };
+        let (i, value, f) = c.scan_bounded(rng, c.config.near_tie_tolerance, floor, |m, above| {
             let st = &m.hot.state;
             let load = c.scanned_load(m);
             let load_term = if load == 0 {
@@ -288,14 +314,8 @@ impl Strategy for Hybrid {
                 load_term(w, utilization(load, m.hot.capacity))
             };
             let health = c.scanned_health(m);
-            let cost = match costs {
-                Some(t) => t[m.i],
-                None => hybrid_cost_term(w, c.pool.costs[m.i]),
-            };
-            let off_region = match pref {
-                Some(p) if m.hot.region != p => 1.0,
-                _ => 0.0,
-            };
+            let cost = cost_of(m.i);
+            let off_region = off(m.hot.region);
             let rest = load_term + w.health * (1.0 - health) + cost + w.region * off_region;
             // The latency term is ≥ 0: a member whose other terms already exceed the bound
             // needs no latency (the margins cover the rounding of both sums).

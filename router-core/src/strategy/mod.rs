@@ -696,18 +696,22 @@ impl<'a> Candidates<'a> {
         tolerance: f64,
         mut score: impl FnMut(&Scanned<'_>, f64) -> f64,
     ) -> Option<(usize, f64, Fallbacks)> {
-        self.scan_bounded(rng, tolerance, |m, above| Some(score(m, above)))
+        self.scan_bounded(rng, tolerance, no_floor, |m, above| Some(score(m, above)))
     }
 
     /// [`Candidates::scan`] for scores that are costly to compute exactly: `score` returns
     /// bounds ([`Bounded`]), or `None` when the score is certainly above `above`, and the
     /// exact score is computed only when the bounds cannot tell what the ranking does with the
-    /// member. The result is the same as with exact scores throughout, random draws included.
+    /// member. `floor(i, hot)` is a number the score of member `i` cannot be below, whatever
+    /// its live state (from the pool's arrays: a price, a region); a member whose floor is
+    /// above the bound is passed over before its eligibility is even checked. The result is
+    /// the same as with exact scores throughout, random draws included.
     #[inline(always)]
     pub(crate) fn scan_bounded<B: Bounded>(
         &self,
         rng: &mut dyn RngCore,
         tolerance: f64,
+        floor: impl Fn(usize, &Hot) -> f64,
         mut score: impl FnMut(&Scanned<'_>, f64) -> Option<B>,
     ) -> Option<(usize, f64, Fallbacks)> {
         let mut top = TopK::new(TieBreaker::new(rng), tolerance, self.config.max_fallbacks);
@@ -720,6 +724,9 @@ impl<'a> Candidates<'a> {
         let common = quick_ok && models.is_trivial() && env.heartbeat_ttl_ms == 0;
         let predicts = self.config.prediction.predicts_load();
         for (i, hot) in self.pool.hot.iter().enumerate() {
+            if floor(i, hot) > view.above {
+                continue;
+            }
             let quick = if hot.flags != 0 {
                 None
             } else if common {
@@ -762,6 +769,13 @@ impl<'a> Candidates<'a> {
         }
         top.finish(self.config.max_fallbacks)
     }
+}
+
+/// The floor of [`Candidates::scan_bounded`] for scores with none known before a member's live
+/// state is read.
+#[inline(always)]
+pub(crate) fn no_floor(_: usize, _: &Hot) -> f64 {
+    f64::NEG_INFINITY
 }
 
 /// A score known within bounds until [`Bounded::exact`] is asked for (lower is better).
