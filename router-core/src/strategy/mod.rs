@@ -11,6 +11,13 @@
 //! hash) sample and check eligibility, scanning only when samples keep failing; scanning
 //! strategies (least loaded, latency, cost, geo, hybrid) make one pass and break ties and
 //! near-ties at random.
+//!
+//! A scan ([`Candidates::scan`]) reads the pool's struct of arrays (one pointer per member to
+//! its live state, not two), checks the common case of eligibility in one go, and ranks with a
+//! bound above which a score changes nothing, so that a strategy can pass a member over without
+//! its exact score (a price above the bound, a region term, a latency bounded from a table). It
+//! picks exactly what ranking every eligible member by its exact score would, with the same
+//! random draws; a property test checks it against that plain reference.
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -1022,6 +1029,8 @@ pub(crate) struct TopK {
     /// empty; it is NaN when not worked out).
     pub(crate) near_lo: f64,
     pub(crate) near_hi: f64,
+    /// [`TopK::near_above`] of the first place.
+    near_above: f64,
 }
 
 impl TopK {
@@ -1037,6 +1046,7 @@ impl TopK {
             tail_max: f64::NEG_INFINITY,
             near_lo: f64::NAN,
             near_hi: f64::NAN,
+            near_above: f64::INFINITY,
         }
     }
 
@@ -1085,13 +1095,25 @@ impl TopK {
         }
         self.items[pos] = item;
         self.len = (self.len + 1).min(cap);
+        if pos == 0 {
+            (self.near_lo, self.near_hi) = self.near_range();
+            self.near_above = self.near_above();
+        }
         self.above = self.bound();
         self.tail_max = self.items[1..self.len]
             .iter()
             .fold(f64::NEG_INFINITY, |m, &(s, _)| if s > m || s.is_nan() { s } else { m });
-        if pos == 0 {
-            (self.near_lo, self.near_hi) = self.near_range();
+    }
+
+    /// With a best score `b ≥ 0` and a tolerance `t ≤ 0.5`, a score `s` is a near-tie only if
+    /// `s·(1 - t) ≤ b + 1e-12`: above this, no score is (`+∞` when that cannot be told), with a
+    /// relative margin of 1e-9, far above the rounding of either test.
+    fn near_above(&self) -> f64 {
+        let best = self.items[0].0;
+        if !(0.0..=f64::INFINITY).contains(&best) || !(0.0..=0.5).contains(&self.tolerance) {
+            return f64::INFINITY;
         }
+        (best + 1e-12) / (1.0 - self.tolerance) * (1.0 + 1e-9)
     }
 
     /// A range of scores that are certainly near-ties of the first, b ≥ 0: with t the
@@ -1112,19 +1134,17 @@ impl TopK {
         (b - below, b + above)
     }
 
-    /// The value of [`TopK::above`] for the current list. With a best score `b ≥ 0` and a
-    /// tolerance `t ≤ 0.5`, a score `s` is a near-tie only if `s·(1 - t) ≤ b + 1e-12`; the
-    /// bound adds a relative margin of 1e-9, far above the rounding of either test.
+    /// The value of [`TopK::above`] for the current list: its last score or the near-tie
+    /// limit of its first, whichever is higher.
     fn bound(&self) -> f64 {
         if self.len < self.cap {
             return f64::INFINITY;
         }
         let last = self.items[self.len - 1].0;
-        let best = self.items[0].0;
-        if last.is_nan() || !(0.0..=f64::INFINITY).contains(&best) || !(0.0..=0.5).contains(&self.tolerance) {
+        if last.is_nan() {
             return f64::INFINITY;
         }
-        last.max((best + 1e-12) / (1.0 - self.tolerance) * (1.0 + 1e-9))
+        last.max(self.near_above)
     }
 
     /// A new first place: the run of ties starts again.
@@ -1148,11 +1168,6 @@ impl TopK {
     /// Offer member `i` with `score`: the ranking's rules, in full.
     #[inline(never)]
     pub(crate) fn offer_slow(&mut self, score: f64, i: usize) {
-        // Fast reject: the list is full and the score is no better than its last entry and
-        // not a near-tie for first place: nothing changes (the common case in a long scan).
-        if self.len == self.cap && score >= self.items[self.len - 1].0 && !self.near(score, self.items[0].0) {
-            return;
-        }
         let item = (score, i as u32);
         if self.len == 0 {
             self.insert_at(0, item);
@@ -1160,7 +1175,13 @@ impl TopK {
             return;
         }
         let best = self.items[0].0;
-        if self.near(score, best) {
+        let near = self.near(score, best);
+        // The list is full and the score is no better than its last entry and not a near-tie
+        // for first place: nothing changes.
+        if self.len == self.cap && score >= self.items[self.len - 1].0 && !near {
+            return;
+        }
+        if near {
             if self.tie_wins() {
                 self.insert_at(0, item);
                 return;
