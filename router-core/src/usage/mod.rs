@@ -23,7 +23,8 @@
 //! back) counts in the key's newest minute. Each shard keeps its own ring of recent requests
 //! (ids as cell numbers: no allocation unless the request has a request id);
 //! [`crate::Router::recent_requests`] merges the rings newest first by report time, in report
-//! order within a thread.
+//! order within a thread (reports of different threads within the same millisecond come in no
+//! set order, as they did when they raced for one lock).
 //!
 //! **Memory bound**: per dimension at most `usage.max_keys` keys (further keys are counted under
 //! `_other`); per key at most `minute_buckets + hour_buckets + day_buckets` buckets (120 + 168 +
