@@ -31,3 +31,41 @@ pub fn fleet(n: usize) -> Policy {
         ..Default::default()
     }
 }
+
+/// `models` chat models of one endpoint each (`model-k` served by `ep-k`), equal prices: the
+/// adaptive-choice fleet.
+pub fn one_endpoint_per_model(models: usize) -> Policy {
+    Policy {
+        models: (0..models)
+            .map(|k| {
+                Model::new(format!("model-{k}"), "p")
+                    .with_type(ModelType::Chat)
+                    .with_pricing(0.001, 0.002)
+            })
+            .collect(),
+        endpoints: (0..models)
+            .map(|k| Endpoint::new(format!("ep-{k}"), format!("model-{k}"), format!("http://ep-{k}/v1")))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Two chat models of five endpoints each, capacity 1,000: the load-prediction fleet.
+pub fn two_models_of_five() -> Policy {
+    Policy {
+        models: (0..2)
+            .map(|k| Model::new(format!("model-{k}"), "p").with_type(ModelType::Chat))
+            .collect(),
+        endpoints: (0..10)
+            .map(|k| {
+                Endpoint::new(
+                    format!("ep-{k}"),
+                    format!("model-{}", k % 2),
+                    format!("http://ep-{k}/v1"),
+                )
+                .with_capacity(1000)
+            })
+            .collect(),
+        ..Default::default()
+    }
+}

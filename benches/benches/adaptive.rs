@@ -19,27 +19,15 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use router_core::{
-    Endpoint, ErrorClass, Model, ModelType, Outcome, Policy, RouteRequest, Router, RouterConfig, StrategyKind,
-};
+use router_core::{ErrorClass, ModelType, Outcome, Policy, RouteRequest, Router, RouterConfig, StrategyKind};
 
 fn router(models: usize, adaptive: bool) -> Router {
     let mut settings = RouterConfig::default();
     settings.adaptive.enabled = adaptive;
     settings.usage.enabled = false;
     Router::new(Policy {
-        models: (0..models)
-            .map(|k| {
-                Model::new(format!("model-{k}"), "p")
-                    .with_type(ModelType::Chat)
-                    .with_pricing(0.001, 0.002)
-            })
-            .collect(),
-        endpoints: (0..models)
-            .map(|k| Endpoint::new(format!("ep-{k}"), format!("model-{k}"), format!("http://ep-{k}/v1")))
-            .collect(),
         settings,
-        ..Default::default()
+        ..router_benches::one_endpoint_per_model(models)
     })
     .expect("valid bench policy")
 }

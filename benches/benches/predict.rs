@@ -18,9 +18,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use router_core::{
-    Endpoint, Model, ModelType, Outcome, Policy, PredictionConfig, RouteRequest, Router, RouterConfig, StrategyKind,
-};
+use router_core::{ModelType, Outcome, Policy, PredictionConfig, RouteRequest, Router, RouterConfig, StrategyKind};
 
 fn router(prediction: Option<bool>) -> Router {
     let mut settings = RouterConfig::default();
@@ -33,21 +31,8 @@ fn router(prediction: Option<bool>) -> Router {
         };
     }
     Router::new(Policy {
-        models: (0..2)
-            .map(|k| Model::new(format!("model-{k}"), "p").with_type(ModelType::Chat))
-            .collect(),
-        endpoints: (0..10)
-            .map(|k| {
-                Endpoint::new(
-                    format!("ep-{k}"),
-                    format!("model-{}", k % 2),
-                    format!("http://ep-{k}/v1"),
-                )
-                .with_capacity(1000)
-            })
-            .collect(),
         settings,
-        ..Default::default()
+        ..router_benches::two_models_of_five()
     })
     .expect("valid bench policy")
 }

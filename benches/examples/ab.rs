@@ -25,18 +25,8 @@ fn adaptive_router(models: usize, adaptive: bool) -> Router {
     settings.adaptive.enabled = adaptive;
     settings.usage.enabled = false;
     Router::new(Policy {
-        models: (0..models)
-            .map(|k| {
-                Model::new(format!("model-{k}"), "p")
-                    .with_type(ModelType::Chat)
-                    .with_pricing(0.001, 0.002)
-            })
-            .collect(),
-        endpoints: (0..models)
-            .map(|k| Endpoint::new(format!("ep-{k}"), format!("model-{k}"), format!("http://ep-{k}/v1")))
-            .collect(),
         settings,
-        ..Default::default()
+        ..router_benches::one_endpoint_per_model(models)
     })
     .expect("valid policy")
 }
@@ -46,21 +36,8 @@ fn predict_router(prediction: bool) -> Router {
     settings.usage.enabled = false;
     settings.prediction.enabled = prediction;
     Router::new(Policy {
-        models: (0..2)
-            .map(|k| Model::new(format!("model-{k}"), "p").with_type(ModelType::Chat))
-            .collect(),
-        endpoints: (0..10)
-            .map(|k| {
-                Endpoint::new(
-                    format!("ep-{k}"),
-                    format!("model-{}", k % 2),
-                    format!("http://ep-{k}/v1"),
-                )
-                .with_capacity(1000)
-            })
-            .collect(),
         settings,
-        ..Default::default()
+        ..router_benches::two_models_of_five()
     })
     .expect("valid policy")
 }
