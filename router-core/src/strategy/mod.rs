@@ -721,7 +721,12 @@ impl<'a> Candidates<'a> {
         floor: impl Fn(usize, &Hot) -> f64,
         mut score: impl FnMut(&Scanned<'_>, f64) -> Option<B>,
     ) -> Option<(usize, f64, Fallbacks)> {
-        let mut top = TopK::new(TieBreaker::new(rng), tolerance, self.config.max_fallbacks);
+        let mut top = TopK::new(
+            TieBreaker::new(rng),
+            tolerance,
+            self.config.max_fallbacks,
+            B::NEAR_RANGE,
+        );
         let env = self.env();
         let models = ModelFilter::for_scan(self.mask, self.pool);
         let mut view = top.view();
@@ -787,6 +792,8 @@ pub(crate) fn no_floor(_: usize, _: &Hot) -> f64 {
 
 /// A score known within bounds until [`Bounded::exact`] is asked for (lower is better).
 pub(crate) trait Bounded {
+    /// Whether [`Bounded::ties_first`] reads the near-tie range of the list.
+    const NEAR_RANGE: bool = true;
     /// Whether the score is certainly above `t` (false when unsure, or for NaN).
     fn exceeds(&self, t: f64) -> bool;
     /// Whether the score is certainly at most `t` (false when unsure, or for NaN).
@@ -802,6 +809,8 @@ pub(crate) trait Bounded {
 }
 
 impl Bounded for f64 {
+    const NEAR_RANGE: bool = false;
+
     #[inline(always)]
     fn exceeds(&self, t: f64) -> bool {
         *self > t
@@ -1031,10 +1040,16 @@ pub(crate) struct TopK {
     pub(crate) near_hi: f64,
     /// [`TopK::near_above`] of the first place.
     near_above: f64,
+    /// 1 / (1 - tolerance) for a tolerance in [0, 0.5], else NaN.
+    stretch: f64,
+    /// Whether `near_lo` and `near_hi` are worked out.
+    wants_range: bool,
 }
 
 impl TopK {
-    pub(crate) fn new(tb: TieBreaker, tolerance: f64, max_fallbacks: usize) -> Self {
+    /// A list for `max_fallbacks`; `near_range` says whether its users read
+    /// [`TopK::near_lo`] and [`TopK::near_hi`] (worked out only then).
+    pub(crate) fn new(tb: TieBreaker, tolerance: f64, max_fallbacks: usize, near_range: bool) -> Self {
         TopK {
             items: [(0.0, 0); MAX_FALLBACKS + 1],
             len: 0,
@@ -1042,6 +1057,12 @@ impl TopK {
             run: Run::new(),
             tb,
             tolerance,
+            stretch: if (0.0..=0.5).contains(&tolerance) {
+                1.0 / (1.0 - tolerance)
+            } else {
+                f64::NAN
+            },
+            wants_range: near_range,
             above: f64::INFINITY,
             tail_max: f64::NEG_INFINITY,
             near_lo: f64::NAN,
@@ -1096,7 +1117,9 @@ impl TopK {
         self.items[pos] = item;
         self.len = (self.len + 1).min(cap);
         if pos == 0 {
-            (self.near_lo, self.near_hi) = self.near_range();
+            if self.wants_range {
+                (self.near_lo, self.near_hi) = self.near_range();
+            }
             self.near_above = self.near_above();
         }
         self.above = self.bound();
@@ -1110,10 +1133,10 @@ impl TopK {
     /// relative margin of 1e-9, far above the rounding of either test.
     fn near_above(&self) -> f64 {
         let best = self.items[0].0;
-        if !(0.0..=f64::INFINITY).contains(&best) || !(0.0..=0.5).contains(&self.tolerance) {
+        if !(0.0..=f64::INFINITY).contains(&best) || self.stretch.is_nan() {
             return f64::INFINITY;
         }
-        (best + 1e-12) / (1.0 - self.tolerance) * (1.0 + 1e-9)
+        (best + 1e-12) * self.stretch * (1.0 + 1e-9)
     }
 
     /// A range of scores that are certainly near-ties of the first, b ≥ 0: with t the
@@ -1123,11 +1146,11 @@ impl TopK {
     /// t ≤ 0.5 (it is empty when that leaves nothing).
     fn near_range(&self) -> (f64, f64) {
         let b = self.items[0].0;
-        if !(0.0..f64::INFINITY).contains(&b) || !(0.0..=0.5).contains(&self.tolerance) {
+        if !(0.0..f64::INFINITY).contains(&b) || self.stretch.is_nan() {
             return (f64::NAN, f64::NAN);
         }
         let below = (self.tolerance * b + 1e-12) * (1.0 - 1e-9) - b * 1e-14;
-        let above = ((b + 1e-12) / (1.0 - self.tolerance) - b) * (1.0 - 1e-9) - b * 1e-14;
+        let above = ((b + 1e-12) * self.stretch - b) * (1.0 - 1e-9) - b * 1e-14;
         if below <= 0.0 || above <= 0.0 {
             return (f64::NAN, f64::NAN);
         }
@@ -1246,7 +1269,7 @@ mod tests {
             at in 0.0..=1.0f64,
         ) {
             let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(1);
-            let mut t = TopK::new(TieBreaker::new(&mut rng), tolerance, 0);
+            let mut t = TopK::new(TieBreaker::new(&mut rng), tolerance, 0, true);
             t.offer(best, 0);
             let (lo, hi) = (t.near_lo, t.near_hi);
             if lo.is_nan() {
@@ -1265,7 +1288,7 @@ mod tests {
         let mut wins = [0u32; 4];
         let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(7);
         for _ in 0..40_000 {
-            let mut t = TopK::new(TieBreaker::new(&mut rng), 0.0, 3);
+            let mut t = TopK::new(TieBreaker::new(&mut rng), 0.0, 3, false);
             for i in 0..4 {
                 t.offer(1.0, i);
             }
@@ -1278,7 +1301,7 @@ mod tests {
         for w in wins {
             assert!((9_000..11_000).contains(&w), "{wins:?}");
         }
-        let mut t = TopK::new(TieBreaker::new(&mut rng), 0.0, 3);
+        let mut t = TopK::new(TieBreaker::new(&mut rng), 0.0, 3, false);
         for (i, s) in [5.0, 3.0, 4.0, 1.0, 2.0].into_iter().enumerate() {
             t.offer(s, i);
         }
@@ -1454,7 +1477,7 @@ mod scan_equivalence {
             StrategyKind::LeastLoaded | StrategyKind::GeoPreferred => 0.0,
             _ => c.config.near_tie_tolerance,
         };
-        let mut top = TopK::new(TieBreaker::new(&mut rng), tolerance, c.config.max_fallbacks);
+        let mut top = TopK::new(TieBreaker::new(&mut rng), tolerance, c.config.max_fallbacks, false);
         for i in 0..c.len() {
             if c.verdict(i) != Verdict::Eligible {
                 continue;
