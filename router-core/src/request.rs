@@ -123,6 +123,20 @@ impl RouteRequest {
 
     /// Reject requests that no honest caller sends (oversized ids).
     pub(crate) fn validate(&self) -> Result<()> {
+        // The common case in one pass without branches: every field within its limit.
+        let long = |v: &Option<String>| v.as_ref().map_or(0, String::len) > MAX_REQUEST_FIELD_LEN;
+        let any_long = long(&self.api_key)
+            | long(&self.request_id)
+            | long(&self.model)
+            | long(&self.agent_type)
+            | long(&self.request_type)
+            | long(&self.workspace_id)
+            | long(&self.user_id)
+            | long(&self.region_preference)
+            | long(&self.affinity_key);
+        if !any_long && self.required_capabilities.len() <= 64 {
+            return Ok(());
+        }
         let fields: [(&'static str, Option<&str>); 9] = [
             ("api_key", self.api_key.as_deref()),
             ("request_id", self.request_id.as_deref()),

@@ -551,8 +551,16 @@ impl<'a> Candidates<'a> {
     /// Whether member `i` may be picked.
     #[inline]
     pub fn eligible(&self, i: usize) -> bool {
-        self.check(&self.env(), &ModelFilter::plain(self.mask), i, &self.pool.hot[i])
-            .is_ok()
+        let (hot, env, models) = (&self.pool.hot[i], self.env(), ModelFilter::plain(self.mask));
+        // The common case first (a plainly healthy member passes every rule in every tier).
+        if hot.flags == 0
+            && self.quality.is_none()
+            && models.admits(hot)
+            && env.quick_check::<false>(&hot.state, hot.capacity).is_some()
+        {
+            return true;
+        }
+        self.check(&env, &models, i, hot).is_ok()
     }
 
     /// Member `i`'s load: now (see [`EndpointState::load_at`](crate::state::EndpointState::load_at)),

@@ -471,6 +471,29 @@ mod tests {
     }
 
     #[test]
+    fn a_bin_past_255_samples_in_one_minute_counts_them_all() {
+        // A batch counts each latency bin in one byte and moves every 256th sample of a bin
+        // into the bucket. 300 samples at 100 ms, 310 at 200 ms and 20 at 5 s: p50 and p95
+        // fall on 200 ms and p99 on 5 s only if all of them reach the histogram.
+        let u = Usage::default();
+        let cfg = UsageConfig::default();
+        let t0 = 1_795_392_000_000;
+        let mut at = t0;
+        for (n, ms) in [(300, 100.0), (310, 200.0), (20, 5_000.0)] {
+            for _ in 0..n {
+                u.record(&sample(at, true, ms, 1), &cfg);
+                at += 1;
+            }
+        }
+        let a = u.analytics(Dimension::Model, "m", parse_time_range("1h").unwrap(), at, &cfg);
+        assert_eq!(a.totals.requests, 630);
+        let near = |q: Option<f64>, want: f64| q.is_some_and(|v| (v - want).abs() <= want * 0.01);
+        assert!(near(a.totals.latency_p50_ms, 200.0), "{:?}", a.totals.latency_p50_ms);
+        assert!(near(a.totals.latency_p95_ms, 200.0), "{:?}", a.totals.latency_p95_ms);
+        assert!(near(a.totals.latency_p99_ms, 5_000.0), "{:?}", a.totals.latency_p99_ms);
+    }
+
+    #[test]
     fn keys_are_bounded() {
         let u = Usage::default();
         let cfg = UsageConfig {

@@ -178,10 +178,14 @@ impl Recent {
 /// Latency bins of a batch: counts over a window of consecutive bins (one indexed add per
 /// sample instead of a search in a sorted list); a bin outside a window that cannot grow goes
 /// straight to the bucket's histogram.
+///
+/// A count is one byte: every 256th sample of a bin moves 256 into the bucket's histogram, so
+/// a window of the bench's latency spread (~140 bins) fills three cache lines, not nine, and a
+/// shard's windows for 1,000 endpoints stay in a core's L2.
 #[derive(Debug, Default)]
 struct Window {
     lo: u16,
-    counts: Vec<u32>,
+    counts: Vec<u8>,
 }
 
 /// The widest window, in bins (1.02^512: latencies over a range of 25,000 to 1).
@@ -191,7 +195,10 @@ impl Window {
     fn add(&mut self, bin: u16, b: &mut Bucket) {
         let i = usize::from(bin).wrapping_sub(usize::from(self.lo));
         if let Some(c) = self.counts.get_mut(i) {
-            *c = c.saturating_add(1);
+            *c = c.wrapping_add(1);
+            if *c == 0 {
+                b.record_bins(bin, 256);
+            }
         } else {
             self.grow(bin, b);
         }
@@ -219,14 +226,15 @@ impl Window {
         self.counts = counts;
     }
 
-    /// Move the counts into the bucket's histogram.
+    /// Move the counts into the bucket's histogram. The window keeps its range (the next
+    /// minute's latencies are most likely in it), zeroed.
     fn drain_into(&mut self, b: &mut Bucket) {
-        for (i, &n) in self.counts.iter().enumerate() {
-            if n > 0 {
-                b.record_bins(self.lo + i as u16, n);
+        for (i, n) in self.counts.iter_mut().enumerate() {
+            if *n > 0 {
+                b.record_bins(self.lo + i as u16, u32::from(*n));
+                *n = 0;
             }
         }
-        self.counts.clear();
     }
 }
 
