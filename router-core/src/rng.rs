@@ -17,6 +17,15 @@ pub(crate) fn with_rng<T>(f: impl FnOnce(&mut dyn RngCore) -> T) -> T {
     RNG.with(|r| f(&mut *r.borrow_mut()))
 }
 
+/// A number uniform in `0..n` (`n` ≥ 1) from one draw: the high word of a 64 × 64-bit product
+/// (Lemire's multiply-shift, without the rejection step). Its bias is below n / 2^64 (under
+/// 10^-15 for a million endpoints), and it costs a multiplication where `random_range`'s
+/// unbiased sampling costs ~60 instructions.
+#[inline]
+pub(crate) fn below(rng: &mut dyn RngCore, n: usize) -> usize {
+    ((u128::from(rng.next_u64()) * n as u128) >> 64) as usize
+}
+
 /// Make this thread's decisions reproducible: reseed its generator.
 pub fn seed_thread(seed: u64) {
     RNG.with(|r| *r.borrow_mut() = SmallRng::seed_from_u64(seed));
@@ -59,6 +68,28 @@ impl TieBreaker {
 #[cfg(test)]
 mod tests {
     use super::TieBreaker;
+    use rand::SeedableRng;
+
+    /// `below(n)` stays under `n` and hits each value about as often.
+    #[test]
+    fn below_is_uniform() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        for n in [1usize, 2, 3, 7, 10, 1000] {
+            let draws = 20_000 * n.min(10);
+            let mut hits = vec![0u32; n];
+            for _ in 0..draws {
+                hits[super::below(&mut rng, n)] += 1;
+            }
+            let want = draws as f64 / n as f64;
+            let tol = if n == 1000 { 0.5 } else { 0.05 };
+            for (v, &h) in hits.iter().enumerate() {
+                assert!(
+                    (f64::from(h) - want).abs() <= want * tol,
+                    "n {n}: {v} drawn {h} times, want {want}"
+                );
+            }
+        }
+    }
 
     /// The skip gives each of `n` items of a reservoir of one the same chance.
     #[test]

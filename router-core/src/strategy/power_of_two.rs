@@ -63,7 +63,7 @@ fn latency_factor(rtt: f64, beta: f64) -> f64 {
 fn sample_eligible(c: &Candidates<'_>, rng: &mut dyn RngCore, not: Option<usize>) -> Option<usize> {
     let n = c.len();
     (0..TRIES)
-        .map(|_| rng.random_range(0..n))
+        .map(|_| crate::rng::below(rng, n))
         .find(|&i| Some(i) != not && c.eligible(i))
 }
 
