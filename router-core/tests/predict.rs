@@ -360,10 +360,12 @@ fn explain_shows_current_and_predicted_load_and_why_a_request_spilled() {
         1,
         "{kinds:?}"
     );
-    assert_eq!(
-        router.route(&req).map(|d| d.model_id().to_owned()).ok().as_deref(),
-        Some("a")
-    );
+    // `a` takes its share again (weighted random still sends about 1 in 100 to `b`; while
+    // spilling, every request went to `b`).
+    let to_a = (0..20)
+        .filter(|_| router.route(&req).is_ok_and(|d| d.model_id() == "a"))
+        .count();
+    assert!(to_a >= 17, "{to_a} of 20 to `a`");
 }
 
 #[test]

@@ -230,7 +230,6 @@ pub(crate) struct Pool {
     pub(crate) members: Box<[Arc<Slot>]>,
     /// Each member's weight in this pool (a rule scales its targets' endpoint weights).
     pub(crate) weights: Box<[f64]>,
-    pub(crate) cum_weights: Box<[f64]>,
     pub(crate) total_weight: f64,
     /// Distinct model indices of the members.
     pub(crate) models: Box<[u32]>,
@@ -246,6 +245,7 @@ pub(crate) struct Pool {
     pub(crate) wrr_cursor: Cursor,
     wrr: OnceLock<Box<[u32]>>,
     ring: OnceLock<Ring>,
+    alias: OnceLock<Box<[crate::strategy::weighted_random::Alias]>>,
 }
 
 impl Pool {
@@ -299,18 +299,10 @@ impl Pool {
                 .map(|m| crate::strategy::hybrid_cost_term(h, m.cost_per_1k))
                 .collect(),
         };
-        let mut total = 0.0;
-        let cum_weights = weights
-            .iter()
-            .map(|w| {
-                total += w;
-                total
-            })
-            .collect();
+        let total = weights.iter().sum();
         Pool {
             members: members.into_boxed_slice(),
             weights: weights.into_boxed_slice(),
-            cum_weights,
             total_weight: total,
             models: models.into_boxed_slice(),
             hot,
@@ -321,6 +313,7 @@ impl Pool {
             wrr_cursor: Cursor::new(rand::random::<u32>() as usize),
             wrr: OnceLock::new(),
             ring: OnceLock::new(),
+            alias: OnceLock::new(),
         }
     }
 
@@ -328,6 +321,12 @@ impl Pool {
     pub(crate) fn wrr_sequence(&self) -> &[u32] {
         self.wrr
             .get_or_init(|| smooth_sequence(&self.weights).into_boxed_slice())
+    }
+
+    /// The weighted-random alias table, built on first use.
+    pub(crate) fn alias_table(&self) -> &[crate::strategy::weighted_random::Alias] {
+        self.alias
+            .get_or_init(|| crate::strategy::weighted_random::alias_table(&self.weights))
     }
 
     /// The consistent-hash ring, built on first use.

@@ -40,7 +40,7 @@ mod latency_based;
 mod least_loaded;
 mod power_of_two;
 mod round_robin;
-mod weighted_random;
+pub(crate) mod weighted_random;
 mod weighted_round_robin;
 
 pub use consistent_hash::ConsistentHash;
