@@ -29,7 +29,7 @@ use crate::policy::WorkspaceMap;
 use crate::registry::snapshot::{ModelMask, Pool, Snapshot};
 use crate::registry::Slot;
 use crate::request::RouteRequest;
-use crate::state::{Settled, StateStore};
+use crate::state::{Settled, SmallStr, StateStore};
 use crate::usage::{from_micros, to_micros, BudgetWindow};
 
 /// What a router keeps for accounting besides the store: its own rate limiters and the view
@@ -340,50 +340,8 @@ impl Plan {
 }
 
 /// An id a ticket keeps (workspace, user, agent type, request): inline, without allocating, up
-/// to [`Id::INLINE`] bytes.
-#[derive(Clone)]
-pub(crate) enum Id {
-    Inline { len: u8, bytes: [u8; Id::INLINE] },
-    Heap(Box<str>),
-}
-
-impl Id {
-    const INLINE: usize = 22;
-
-    pub(crate) fn new(s: &str) -> Id {
-        if s.len() <= Id::INLINE {
-            let mut bytes = [0; Id::INLINE];
-            bytes[..s.len()].copy_from_slice(s.as_bytes());
-            Id::Inline {
-                len: s.len() as u8,
-                bytes,
-            }
-        } else {
-            Id::Heap(s.into())
-        }
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        match self {
-            Id::Inline { len, bytes } => std::str::from_utf8(&bytes[..*len as usize]).expect("copied from a str"),
-            Id::Heap(s) => s,
-        }
-    }
-}
-
-impl std::ops::Deref for Id {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Debug for Id {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
+/// to 22 bytes.
+pub(crate) type Id = SmallStr<22>;
 
 /// A budget's reservation, on each of its windows that has a limit, held by a decision until it
 /// is reported or dropped.
@@ -424,9 +382,9 @@ pub(crate) type Reservations = SmallVec<[Reservation; 2]>;
 pub(crate) enum TokenCharge {
     /// A limiter this router keeps.
     Local {
+        /// The limiter (it knows its id).
         cell: Arc<GcraCell>,
         scope: LimitScope,
-        id: Id,
         gcra: Gcra,
     },
     /// A strict limiter, in the store.
@@ -551,9 +509,23 @@ fn has_workspace_budget(snap: &Snapshot, req: &RouteRequest) -> bool {
 }
 
 /// The estimated cost of `req` on `model` at `slot`'s prices, in micro-units.
+#[inline]
 fn estimate_micros(model: &Model, slot: &Slot, est_in: u64, est_out: u64) -> i64 {
     let pricing = slot.config.pricing.as_ref().unwrap_or(&model.pricing);
-    to_micros(pricing.cost(est_in, est_out))
+    micros_of(pricing.cost(est_in, est_out))
+}
+
+/// [`to_micros`] without a call to `round` for a cost in `[0, 2^52)` micro-units (prices are
+/// validated finite and non-negative).
+#[inline]
+fn micros_of(cost: f64) -> i64 {
+    let x = cost * crate::usage::MICROS;
+    if !(0.0..4_503_599_627_370_496.0).contains(&x) {
+        return to_micros(cost);
+    }
+    // `x - trunc(x)` is exact below 2^52; `round` goes half away from zero.
+    let t = x as i64;
+    t + i64::from(x - t as f64 >= 0.5)
 }
 
 /// The decision path's accounting for one request.
@@ -666,7 +638,6 @@ impl<'a> Accounting<'a> {
                     charges.push(TokenCharge::Local {
                         cell,
                         scope: rl.scope,
-                        id: Id::new(value),
                         gcra,
                     });
                 }
@@ -906,11 +877,11 @@ pub(crate) fn settle_budgets(ticket: &Ticket, cost_micros: i64, events: &EventBu
 pub(crate) fn charge_tokens(ticket: &Ticket, extra: u64, store: &dyn StateStore, local: &Local, now_us: u64) {
     for c in &ticket.token_charges {
         match c {
-            TokenCharge::Local { cell, scope, id, gcra } => {
+            TokenCharge::Local { cell, scope, gcra } => {
                 let key = LimiterKey {
                     scope: *scope,
                     unit: Unit::Tpm,
-                    id,
+                    id: cell.id(),
                 };
                 let view = local.views.view.load();
                 local.limiters.charge(local.maps(&view), key, cell, gcra, extra, now_us)
@@ -918,6 +889,40 @@ pub(crate) fn charge_tokens(ticket: &Ticket, extra: u64, store: &dyn StateStore,
             TokenCharge::Shared { key, gcra } => {
                 let _ = store.gcra(key, *gcra, extra, true, now_us);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn micros_round_as_to_micros_does() {
+        for cost in [
+            0.0,
+            0.4999995,
+            0.5e-6,
+            1.5e-6,
+            2.5e-6,
+            0.0035,
+            1e12,
+            4.6e9,
+            5e9,
+            -0.25e-6,
+            f64::NAN,
+        ] {
+            assert_eq!(micros_of(cost), to_micros(cost), "{cost}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn micros_of_any_cost(cost in 0.0f64..1e10, tokens in 0u64..1_000_000, per_1k in 0.0f64..1.0) {
+            prop_assert_eq!(micros_of(cost), to_micros(cost));
+            let c = per_1k * tokens as f64 / 1000.0;
+            prop_assert_eq!(micros_of(c), to_micros(c));
         }
     }
 }

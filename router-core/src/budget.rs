@@ -255,12 +255,18 @@ pub(crate) struct WindowCounter {
 
 impl WindowCounter {
     /// [`StateStore::add`] on the counter (through its cell when the store has one).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn add(&self, delta: i64) -> Result<i64> {
         match &self.cell {
             Some(c) if !c.is_retired() => Ok(c.add(delta)),
-            _ => self.store()?.add(&self.key, delta, self.expires_at_ms),
+            _ => self.add_in_store(delta),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn add_in_store(&self, delta: i64) -> Result<i64> {
+        self.store()?.add(&self.key, delta, self.expires_at_ms)
     }
 
     /// [`StateStore::get`] on the counter (0 when the store cannot answer).
