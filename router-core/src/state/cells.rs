@@ -152,10 +152,11 @@ pub(crate) enum SmallStr<const N: usize> {
 }
 
 impl<const N: usize> SmallStr<N> {
+    #[inline]
     pub(crate) fn new(s: &str) -> Self {
         if s.len() <= N {
             let mut bytes = [0; N];
-            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            copy_short(&mut bytes[..s.len()], s.as_bytes());
             SmallStr::Inline {
                 len: s.len() as u8,
                 bytes,
@@ -192,6 +193,29 @@ impl<const N: usize> std::ops::Deref for SmallStr<N> {
 impl<const N: usize> std::fmt::Debug for SmallStr<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// `dst.copy_from_slice(src)` for a short slice, as fixed-size moves (two that overlap)
+/// instead of a call to `memcpy`.
+#[inline]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    fn two<const K: usize>(dst: &mut [u8], src: &[u8]) {
+        let n = src.len();
+        let (head, tail): ([u8; K], [u8; K]) = (
+            src[..K].try_into().expect("K bytes"),
+            src[n - K..].try_into().expect("K bytes"),
+        );
+        dst[..K].copy_from_slice(&head);
+        dst[n - K..].copy_from_slice(&tail);
+    }
+    match src.len() {
+        0 => {}
+        1..4 => dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s),
+        4..8 => two::<4>(dst, src),
+        8..16 => two::<8>(dst, src),
+        16..32 => two::<16>(dst, src),
+        _ => dst.copy_from_slice(src),
     }
 }
 
@@ -434,6 +458,17 @@ mod tests {
         type Target = AtomicI64;
         fn deref(&self) -> &AtomicI64 {
             &self.0 .0
+        }
+    }
+
+    #[test]
+    fn short_copies_copy() {
+        let src: Vec<u8> = (1..=40).collect();
+        for n in 0..=40 {
+            let mut dst = [0u8; 40];
+            copy_short(&mut dst[..n], &src[..n]);
+            assert_eq!(&dst[..n], &src[..n]);
+            assert!(dst[n..].iter().all(|&b| b == 0));
         }
     }
 
