@@ -5,12 +5,13 @@
 //! Nothing here runs for a request that no budget, limit or experiment concerns and that
 //! carries no id to account usage by: the common decision path stays as it was.
 //!
-//! What a decision with a budget and a limit costs: one load of the router's [`View`] (the
-//! [`Plan`] of its configuration, with each budget window's counter cell already resolved and
-//! each limit's GCRA computed, and the settled limiters), a hash lookup of its workspace and of
-//! each limited id, one compare-and-swap per limiter, one atomic addition per budget window
-//! (another to give it back or settle it), and the boxed [`Ticket`] (ids kept inline). No lock,
-//! no key formatted, no store call in batched mode.
+//! What a decision with a budget and a limit costs: a read of the router's [`View`] from this
+//! thread's cache (the [`Plan`] of its configuration, with each budget window's counter cell
+//! already resolved and each limit's GCRA computed, and the settled limiters; no atomic
+//! read-modify-write while the view is unchanged), a hash lookup of its workspace and of each
+//! limited id, one compare-and-swap per limiter, one atomic addition per budget window (another
+//! to give it back or settle it), and the boxed [`Ticket`] (ids kept inline). No lock, no key
+//! formatted, no store call in batched mode.
 
 use std::cell::{OnceCell, Ref, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
