@@ -211,25 +211,29 @@ impl Local {
         self.limiters.sweep(&self.views, now_ms);
     }
 
-    /// Run `f` with this thread's cache of views at hand (the decision path's way in: no
-    /// atomic read-modify-write to read the view). A view published a moment ago may be missed
-    /// for that moment, as with any load that races a store.
+    /// Run `f` for a decision on `snap`, with this thread's cache of views at hand when the
+    /// decision may read the view (the decision path's way in: no atomic read-modify-write to
+    /// read the view). A view published a moment ago may be missed for that moment, as with
+    /// any load that races a store.
     #[inline]
-    pub(crate) fn with<R>(&self, f: impl FnOnce(LocalRef<'_>) -> R) -> R {
+    pub(crate) fn with<R>(&self, snap: &Snapshot, f: impl FnOnce(LocalRef<'_>) -> R) -> R {
         let mut f = Some(f);
-        let out = VIEWS.try_with(|cell| {
-            f.take().map(|f| {
-                f(LocalRef {
-                    local: self,
-                    cache: Some(cell),
+        if has_plan(snap) {
+            let out = VIEWS.try_with(|cell| {
+                f.take().map(|f| {
+                    f(LocalRef {
+                        local: self,
+                        cache: Some(cell),
+                    })
                 })
-            })
-        });
-        match (out, f) {
-            (Ok(Some(r)), _) => r,
-            (_, Some(f)) => f(self.uncached()),
-            (_, None) => unreachable!("`f` ran but returned nothing"),
+            });
+            if let Ok(Some(r)) = out {
+                return r;
+            }
         }
+        // No plan to read, or this thread's cache is gone (the thread is ending).
+        let f = f.expect("`f` has not run");
+        f(self.uncached())
     }
 
     /// Without the per-thread cache (each decision loads the view).
@@ -501,6 +505,14 @@ pub(crate) fn needed(snap: &Snapshot, req: &RouteRequest) -> bool {
         || has_workspace_budget(snap, req)
 }
 
+/// Whether decisions on `snap` may read a [`Plan`]: a budget, a rate limit or a workspace is
+/// configured.
+#[inline]
+fn has_plan(snap: &Snapshot) -> bool {
+    let cfg = &snap.config;
+    !cfg.budgets.is_empty() || !cfg.rate_limits.is_empty() || !snap.workspaces.is_empty()
+}
+
 fn has_workspace_budget(snap: &Snapshot, req: &RouteRequest) -> bool {
     req.workspace_id
         .as_deref()
@@ -555,8 +567,7 @@ pub(crate) struct Precheck {
 impl<'a> Accounting<'a> {
     /// The view and plan, when any budget or rate limit is configured.
     fn state(&self) -> Option<&State<'a>> {
-        let cfg = &self.snap.config;
-        if cfg.budgets.is_empty() && cfg.rate_limits.is_empty() && self.snap.workspaces.is_empty() {
+        if !has_plan(self.snap) {
             return None;
         }
         Some(

@@ -549,7 +549,7 @@ impl Router {
         let inner = &self.inner;
         inner
             .registry
-            .with(|snap| inner.local.with(|local| self.route_in(snap, local, req)))
+            .with(|snap| inner.local.with(snap, |local| self.route_in(snap, local, req)))
     }
 
     fn route_in(&self, snap: &Snapshot, local: accounting::LocalRef<'_>, req: &RouteRequest) -> Result<Decision> {
