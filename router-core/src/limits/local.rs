@@ -11,7 +11,8 @@ use crate::state::{IdMap, Keyed, Settled, SettledSlot, SmallStr};
 const RETIRED: u64 = u64::MAX;
 
 /// One limiter's state: its theoretical arrival time, µs (0 for a new key), and its id (inline
-/// up to 38 bytes: the cell is one cache line, which a lookup reads to compare the id).
+/// up to 38 bytes: a lookup compares the id next to the TAT it then swaps, with no pointer to
+/// follow).
 #[derive(Debug)]
 pub(crate) struct GcraCell(AtomicU64, SmallStr<38>);
 
