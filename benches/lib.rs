@@ -1,6 +1,9 @@
 //! What the benchmarks in `benches/` share.
 
-use router_core::{Endpoint, Model, ModelType, Policy};
+use router_core::{
+    BudgetLimits, Endpoint, LimitScope, Model, ModelType, Policy, RateLimit, RouteRequest, StrategyKind,
+    WorkspaceConfig,
+};
 
 /// `n` endpoints spread over four chat models with different prices (`model-0` cheapest),
 /// alternating between the regions `us-east` and `eu-west`, weights 1, 2 and 3 in turn,
@@ -68,4 +71,67 @@ pub fn two_models_of_five() -> Policy {
             .collect(),
         ..Default::default()
     }
+}
+
+/// The `accounting` bench's mixes, by name: `no_usage`, `plain`, `usage`, `budget_limit` (see
+/// `benches/accounting.rs`).
+pub const ACCOUNTING_MIXES: [&str; 4] = ["no_usage", "plain", "usage", "budget_limit"];
+
+/// Request keys of the `accounting` mixes: user `k`, workspace `k % 8`.
+pub const ACCOUNTING_KEYS: usize = 256;
+
+/// The policy of an `accounting` mix: [`fleet`]`(100)`; usage accounting off for `no_usage`;
+/// for `budget_limit`, a per-user rpm limit and a daily budget on each of the workspaces
+/// `ws-0` to `ws-7` (batched, neither ever reached). Two more mixes split `budget_limit`:
+/// `limit` (the rate limit only) and `budget` (the budgets only).
+pub fn accounting_policy(mix: &str) -> Policy {
+    assert!(
+        ACCOUNTING_MIXES.contains(&mix) || mix == "limit" || mix == "budget",
+        "unknown mix {mix}"
+    );
+    let mut policy = fleet(100);
+    policy.settings.usage.enabled = mix != "no_usage";
+    if mix == "budget_limit" || mix == "limit" {
+        policy.settings.rate_limits = vec![RateLimit {
+            scope: LimitScope::User,
+            id: None,
+            rps: None,
+            rpm: Some(1_000_000_000),
+            tpm: None,
+            burst: None,
+            consistency: Default::default(),
+            on_store_error: Default::default(),
+        }];
+    }
+    if mix == "budget_limit" || mix == "budget" {
+        for w in 0..8 {
+            let budget = BudgetLimits {
+                daily: Some(1e12),
+                ..Default::default()
+            };
+            policy.workspaces.insert(
+                format!("ws-{w}"),
+                WorkspaceConfig {
+                    budget_limits: Some(budget),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    policy
+}
+
+/// The requests of an `accounting` mix: chat, P2C; with a workspace and a user id but for
+/// `no_usage` and `plain`.
+pub fn accounting_requests(mix: &str) -> Vec<RouteRequest> {
+    let tenant = !matches!(mix, "no_usage" | "plain");
+    (0..ACCOUNTING_KEYS)
+        .map(|k| RouteRequest {
+            model_type: Some(ModelType::Chat),
+            strategy: Some(StrategyKind::PowerOfTwo),
+            workspace_id: tenant.then(|| format!("ws-{}", k % 8)),
+            user_id: tenant.then(|| format!("user-{k}")),
+            ..Default::default()
+        })
+        .collect()
 }

@@ -1,8 +1,8 @@
 //! What usage accounting, a budget and a rate limit add to the decision loop (issue 5: `route`
 //! with a budget and a rate limit on stays within 20% of the plain figures).
 //!
-//! `router_benches::fleet(100)` (100 endpoints over four chat models), P2C. Four request mixes,
-//! timed side by side in one run:
+//! `router_benches::fleet(100)` (100 endpoints over four chat models), P2C. Four request mixes
+//! (`router_benches::accounting_policy` and `accounting_requests`), timed side by side in one run:
 //!
 //! - `no_usage`: usage accounting off (`usage.enabled: false`): the bare decision loop;
 //! - `plain`: requests with no workspace, user or token estimate: only the per-model and
@@ -23,52 +23,15 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use router_core::{ModelType, Outcome, RouteRequest, Router, StrategyKind};
+use router_core::{Outcome, Router};
 
-const N: usize = 100;
-const KEYS: usize = 256;
-
-fn router(with_limits: bool) -> Router {
-    router_with(with_limits, true)
-}
-
-fn router_with(with_limits: bool, usage: bool) -> Router {
-    let mut policy = router_benches::fleet(N);
-    policy.settings.usage.enabled = usage;
-    if with_limits {
-        policy.settings.rate_limits = vec![serde_json::from_value(serde_json::json!({
-            "scope": "user", "rpm": 1_000_000_000u64
-        }))
-        .expect("valid limit")];
-        for w in 0..8 {
-            policy.workspaces.insert(
-                format!("ws-{w}"),
-                serde_json::from_value(serde_json::json!({"budget_limits": {"daily": 1e12}})).expect("valid"),
-            );
-        }
-    }
-    Router::new(policy).expect("valid bench policy")
-}
-
-fn requests(tenant: bool) -> Vec<RouteRequest> {
-    (0..KEYS)
-        .map(|k| RouteRequest {
-            model_type: Some(ModelType::Chat),
-            strategy: Some(StrategyKind::PowerOfTwo),
-            workspace_id: tenant.then(|| format!("ws-{}", k % 8)),
-            user_id: tenant.then(|| format!("user-{k}")),
-            ..Default::default()
-        })
-        .collect()
-}
+const KEYS: usize = router_benches::ACCOUNTING_KEYS;
 
 fn bench(c: &mut Criterion) {
-    let mixes = [
-        ("no_usage", router_with(false, false), requests(false)),
-        ("plain", router(false), requests(false)),
-        ("usage", router(false), requests(true)),
-        ("budget_limit", router(true), requests(true)),
-    ];
+    let mixes = router_benches::ACCOUNTING_MIXES.map(|name| {
+        let r = Router::new(router_benches::accounting_policy(name)).expect("valid bench policy");
+        (name, r, router_benches::accounting_requests(name))
+    });
     let mut g = c.benchmark_group("route");
     g.throughput(Throughput::Elements(1));
     for (name, r, reqs) in &mixes {

@@ -14,7 +14,14 @@
 //! Configurations: `weighted/<n>` and `adaptive/<n>` are `benches/adaptive.rs`'s (n chat models
 //! of one endpoint, P2C, one agent type, model k fails every (10 + k)-th call);
 //! `p2c/off`, `p2c/on`, `ll/off`, `ll/on` are `benches/predict.rs`'s (two models of five
-//! endpoints, capacity 1000, prediction off or on).
+//! endpoints, capacity 1000, prediction off or on); `route/<mix>` and `route_report/<mix>` are
+//! `benches/accounting.rs`'s (`<mix>`: `no_usage`, `plain`, `usage`, `budget_limit`, and `limit`
+//! or `budget` for either half of `budget_limit`; `route` drops the decision, `route_report`
+//! reports a success with token counts):
+//!
+//! ```text
+//! cargo run --release -p router-benches --example ab -- ab route/usage route/budget_limit 4000 250
+//! ```
 #![allow(missing_docs)]
 
 use router_core::*;
@@ -42,8 +49,21 @@ fn predict_router(prediction: bool) -> Router {
     .expect("valid policy")
 }
 
-/// A router, its request, and whether outcomes fail as in the adaptive bench.
-struct Case(Router, RouteRequest, bool, usize);
+/// A router, its requests (taken in turn), how the decisions end, and the iteration count.
+struct Case(Router, Vec<RouteRequest>, End, usize);
+
+/// What becomes of a decision.
+#[derive(Clone, Copy, PartialEq)]
+enum End {
+    /// Reported a success.
+    Report,
+    /// Reported, failing as in the adaptive bench.
+    Failing,
+    /// Reported a success with token counts (the accounting bench).
+    Tokens,
+    /// Dropped.
+    Drop,
+}
 
 impl Case {
     fn new(name: &str) -> Case {
@@ -51,18 +71,18 @@ impl Case {
         match kind {
             "weighted" | "adaptive" => Case(
                 adaptive_router(arg.parse().expect("models"), kind == "adaptive"),
-                RouteRequest {
+                vec![RouteRequest {
                     model_type: Some(ModelType::Chat),
                     agent_type: Some("support".into()),
                     strategy: Some(StrategyKind::PowerOfTwo),
                     ..Default::default()
-                },
-                true,
+                }],
+                End::Failing,
                 0,
             ),
             "p2c" | "ll" => Case(
                 predict_router(arg == "on"),
-                RouteRequest {
+                vec![RouteRequest {
                     model_type: Some(ModelType::Chat),
                     strategy: Some(if kind == "p2c" {
                         StrategyKind::PowerOfTwo
@@ -70,26 +90,37 @@ impl Case {
                         StrategyKind::LeastLoaded
                     }),
                     ..Default::default()
-                },
-                false,
+                }],
+                End::Report,
+                0,
+            ),
+            "route" | "route_report" => Case(
+                Router::new(router_benches::accounting_policy(arg)).expect("valid policy"),
+                router_benches::accounting_requests(arg),
+                if kind == "route" { End::Drop } else { End::Tokens },
                 0,
             ),
             _ => panic!("unknown configuration {name}"),
         }
     }
 
-    /// Route and report `n` requests.
+    /// Route (and report) `n` requests.
     fn run(&mut self, n: usize) {
-        let Case(r, req, failing, k) = self;
+        let Case(r, reqs, end, k) = self;
         for _ in 0..n {
             *k = k.wrapping_add(1);
-            let d = r.route(black_box(req)).expect("route");
+            let d = r.route(black_box(&reqs[*k % reqs.len()])).expect("route");
             let latency = 50.0 + (*k % 400) as f64;
-            let m: usize = d.model_id()[6..].parse().unwrap_or(0);
-            let o = if *failing && *k % (10 + m) == 0 {
-                Outcome::failure(ErrorClass::Server { status: 500 }, latency)
-            } else {
-                Outcome::success(latency)
+            let o = match *end {
+                End::Drop => {
+                    drop(black_box(d));
+                    continue;
+                }
+                End::Tokens => Outcome::success(latency).with_tokens(500, 200),
+                End::Failing if *k % (10 + d.model_id()[6..].parse::<usize>().unwrap_or(0)) == 0 => {
+                    Outcome::failure(ErrorClass::Server { status: 500 }, latency)
+                }
+                _ => Outcome::success(latency),
             };
             r.report(&d, o).expect("report");
         }

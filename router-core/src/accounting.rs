@@ -5,15 +5,16 @@
 //! Nothing here runs for a request that no budget, limit or experiment concerns and that
 //! carries no id to account usage by: the common decision path stays as it was.
 //!
-//! What a decision with a budget and a limit costs: one load of the router's [`View`] (the
-//! [`Plan`] of its configuration, with each budget window's counter cell already resolved and
-//! each limit's GCRA computed, and the settled limiters), a hash lookup of its workspace and of
-//! each limited id, one compare-and-swap per limiter, one atomic addition per budget window
-//! (another to give it back or settle it), and the boxed [`Ticket`] (ids kept inline). No lock,
-//! no key formatted, no store call in batched mode.
+//! What a decision with a budget and a limit costs: a read of the router's [`View`] from this
+//! thread's cache (the [`Plan`] of its configuration, with each budget window's counter cell
+//! already resolved and each limit's GCRA computed, and the settled limiters; no atomic
+//! read-modify-write while the view is unchanged), a hash lookup of its workspace and of each
+//! limited id, one compare-and-swap per limiter, one atomic addition per budget window (another
+//! to give it back or settle it), and the boxed [`Ticket`] (ids kept inline). No lock, no key
+//! formatted, no store call in batched mode.
 
-use std::cell::OnceCell;
-use std::collections::BTreeMap;
+use std::cell::{OnceCell, Ref, RefCell};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -25,16 +26,16 @@ use crate::error::{Error, Result};
 use crate::events::{Event, EventBus};
 use crate::limits::{Gcra, GcraCell, LimitScope, LimiterKey, LimiterMaps, LimiterView, Limiters, Maps, Unit};
 use crate::model::Model;
-use crate::policy::WorkspaceConfig;
+use crate::policy::WorkspaceMap;
 use crate::registry::snapshot::{ModelMask, Pool, Snapshot};
 use crate::registry::Slot;
 use crate::request::RouteRequest;
-use crate::state::{Settled, StateStore};
+use crate::state::{Settled, SmallStr, StateStore};
 use crate::usage::{from_micros, to_micros, BudgetWindow};
 
 /// What a router keeps for accounting besides the store: its own rate limiters and the view
-/// the decision path reads (the current [`Plan`] and the settled limiters, behind one
-/// [`ArcSwap`] so that one load serves a decision).
+/// the decision path reads (the current [`Plan`] and the settled limiters, replaced as a whole,
+/// read through a per-thread cache: see [`Local::with`]).
 #[derive(Default)]
 pub(crate) struct Local {
     limiters: Limiters,
@@ -56,9 +57,6 @@ struct View {
     limiters: LimiterMaps,
 }
 
-#[derive(Default)]
-struct Views(ArcSwap<View>);
-
 impl Default for View {
     fn default() -> Self {
         View {
@@ -68,13 +66,43 @@ impl Default for View {
     }
 }
 
+/// [`Local`]s created so far (their ids).
+static LOCALS: AtomicU64 = AtomicU64::new(0);
+
+/// Where the [`View`] is published.
+struct Views {
+    view: ArcSwap<View>,
+    /// Bumped after each store: with `id`, the key of the per-thread cache.
+    version: AtomicU64,
+    /// Never reused by another [`Local`] of the process.
+    id: u64,
+}
+
+impl Default for Views {
+    fn default() -> Self {
+        Views {
+            view: ArcSwap::default(),
+            version: AtomicU64::new(0),
+            id: LOCALS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+impl Views {
+    /// Replace the view with `f` of the current one.
+    fn update(&self, f: impl FnMut(&Arc<View>) -> View) {
+        self.view.rcu(f);
+        self.version.fetch_add(1, Ordering::Release);
+    }
+}
+
 impl LimiterView for Views {
     fn latest(&self, i: usize) -> Settled<Arc<GcraCell>> {
-        Arc::clone(&self.0.load().limiters[i])
+        Arc::clone(&self.view.load().limiters[i])
     }
 
     fn publish(&self, i: usize, map: Settled<Arc<GcraCell>>) {
-        self.0.rcu(|v| {
+        self.update(|v| {
             let mut next = View::clone(v);
             next.limiters[i] = Arc::clone(&map);
             next
@@ -82,15 +110,85 @@ impl LimiterView for Views {
     }
 }
 
+/// How many routers' views one thread keeps at hand.
+const CACHED: usize = 4;
+
+/// One thread's cached views: (local id, version, view).
+struct ViewCache {
+    entries: [Option<(u64, u64, Arc<View>)>; CACHED],
+    /// The entry replaced next when all are taken.
+    victim: usize,
+}
+
+impl ViewCache {
+    fn get(&self, id: u64, version: u64) -> Option<&View> {
+        self.entries
+            .iter()
+            .flatten()
+            .find(|(i, v, _)| *i == id && *v == version)
+            .map(|(_, _, view)| &**view)
+    }
+
+    fn put(&mut self, id: u64, version: u64, view: Arc<View>) {
+        let k = match self
+            .entries
+            .iter()
+            .position(|e| e.as_ref().is_some_and(|(i, _, _)| *i == id))
+        {
+            Some(k) => k,
+            None => match self.entries.iter().position(Option::is_none) {
+                Some(k) => k,
+                None => {
+                    self.victim = (self.victim + 1) % CACHED;
+                    self.victim
+                }
+            },
+        };
+        self.entries[k] = Some((id, version, view));
+    }
+}
+
+thread_local! {
+    /// The views this thread decided with last, per router: reading one costs a load and a
+    /// compare, where an arc-swap load costs two atomic read-modify-writes (its debt slot, then
+    /// the guard's drop). Like the registry's snapshot cache, a thread keeps at most [`CACHED`]
+    /// views alive this way (their plans hold the store weakly: a cached view keeps memory
+    /// alive, not a store's connections).
+    static VIEWS: RefCell<ViewCache> = const {
+        RefCell::new(ViewCache {
+            entries: [const { None }; CACHED],
+            victim: 0,
+        })
+    };
+}
+
+/// The view a decision holds: borrowed from this thread's cache, or loaded.
+enum Held<'a> {
+    Cached(Ref<'a, View>),
+    Loaded(arc_swap::Guard<Arc<View>>),
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = View;
+
+    #[inline]
+    fn deref(&self) -> &View {
+        match self {
+            Held::Cached(v) => v,
+            Held::Loaded(v) => v,
+        }
+    }
+}
+
 /// A decision's hold on the view, and the plan of its snapshot.
-pub(crate) struct State {
-    view: arc_swap::Guard<Arc<View>>,
+pub(crate) struct State<'a> {
+    view: Held<'a>,
     /// A plan built for this decision's snapshot, when the view's was not (a configuration
     /// change or a window rollover).
     own: Option<Arc<Plan>>,
 }
 
-impl State {
+impl State<'_> {
     fn plan(&self) -> &Plan {
         self.own
             .as_deref()
@@ -99,30 +197,57 @@ impl State {
     }
 }
 
+/// A [`Local`] as the decision path reads it: through this thread's cache of views when it
+/// has one at hand ([`Local::with`]).
+#[derive(Clone, Copy)]
+pub(crate) struct LocalRef<'a> {
+    local: &'a Local,
+    cache: Option<&'a RefCell<ViewCache>>,
+}
+
 impl Local {
     /// Forget limiters that idled out by `now_ms`.
     pub(crate) fn sweep(&self, now_ms: u64) {
         self.limiters.sweep(&self.views, now_ms);
     }
 
-    /// The view, with the plan of `snap` at `now_ms`: the current one, else a new one (which
-    /// becomes current unless a newer configuration's plan is).
-    fn state(&self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> State {
-        let view = self.views.0.load();
-        if view
-            .plan
-            .as_ref()
-            .is_some_and(|p| p.made_for(snap) && p.budgets.holds(now_ms))
-        {
-            return State { view, own: None };
+    /// Run `f` for a decision on `snap`, with this thread's cache of views at hand when the
+    /// decision may read the view (the decision path's way in: no atomic read-modify-write to
+    /// read the view). A view published a moment ago may be missed for that moment, as with
+    /// any load that races a store.
+    #[inline]
+    pub(crate) fn with<R>(&self, snap: &Snapshot, f: impl FnOnce(LocalRef<'_>) -> R) -> R {
+        let mut f = Some(f);
+        if has_plan(snap) {
+            let out = VIEWS.try_with(|cell| {
+                f.take().map(|f| {
+                    f(LocalRef {
+                        local: self,
+                        cache: Some(cell),
+                    })
+                })
+            });
+            if let Ok(Some(r)) = out {
+                return r;
+            }
         }
-        self.renew(snap, store, now_ms)
+        // No plan to read, or this thread's cache is gone (the thread is ending).
+        let f = f.expect("`f` has not run");
+        f(self.uncached())
+    }
+
+    /// Without the per-thread cache (each decision loads the view).
+    pub(crate) fn uncached(&self) -> LocalRef<'_> {
+        LocalRef {
+            local: self,
+            cache: None,
+        }
     }
 
     #[cold]
-    fn renew(&self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> State {
+    fn renew<'a>(&self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> State<'a> {
         let plan = Arc::new(Plan::build(snap, store, now_ms));
-        self.views.0.rcu(|v| {
+        self.views.update(|v| {
             let mut next = View::clone(v);
             if v.plan.as_ref().is_none_or(|p| p.generation <= snap.generation) {
                 next.plan = Some(Arc::clone(&plan));
@@ -130,7 +255,7 @@ impl Local {
             next
         });
         State {
-            view: self.views.0.load(),
+            view: Held::Loaded(self.views.view.load()),
             own: Some(plan),
         }
     }
@@ -143,12 +268,54 @@ impl Local {
     }
 }
 
+impl<'a> LocalRef<'a> {
+    /// The view: this thread's cached one when it is current, else loaded (and cached).
+    #[inline]
+    fn view(self) -> Held<'a> {
+        let views = &self.local.views;
+        if let Some(cell) = self.cache {
+            let version = views.version.load(Ordering::Acquire);
+            let cached = |cell: &'a RefCell<ViewCache>| {
+                let cache = cell.try_borrow().ok()?;
+                Ref::filter_map(cache, |c| c.get(views.id, version)).ok()
+            };
+            if let Some(v) = cached(cell) {
+                return Held::Cached(v);
+            }
+            // Shared borrows nest (an event handler may route from inside a decision); only a
+            // refresh needs the cache alone, and falls back to a plain load when it cannot.
+            if let Ok(mut cache) = cell.try_borrow_mut() {
+                cache.put(views.id, version, views.view.load_full());
+            }
+            if let Some(v) = cached(cell) {
+                return Held::Cached(v);
+            }
+        }
+        Held::Loaded(views.view.load())
+    }
+
+    /// The view, with the plan of `snap` at `now_ms`: the current one, else a new one (which
+    /// becomes current unless a newer configuration's plan is).
+    fn state(self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> State<'a> {
+        let view = self.view();
+        if view
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.made_for(snap) && p.budgets.holds(now_ms))
+        {
+            return State { view, own: None };
+        }
+        drop(view);
+        self.local.renew(snap, store, now_ms)
+    }
+}
+
 /// What the decision path's accounting needs of one configuration, prepared once: the budgets'
 /// counters in the current windows ([`BudgetPlan`]) and the rate limits' GCRAs. Rebuilt (by the
 /// first request that finds it stale) when the workspaces or the settings change and when a
 /// budget window rolls over.
 pub(crate) struct Plan {
-    workspaces_src: Arc<BTreeMap<String, WorkspaceConfig>>,
+    workspaces_src: Arc<WorkspaceMap>,
     config_src: Arc<RouterConfig>,
     generation: u64,
     budgets: BudgetPlan,
@@ -178,50 +345,8 @@ impl Plan {
 }
 
 /// An id a ticket keeps (workspace, user, agent type, request): inline, without allocating, up
-/// to [`Id::INLINE`] bytes.
-#[derive(Clone)]
-pub(crate) enum Id {
-    Inline { len: u8, bytes: [u8; Id::INLINE] },
-    Heap(Box<str>),
-}
-
-impl Id {
-    const INLINE: usize = 22;
-
-    pub(crate) fn new(s: &str) -> Id {
-        if s.len() <= Id::INLINE {
-            let mut bytes = [0; Id::INLINE];
-            bytes[..s.len()].copy_from_slice(s.as_bytes());
-            Id::Inline {
-                len: s.len() as u8,
-                bytes,
-            }
-        } else {
-            Id::Heap(s.into())
-        }
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        match self {
-            Id::Inline { len, bytes } => std::str::from_utf8(&bytes[..*len as usize]).expect("copied from a str"),
-            Id::Heap(s) => s,
-        }
-    }
-}
-
-impl std::ops::Deref for Id {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Debug for Id {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
+/// to 22 bytes.
+pub(crate) type Id = SmallStr<22>;
 
 /// A budget's reservation, on each of its windows that has a limit, held by a decision until it
 /// is reported or dropped.
@@ -262,9 +387,9 @@ pub(crate) type Reservations = SmallVec<[Reservation; 2]>;
 pub(crate) enum TokenCharge {
     /// A limiter this router keeps.
     Local {
+        /// The limiter (it knows its id).
         cell: Arc<GcraCell>,
         scope: LimitScope,
-        id: Id,
         gcra: Gcra,
     },
     /// A strict limiter, in the store.
@@ -380,6 +505,14 @@ pub(crate) fn needed(snap: &Snapshot, req: &RouteRequest) -> bool {
         || has_workspace_budget(snap, req)
 }
 
+/// Whether decisions on `snap` may read a [`Plan`]: a budget, a rate limit or a workspace is
+/// configured.
+#[inline]
+fn has_plan(snap: &Snapshot) -> bool {
+    let cfg = &snap.config;
+    !cfg.budgets.is_empty() || !cfg.rate_limits.is_empty() || !snap.workspaces.is_empty()
+}
+
 fn has_workspace_budget(snap: &Snapshot, req: &RouteRequest) -> bool {
     req.workspace_id
         .as_deref()
@@ -389,9 +522,23 @@ fn has_workspace_budget(snap: &Snapshot, req: &RouteRequest) -> bool {
 }
 
 /// The estimated cost of `req` on `model` at `slot`'s prices, in micro-units.
+#[inline]
 fn estimate_micros(model: &Model, slot: &Slot, est_in: u64, est_out: u64) -> i64 {
     let pricing = slot.config.pricing.as_ref().unwrap_or(&model.pricing);
-    to_micros(pricing.cost(est_in, est_out))
+    micros_of(pricing.cost(est_in, est_out))
+}
+
+/// [`to_micros`] without a call to `round` for a cost in `[0, 2^52)` micro-units (prices are
+/// validated finite and non-negative).
+#[inline]
+fn micros_of(cost: f64) -> i64 {
+    let x = cost * crate::usage::MICROS;
+    if !(0.0..4_503_599_627_370_496.0).contains(&x) {
+        return to_micros(cost);
+    }
+    // `x - trunc(x)` is exact below 2^52; `round` goes half away from zero.
+    let t = x as i64;
+    t + i64::from(x - t as f64 >= 0.5)
 }
 
 /// The decision path's accounting for one request.
@@ -399,11 +546,11 @@ pub(crate) struct Accounting<'a> {
     pub(crate) snap: &'a Snapshot,
     pub(crate) req: &'a RouteRequest,
     pub(crate) store: &'a Arc<dyn StateStore>,
-    pub(crate) local: &'a Local,
+    pub(crate) local: LocalRef<'a>,
     pub(crate) events: &'a EventBus,
     pub(crate) now_ms: u64,
     /// The view and plan, loaded by the first check that needs them.
-    pub(crate) plan: OnceCell<State>,
+    pub(crate) plan: OnceCell<State<'a>>,
 }
 
 /// What the checks before the pick found.
@@ -417,11 +564,10 @@ pub(crate) struct Precheck {
     pub(crate) notes: Vec<String>,
 }
 
-impl Accounting<'_> {
+impl<'a> Accounting<'a> {
     /// The view and plan, when any budget or rate limit is configured.
-    fn state(&self) -> Option<&State> {
-        let cfg = &self.snap.config;
-        if cfg.budgets.is_empty() && cfg.rate_limits.is_empty() && self.snap.workspaces.is_empty() {
+    fn state(&self) -> Option<&State<'a>> {
+        if !has_plan(self.snap) {
             return None;
         }
         Some(
@@ -473,7 +619,8 @@ impl Accounting<'_> {
             return Ok(());
         }
         let Some(state) = self.state() else { return Ok(()) };
-        let maps = self.local.maps(&state.view);
+        let local = self.local.local;
+        let maps = local.maps(&state.view);
         let now_us = self.now_ms.saturating_mul(1000);
         for &(unit, gcra) in &state.plan().limits[i] {
             let tokens = unit.counts_tokens();
@@ -483,7 +630,7 @@ impl Accounting<'_> {
                 unit,
                 id: value,
             };
-            let local = || self.local.limiters.check(maps, key, &gcra, n, now_us, tokens);
+            let local = || local.limiters.check(maps, key, &gcra, n, now_us, tokens);
             // `Ok` when admitted, else the wait in µs.
             let verdict = if rl.consistency == Consistency::Strict {
                 let store_key = format!("{{rl:{}:{value}}}:{}", rl.scope.as_str(), unit.as_str());
@@ -503,7 +650,6 @@ impl Accounting<'_> {
                     charges.push(TokenCharge::Local {
                         cell,
                         scope: rl.scope,
-                        id: Id::new(value),
                         gcra,
                     });
                 }
@@ -743,18 +889,52 @@ pub(crate) fn settle_budgets(ticket: &Ticket, cost_micros: i64, events: &EventBu
 pub(crate) fn charge_tokens(ticket: &Ticket, extra: u64, store: &dyn StateStore, local: &Local, now_us: u64) {
     for c in &ticket.token_charges {
         match c {
-            TokenCharge::Local { cell, scope, id, gcra } => {
+            TokenCharge::Local { cell, scope, gcra } => {
                 let key = LimiterKey {
                     scope: *scope,
                     unit: Unit::Tpm,
-                    id,
+                    id: cell.id(),
                 };
-                let view = local.views.0.load();
+                let view = local.views.view.load();
                 local.limiters.charge(local.maps(&view), key, cell, gcra, extra, now_us)
             }
             TokenCharge::Shared { key, gcra } => {
                 let _ = store.gcra(key, *gcra, extra, true, now_us);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn micros_round_as_to_micros_does() {
+        for cost in [
+            0.0,
+            0.4999995,
+            0.5e-6,
+            1.5e-6,
+            2.5e-6,
+            0.0035,
+            1e12,
+            4.6e9,
+            5e9,
+            -0.25e-6,
+            f64::NAN,
+        ] {
+            assert_eq!(micros_of(cost), to_micros(cost), "{cost}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn micros_of_any_cost(cost in 0.0f64..1e10, tokens in 0u64..1_000_000, per_1k in 0.0f64..1.0) {
+            prop_assert_eq!(micros_of(cost), to_micros(cost));
+            let c = per_1k * tokens as f64 / 1000.0;
+            prop_assert_eq!(micros_of(c), to_micros(c));
         }
     }
 }

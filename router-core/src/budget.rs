@@ -20,7 +20,7 @@
 //! bound is the flush interval × spend rate × instances) or *strict* (each reservation is an
 //! atomic check-and-add in the store: never more than one request's reservation over).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -242,21 +242,31 @@ pub struct BudgetStatus {
 
 /// One budget window's counter, resolved once per [`BudgetPlan`]: its key, and the store's
 /// [`CounterCell`] for it when the store has cells.
+///
+/// It holds the store weakly: a plan (kept by a thread's cache of views, or by a decision)
+/// does not keep a dropped router's store running. Without its store, a counter counts
+/// nothing and reads 0.
 pub(crate) struct WindowCounter {
     pub(crate) key: Arc<str>,
     pub(crate) expires_at_ms: u64,
     cell: Option<Arc<CounterCell>>,
-    store: Arc<dyn StateStore>,
+    store: Weak<dyn StateStore>,
 }
 
 impl WindowCounter {
     /// [`StateStore::add`] on the counter (through its cell when the store has one).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn add(&self, delta: i64) -> Result<i64> {
         match &self.cell {
             Some(c) if !c.is_retired() => Ok(c.add(delta)),
-            _ => self.store.add(&self.key, delta, self.expires_at_ms),
+            _ => self.add_in_store(delta),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn add_in_store(&self, delta: i64) -> Result<i64> {
+        self.store()?.add(&self.key, delta, self.expires_at_ms)
     }
 
     /// [`StateStore::get`] on the counter (0 when the store cannot answer).
@@ -264,13 +274,25 @@ impl WindowCounter {
     pub(crate) fn get(&self) -> i64 {
         match &self.cell {
             Some(c) if !c.is_retired() => c.get(),
-            _ => self.store.get(&self.key).unwrap_or(0),
+            _ => self.store().and_then(|s| s.get(&self.key)).unwrap_or(0),
         }
     }
 
     /// [`StateStore::try_add`] on the counter: strict, always the store's.
     pub(crate) fn try_add(&self, delta: i64, limit: i64) -> Result<TryAdd> {
-        self.store.try_add(&self.key, delta, limit, self.expires_at_ms)
+        self.store()?.try_add(&self.key, delta, limit, self.expires_at_ms)
+    }
+
+    fn store(&self) -> Result<Arc<dyn StateStore>> {
+        self.store.upgrade().ok_or_else(gone)
+    }
+}
+
+#[cold]
+fn gone() -> Error {
+    Error::Store {
+        store: "budget",
+        reason: "the router and its store are gone".into(),
     }
 }
 
@@ -310,10 +332,10 @@ impl PlannedBudget {
             .into();
             let expires_at_ms = w.bounds[window as usize].1;
             WindowCounter {
-                cell: w.store.counter_cell(&key, expires_at_ms),
+                cell: w.store.upgrade().and_then(|s| s.counter_cell(&key, expires_at_ms)),
                 key,
                 expires_at_ms,
-                store: Arc::clone(&w.store),
+                store: Weak::clone(&w.store),
             }
         })
     }
@@ -323,7 +345,7 @@ impl PlannedBudget {
 struct Windows {
     bounds: [(u64, u64); 3],
     labels: [String; 3],
-    store: Arc<dyn StateStore>,
+    store: Weak<dyn StateStore>,
 }
 
 /// Every budget of one configuration in the current day, week and month, with the counters the
@@ -347,7 +369,7 @@ impl BudgetPlan {
         let windows = Arc::new(Windows {
             bounds,
             labels: BudgetWindow::ALL.map(|w| w.label(now_ms)),
-            store: Arc::clone(store),
+            store: Arc::downgrade(store),
         });
         let planned = |scope: BudgetScope, id: &str, limits: &BudgetLimits| {
             Arc::new(PlannedBudget {

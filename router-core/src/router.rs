@@ -546,10 +546,13 @@ impl Router {
     /// The returned decision holds the endpoint's in-flight slot until reported or dropped.
     pub fn route(&self, req: &RouteRequest) -> Result<Decision> {
         req.validate()?;
-        self.inner.registry.with(|snap| self.route_in(snap, req))
+        let inner = &self.inner;
+        inner
+            .registry
+            .with(|snap| inner.local.with(snap, |local| self.route_in(snap, local, req)))
     }
 
-    fn route_in(&self, snap: &Snapshot, req: &RouteRequest) -> Result<Decision> {
+    fn route_in(&self, snap: &Snapshot, local: accounting::LocalRef<'_>, req: &RouteRequest) -> Result<Decision> {
         let accounted = accounting::needed(snap, req);
         let now_ms = self.inner.clock.now_ms();
         // An experiment that takes the request names its variant's model; when that model
@@ -595,7 +598,7 @@ impl Router {
             snap,
             req,
             store: &self.inner.store,
-            local: &self.inner.local,
+            local,
             events: &self.inner.events,
             now_ms,
             plan: Default::default(),
@@ -867,7 +870,7 @@ impl Router {
                     snap: &snap,
                     req,
                     store: &self.inner.store,
-                    local: &self.inner.local,
+                    local: self.inner.local.uncached(),
                     events: &self.inner.events,
                     now_ms,
                     plan: Default::default(),
@@ -1595,7 +1598,7 @@ impl Inner {
             endpoints: endpoints.iter().map(|e| (**e).clone()).collect(),
             rules: rules.iter().map(|r| (**r).clone()).collect(),
             agents: (*agents).clone(),
-            workspaces: (*workspaces).clone(),
+            workspaces: workspaces.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             settings: (*config).clone(),
         }
     }

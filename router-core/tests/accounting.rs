@@ -679,3 +679,74 @@ fn sweeping_forgets_past_windows_only() {
     assert!((spent(&r, "ws", BudgetWindow::Daily) - 0.08).abs() < 1e-9);
     assert!(matches!(spend_4_cents(&r, "ws"), Err(Error::BudgetExceeded { .. })));
 }
+
+/// One thread deciding for more routers than it keeps views of (each has its own budgets and
+/// limiters): every router sees its own counters, and a change reaches the next request.
+#[test]
+fn one_thread_many_routers_keep_their_own_budgets_and_limits() {
+    let limit = json!({"rate_limits": [{"scope": "user", "rpm": 3, "burst": 3}]});
+    let routers: Vec<Router> = (0..6)
+        .map(|_| {
+            let r = common::router(policy(limit.clone()), at(MON));
+            r.set_workspace_config("ws", workspace(json!({"daily": 0.08}))).unwrap();
+            r
+        })
+        .collect();
+    let user_req = |u: &str| RouteRequest {
+        user_id: Some(u.into()),
+        ..ws_req("ws", "small")
+    };
+    for round in 0..3 {
+        for r in &routers {
+            drop(r.route(&user_req("u")).unwrap_or_else(|e| panic!("round {round}: {e}")));
+        }
+    }
+    for (i, r) in routers.iter().enumerate() {
+        assert!(
+            matches!(r.route(&user_req("u")), Err(Error::RateLimited { .. })),
+            "router {i}"
+        );
+        spend_4_cents(r, "ws").unwrap();
+    }
+    routers[2]
+        .set_workspace_config("ws", workspace(json!({"daily": 0.04})))
+        .unwrap();
+    for (i, r) in routers.iter().enumerate() {
+        assert!((spent(r, "ws", BudgetWindow::Daily) - 0.04).abs() < 1e-9, "router {i}");
+        let second = spend_4_cents(r, "ws");
+        assert_eq!(
+            matches!(second, Err(Error::BudgetExceeded { .. })),
+            i == 2,
+            "router {i}"
+        );
+    }
+}
+
+/// A decision may outlive its router: dropping it later gives its reservation back to a store
+/// someone still holds, and does nothing once the store is gone.
+#[test]
+fn a_decision_outliving_its_router_releases_into_a_live_store() {
+    let store: Arc<dyn StateStore> = Arc::new(InMemoryStore::new());
+    let r = Router::builder()
+        .policy(policy(json!({})))
+        .clock(at(MON))
+        .store(store.clone())
+        .build()
+        .unwrap();
+    r.set_workspace_config("ws", workspace(json!({"daily": 1.0}))).unwrap();
+    let d = r.route(&ws_req("ws", "big")).unwrap();
+    let key = "{ws:ws}:budget:20261123";
+    assert!(store.get(key).unwrap() > 0, "reserved");
+    drop(r);
+    drop(d);
+    assert_eq!(store.get(key).unwrap(), 0, "given back");
+    // This thread's cache of views holds the plan, which does not keep the store alive.
+    let weak = Arc::downgrade(&store);
+    drop(store);
+    assert!(weak.upgrade().is_none(), "the store went with its router");
+    let r = common::router(policy(json!({})), at(MON));
+    r.set_workspace_config("ws", workspace(json!({"daily": 1.0}))).unwrap();
+    let d = r.route(&ws_req("ws", "big")).unwrap();
+    drop(r);
+    drop(d);
+}

@@ -5,16 +5,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{Gcra, LimitScope, Unit};
-use crate::state::{IdMap, Settled, SettledSlot};
+use crate::state::{IdMap, Keyed, Settled, SettledSlot, SmallStr};
 
 /// The TAT a sweep leaves in a limiter it forgets: holders look the key up again.
 const RETIRED: u64 = u64::MAX;
 
-/// One limiter's state: its theoretical arrival time, µs (0 for a new key).
-#[derive(Debug, Default)]
-pub(crate) struct GcraCell(AtomicU64);
+/// One limiter's state: its theoretical arrival time, µs (0 for a new key), and its id (inline
+/// up to 38 bytes: a lookup compares the id next to the TAT it then swaps, with no pointer to
+/// follow).
+#[derive(Debug)]
+pub(crate) struct GcraCell(AtomicU64, SmallStr<38>);
+
+impl Keyed for Arc<GcraCell> {
+    #[inline]
+    fn key(&self) -> &[u8] {
+        self.1.as_bytes()
+    }
+}
 
 impl GcraCell {
+    /// A new limiter of `id`.
+    pub(crate) fn new(id: &str) -> GcraCell {
+        GcraCell(AtomicU64::new(0), SmallStr::new(id))
+    }
+
+    /// The limiter's id.
+    pub(crate) fn id(&self) -> &str {
+        &self.1
+    }
+
     /// Check `n` units at `now_us`, counting them when admitted (compare-and-swap: concurrent
     /// checks see each other as a lock would): `Ok` when admitted, else the wait in µs. `None`
     /// when the cell was retired.
@@ -157,7 +176,8 @@ impl Limiters {
     fn entry<R>(&self, maps: Maps<'_>, key: LimiterKey<'_>, f: impl FnOnce(&Arc<GcraCell>) -> R) -> R {
         let i = key.map();
         let slot = Slot { view: maps.view, i };
-        self.young[i].with(&maps.settled[i], &slot, key.id, |c| c.live(), Arc::default, f)
+        let make = |id: &str| Arc::new(GcraCell::new(id));
+        self.young[i].with(&maps.settled[i], &slot, key.id, |c| c.live(), make, f)
     }
 
     /// Check `n` units of `id`'s limiter at `now_us`: `Ok` when admitted, else the wait in µs;

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 mod tenancy;
 
-pub(crate) use tenancy::{model_filter, quality, Quality, TenancyDrop};
+pub(crate) use tenancy::{model_filter, quality, Quality, TenancyDrop, WorkspaceMap};
 pub use tenancy::{AgentPreferences, PerformanceRequirements, QualityRequirements, WorkspaceConfig};
 
 /// Every model, endpoint and router setting.

@@ -46,6 +46,10 @@ pub struct PerformanceRequirements {
     pub max_cost_per_token: Option<f64>,
 }
 
+/// The workspaces' configurations as a router keeps them: hashed, as every decision with a
+/// workspace id looks its workspace up (a policy document keeps them in id order).
+pub(crate) type WorkspaceMap = rustc_hash::FxHashMap<String, WorkspaceConfig>;
+
 /// A workspace's configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]

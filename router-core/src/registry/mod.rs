@@ -19,7 +19,7 @@ use crate::endpoint::{Endpoint, EndpointKind, HeadStatus};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::model::{Model, ModelStatus, ModelType};
-use crate::policy::{AgentPreferences, WorkspaceConfig};
+use crate::policy::{AgentPreferences, WorkspaceConfig, WorkspaceMap};
 use crate::rules::{CompiledCondition, Rule};
 use crate::state::{EndpointState, StateChange};
 use crate::RouterConfig;
@@ -89,7 +89,7 @@ pub(crate) struct Draft {
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     pub(crate) rules: Vec<(Arc<Rule>, Arc<CompiledCondition>)>,
     pub(crate) agents: Arc<BTreeMap<String, AgentPreferences>>,
-    pub(crate) workspaces: Arc<BTreeMap<String, WorkspaceConfig>>,
+    pub(crate) workspaces: Arc<WorkspaceMap>,
     pub(crate) config: Arc<RouterConfig>,
     generation: u64,
     states: FxHashMap<Arc<str>, Arc<EndpointState>>,
@@ -387,7 +387,7 @@ pub(crate) struct Contents {
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     pub(crate) rules: Vec<Arc<Rule>>,
     pub(crate) agents: Arc<BTreeMap<String, AgentPreferences>>,
-    pub(crate) workspaces: Arc<BTreeMap<String, WorkspaceConfig>>,
+    pub(crate) workspaces: Arc<WorkspaceMap>,
     pub(crate) config: Arc<RouterConfig>,
 }
 

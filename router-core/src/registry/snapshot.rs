@@ -15,15 +15,12 @@ use std::sync::{Arc, OnceLock};
 use crate::endpoint::EndpointKind as Kind;
 use crate::endpoint::{Endpoint, EndpointKind};
 use crate::model::{Model, ModelStatus, ModelType};
-use crate::policy::{AgentPreferences, WorkspaceConfig};
+use crate::policy::{AgentPreferences, WorkspaceMap};
 use crate::rules::{CompiledCondition, Rule};
 use std::collections::BTreeMap;
 
 /// Agent preferences and workspace configs, shared between snapshots.
-pub(crate) type Tenancy = (
-    Arc<BTreeMap<String, AgentPreferences>>,
-    Arc<BTreeMap<String, WorkspaceConfig>>,
-);
+pub(crate) type Tenancy = (Arc<BTreeMap<String, AgentPreferences>>, Arc<WorkspaceMap>);
 use crate::state::EndpointState;
 use crate::strategy::StrategyKind;
 use crate::strategy::{smooth_sequence, Ring};
@@ -434,7 +431,7 @@ pub(crate) struct Snapshot {
     pub(crate) pools: Vec<Pool>,
     pub(crate) rules: RuleSet,
     pub(crate) agents: Arc<BTreeMap<String, AgentPreferences>>,
-    pub(crate) workspaces: Arc<BTreeMap<String, WorkspaceConfig>>,
+    pub(crate) workspaces: Arc<WorkspaceMap>,
     model_index: FxHashMap<Arc<str>, u32>,
     endpoint_index: FxHashMap<Arc<str>, u32>,
     /// The pool of each built-in model type (by [`builtin_index`]), `u32::MAX` for none.

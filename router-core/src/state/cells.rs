@@ -1,11 +1,14 @@
-//! Counters the decision path updates without a key lookup ([`CounterCell`]), and the
-//! read-mostly map that finds per-id state without a lock ([`IdMap`]).
+//! Counters the decision path updates without a key lookup ([`CounterCell`]), the
+//! read-mostly map that finds per-id state without a lock ([`IdMap`]), and short ids kept
+//! inline ([`SmallStr`]).
 
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap;
+use rustc_hash::FxHashSet;
 
 use super::TryAdd;
 
@@ -140,8 +143,118 @@ impl CounterCell {
     }
 }
 
+/// A short string kept inline, up to `N` bytes (at most 255), else boxed: an id the decision
+/// path copies or compares without allocating or following a pointer.
+#[derive(Clone)]
+pub(crate) enum SmallStr<const N: usize> {
+    Inline { len: u8, bytes: [u8; N] },
+    Heap(Box<str>),
+}
+
+impl<const N: usize> SmallStr<N> {
+    #[inline]
+    pub(crate) fn new(s: &str) -> Self {
+        if s.len() <= N {
+            let mut bytes = [0; N];
+            copy_short(&mut bytes[..s.len()], s.as_bytes());
+            SmallStr::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            SmallStr::Heap(s.into())
+        }
+    }
+
+    #[inline]
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            SmallStr::Inline { len, bytes } => &bytes[..*len as usize],
+            SmallStr::Heap(s) => s.as_bytes(),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            SmallStr::Inline { len, bytes } => std::str::from_utf8(&bytes[..*len as usize]).expect("copied from a str"),
+            SmallStr::Heap(s) => s,
+        }
+    }
+}
+
+impl<const N: usize> std::ops::Deref for SmallStr<N> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for SmallStr<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// `dst.copy_from_slice(src)` for a short slice, as fixed-size moves (two that overlap)
+/// instead of a call to `memcpy`.
+#[inline]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    fn two<const K: usize>(dst: &mut [u8], src: &[u8]) {
+        let n = src.len();
+        let (head, tail): ([u8; K], [u8; K]) = (
+            src[..K].try_into().expect("K bytes"),
+            src[n - K..].try_into().expect("K bytes"),
+        );
+        dst[..K].copy_from_slice(&head);
+        dst[n - K..].copy_from_slice(&tail);
+    }
+    match src.len() {
+        0 => {}
+        1..4 => dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s),
+        4..8 => two::<4>(dst, src),
+        8..16 => two::<8>(dst, src),
+        16..32 => two::<16>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
+/// Per-id state an [`IdMap`] keeps (cheap to clone: an `Arc`). It knows its id, so that a
+/// map holds one pointer per entry and a lookup reads the entry it compares.
+pub(crate) trait Keyed: Clone {
+    /// The id's bytes.
+    fn key(&self) -> &[u8];
+}
+
+/// An entry of an [`IdMap`], hashed and compared by its key.
+#[derive(Clone)]
+pub(crate) struct Entry<V>(pub(crate) V);
+
+impl<V: Keyed> Borrow<[u8]> for Entry<V> {
+    fn borrow(&self) -> &[u8] {
+        self.0.key()
+    }
+}
+
+impl<V: Keyed> Hash for Entry<V> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.key().hash(h);
+    }
+}
+
+impl<V: Keyed> PartialEq for Entry<V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key() == other.0.key()
+    }
+}
+
+impl<V: Keyed> Eq for Entry<V> {}
+
+/// The entries of an [`IdMap`], found by id.
+pub(crate) type Entries<V> = FxHashSet<Entry<V>>;
+
 /// The settled entries of an [`IdMap`]: an immutable map, replaced as a whole.
-pub(crate) type Settled<V> = Arc<FxHashMap<Arc<str>, V>>;
+pub(crate) type Settled<V> = Arc<Entries<V>>;
 
 /// Where an [`IdMap`]'s settled entries are published: behind an `ArcSwap` of their own,
 /// or inside a larger immutable view that its owner publishes, so that one
@@ -156,12 +269,12 @@ pub(crate) trait SettledSlot<V> {
 
 /// A [`SettledSlot`] of its own (for tests).
 #[cfg(test)]
-pub(crate) struct OwnSettled<V>(pub(crate) arc_swap::ArcSwap<FxHashMap<Arc<str>, V>>);
+pub(crate) struct OwnSettled<V>(pub(crate) arc_swap::ArcSwap<Entries<V>>);
 
 #[cfg(test)]
 impl<V> Default for OwnSettled<V> {
     fn default() -> Self {
-        OwnSettled(arc_swap::ArcSwap::from_pointee(FxHashMap::default()))
+        OwnSettled(arc_swap::ArcSwap::from_pointee(Entries::default()))
     }
 }
 
@@ -175,17 +288,17 @@ impl<V> SettledSlot<V> for OwnSettled<V> {
     }
 }
 
-/// A map from ids to shared per-id state (`V` is cheap to clone: an `Arc`), read without a
-/// lock: the settled entries sit in an immutable map (published through a [`SettledSlot`]);
-/// entries added since sit in a small locked map and are merged into a new immutable map once
-/// they have been looked up or added about a quarter of the settled map's size times (each
-/// merge copies the map: its cost spreads over at least that many lookups).
+/// A map from ids to shared per-id state, read without a lock: the settled entries sit in an
+/// immutable map (published through a [`SettledSlot`]); entries added since sit in a small
+/// locked map and are merged into a new immutable map once they have been looked up or added
+/// about a quarter of the settled map's size times (each merge copies the map: its cost
+/// spreads over at least that many lookups).
 pub(crate) struct IdMap<V> {
     young: Mutex<Young<V>>,
 }
 
 struct Young<V> {
-    map: FxHashMap<Arc<str>, V>,
+    map: Entries<V>,
     /// Lookups and insertions since the last merge.
     uses: usize,
 }
@@ -194,7 +307,7 @@ impl<V> Default for IdMap<V> {
     fn default() -> Self {
         IdMap {
             young: Mutex::new(Young {
-                map: FxHashMap::default(),
+                map: Entries::default(),
                 uses: 0,
             }),
         }
@@ -209,21 +322,21 @@ impl<V> std::fmt::Debug for IdMap<V> {
     }
 }
 
-impl<V: Clone> IdMap<V> {
+impl<V: Keyed> IdMap<V> {
     /// `f` on the entry of `id`, looked up in `settled` (the caller's view of the settled
     /// entries), else among the young entries; an entry that is missing or that `live`
-    /// rejects is replaced by `make()`.
+    /// rejects is replaced by `make(id)`.
     #[inline]
     pub(crate) fn with<R>(
         &self,
-        settled: &FxHashMap<Arc<str>, V>,
+        settled: &Entries<V>,
         slot: &dyn SettledSlot<V>,
         id: &str,
         live: impl Fn(&V) -> bool,
-        make: impl FnOnce() -> V,
+        make: impl FnOnce(&str) -> V,
         f: impl FnOnce(&V) -> R,
     ) -> R {
-        if let Some(v) = settled.get(id).filter(|v| live(v)) {
+        if let Some(Entry(v)) = settled.get(id.as_bytes()).filter(|e| live(&e.0)) {
             return f(v);
         }
         let v = self.young_entry(slot, id, live, make);
@@ -236,26 +349,27 @@ impl<V: Clone> IdMap<V> {
         slot: &dyn SettledSlot<V>,
         id: &str,
         live: impl Fn(&V) -> bool,
-        make: impl FnOnce() -> V,
+        make: impl FnOnce(&str) -> V,
     ) -> V {
         let mut young = self.young.lock();
         young.uses += 1;
         // The caller's view may be older than what is published.
         let settled = slot.latest();
-        let v = match young.map.get(id).filter(|v| live(v)) {
-            Some(v) => v.clone(),
-            None => match settled.get(id).filter(|v| live(v)) {
-                Some(v) => v.clone(),
-                None => {
-                    let v = make();
-                    young.map.insert(Arc::from(id), v.clone());
-                    v
-                }
-            },
+        let found = |m: &Entries<V>| m.get(id.as_bytes()).map(|e| e.0.clone()).filter(|v| live(v));
+        let v = match found(&young.map).or_else(|| found(&settled)) {
+            Some(v) => v,
+            None => {
+                let v = make(id);
+                young.map.replace(Entry(v.clone()));
+                v
+            }
         };
         if young.uses >= 8 + settled.len() / 4 {
             let mut merged = (*settled).clone();
-            merged.extend(young.map.drain());
+            // A young entry replaces the settled one of its id.
+            for e in young.map.drain() {
+                merged.replace(e);
+            }
             young.uses = 0;
             slot.publish(Arc::new(merged));
         }
@@ -266,16 +380,16 @@ impl<V: Clone> IdMap<V> {
     pub(crate) fn retain(&self, slot: &dyn SettledSlot<V>, mut keep: impl FnMut(&V) -> bool) {
         let mut young = self.young.lock();
         let settled = slot.latest();
-        let mut next: FxHashMap<Arc<str>, V> = FxHashMap::default();
+        let mut next = Entries::default();
         // A young entry replaces the settled one of its id.
-        for (k, v) in settled.iter() {
-            if !young.map.contains_key(k) && keep(v) {
-                next.insert(Arc::clone(k), v.clone());
+        for e in settled.iter() {
+            if !young.map.contains(e.0.key()) && keep(&e.0) {
+                next.insert(e.clone());
             }
         }
-        for (k, v) in young.map.drain() {
-            if keep(&v) {
-                next.insert(k, v);
+        for e in young.map.drain() {
+            if keep(&e.0) {
+                next.insert(e);
             }
         }
         young.uses = 0;
@@ -287,7 +401,7 @@ impl<V: Clone> IdMap<V> {
     pub(crate) fn len(&self, slot: &dyn SettledSlot<V>) -> usize {
         let young = self.young.lock();
         let settled = slot.latest();
-        settled.len() + young.map.keys().filter(|k| !settled.contains_key(&***k)).count()
+        settled.len() + young.map.iter().filter(|e| !settled.contains(e.0.key())).count()
     }
 }
 
@@ -330,13 +444,51 @@ mod tests {
         }
     }
 
+    /// A counter that knows its id.
+    #[derive(Clone)]
+    struct Counter(Arc<(AtomicI64, SmallStr<8>)>);
+
+    impl Keyed for Counter {
+        fn key(&self) -> &[u8] {
+            self.0 .1.as_bytes()
+        }
+    }
+
+    impl std::ops::Deref for Counter {
+        type Target = AtomicI64;
+        fn deref(&self) -> &AtomicI64 {
+            &self.0 .0
+        }
+    }
+
+    #[test]
+    fn short_copies_copy() {
+        let src: Vec<u8> = (1..=40).collect();
+        for n in 0..=40 {
+            let mut dst = [0u8; 40];
+            copy_short(&mut dst[..n], &src[..n]);
+            assert_eq!(&dst[..n], &src[..n]);
+            assert!(dst[n..].iter().all(|&b| b == 0));
+        }
+    }
+
+    #[test]
+    fn small_strings_keep_short_ids_inline() {
+        let short = SmallStr::<8>::new("user-1");
+        assert!(matches!(short, SmallStr::Inline { .. }));
+        assert_eq!((&*short, short.as_bytes()), ("user-1", &b"user-1"[..]));
+        let long = SmallStr::<8>::new("a-longer-id");
+        assert!(matches!(long, SmallStr::Heap(_)));
+        assert_eq!((&*long, long.as_bytes()), ("a-longer-id", &b"a-longer-id"[..]));
+    }
+
     #[test]
     fn id_map_finds_replaces_and_merges() {
-        let m: IdMap<Arc<AtomicI64>> = IdMap::default();
+        let m: IdMap<Counter> = IdMap::default();
         let slot = OwnSettled::default();
-        let make = || Arc::new(AtomicI64::new(0));
-        let live = |v: &Arc<AtomicI64>| v.load(Ordering::Relaxed) >= 0;
-        let with = |id: &str, f: &dyn Fn(&Arc<AtomicI64>)| m.with(&slot.0.load(), &slot, id, live, make, f);
+        let make = |id: &str| Counter(Arc::new((AtomicI64::new(0), SmallStr::new(id))));
+        let live = |v: &Counter| v.load(Ordering::Relaxed) >= 0;
+        let with = |id: &str, f: &dyn Fn(&Counter)| m.with(&slot.0.load(), &slot, id, live, make, f);
         for round in 0..3 {
             for i in 0..100 {
                 with(&format!("id-{i}"), &|v| {

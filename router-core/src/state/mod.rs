@@ -14,7 +14,7 @@ mod live;
 pub use cells::CounterCell;
 #[cfg(test)]
 pub(crate) use cells::OwnSettled;
-pub(crate) use cells::{IdMap, Settled, SettledSlot};
+pub(crate) use cells::{IdMap, Keyed, Settled, SettledSlot, SmallStr};
 pub(crate) use live::peak_decayed;
 pub use live::{EndpointState, LATENCY_EWMA_ALPHA, PEAK_EWMA_DECAY_MS, SUCCESS_EWMA_ALPHA};
 
