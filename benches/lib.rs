@@ -1,9 +1,60 @@
 //! What the benchmarks in `benches/` share.
 
 use router_core::{
-    BudgetLimits, Endpoint, LimitScope, Model, ModelType, Policy, RateLimit, RouteRequest, StrategyKind,
-    WorkspaceConfig,
+    BudgetLimits, Endpoint, LimitScope, Model, ModelType, Outcome, Policy, RateLimit, RouteRequest, Router,
+    RouterConfig, StrategyKind, WorkspaceConfig,
 };
+
+/// Distinct requests (affinity keys) and latencies the `route` bench and `hotloop` cycle
+/// through; a power of two.
+pub const KEYS: usize = 256;
+
+/// A router on [`fleet`]`(n)` (usage aggregation as `usage` says), each endpoint with a
+/// latency sample (50-450 ms) so latency-aware strategies have something to compare.
+pub fn fleet_router(n: usize, usage: bool) -> Router {
+    let mut policy = fleet(n);
+    policy.settings.usage.enabled = usage;
+    let router = Router::new(policy).expect("valid bench policy");
+    for i in 0..n {
+        let ms = 50.0 + ((i * 37) % 400) as f64;
+        router
+            .report_endpoint(&format!("ep-{i}"), Outcome::success(ms))
+            .expect("endpoint exists");
+    }
+    router
+}
+
+/// The [`KEYS`] requests cycled through for one strategy: model type chat, prefer `eu-west`,
+/// the strategy named, an affinity key each.
+pub fn fleet_requests(kind: StrategyKind) -> Vec<RouteRequest> {
+    (0..KEYS)
+        .map(|k| RouteRequest {
+            model_type: Some(ModelType::Chat),
+            region_preference: Some("eu-west".into()),
+            affinity_key: Some(format!("user-{k}")),
+            strategy: Some(kind),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The [`KEYS`] latencies reported, cycled through (50-450 ms).
+pub fn fleet_latencies() -> Vec<f64> {
+    (0..KEYS).map(|k| 50.0 + ((k * 97) % 400) as f64).collect()
+}
+
+/// A router on [`one_endpoint_per_model`]`(models)` with adaptive choice on or off and usage
+/// aggregation off: the adaptive bench's.
+pub fn adaptive_router(models: usize, adaptive: bool) -> Router {
+    let mut settings = RouterConfig::default();
+    settings.adaptive.enabled = adaptive;
+    settings.usage.enabled = false;
+    Router::new(Policy {
+        settings,
+        ..one_endpoint_per_model(models)
+    })
+    .expect("valid bench policy")
+}
 
 /// `n` endpoints spread over four chat models with different prices (`model-0` cheapest),
 /// alternating between the regions `us-east` and `eu-west`, weights 1, 2 and 3 in turn,

@@ -19,18 +19,9 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use router_core::{ErrorClass, ModelType, Outcome, Policy, RouteRequest, Router, RouterConfig, StrategyKind};
+use router_core::{ErrorClass, ModelType, Outcome, RouteRequest, StrategyKind};
 
-fn router(models: usize, adaptive: bool) -> Router {
-    let mut settings = RouterConfig::default();
-    settings.adaptive.enabled = adaptive;
-    settings.usage.enabled = false;
-    Router::new(Policy {
-        settings,
-        ..router_benches::one_endpoint_per_model(models)
-    })
-    .expect("valid bench policy")
-}
+use router_benches::adaptive_router as router;
 
 fn bench(c: &mut Criterion) {
     let req = RouteRequest {

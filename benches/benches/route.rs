@@ -33,41 +33,15 @@ use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use router_core::{ModelType, Outcome, RouteRequest, Router, StrategyKind};
+use router_benches::{fleet_latencies as latencies, fleet_requests as requests, KEYS};
+use router_core::{Outcome, RouteRequest, Router, StrategyKind};
 
 /// Fleet sizes.
 const SIZES: [usize; 3] = [10, 100, 1_000];
-/// Distinct requests (affinity keys) and latencies cycled through; a power of two.
-const KEYS: usize = 256;
 
 /// A router with `n` endpoints over four chat models, each endpoint with a latency sample.
 fn router(n: usize) -> Router {
-    let router = Router::new(router_benches::fleet(n)).expect("valid bench policy");
-    for i in 0..n {
-        let ms = 50.0 + ((i * 37) % 400) as f64;
-        router
-            .report_endpoint(&format!("ep-{i}"), Outcome::success(ms))
-            .expect("endpoint exists");
-    }
-    router
-}
-
-/// The requests cycled through for one strategy.
-fn requests(kind: StrategyKind) -> Vec<RouteRequest> {
-    (0..KEYS)
-        .map(|k| RouteRequest {
-            model_type: Some(ModelType::Chat),
-            region_preference: Some("eu-west".into()),
-            affinity_key: Some(format!("user-{k}")),
-            strategy: Some(kind),
-            ..Default::default()
-        })
-        .collect()
-}
-
-/// Latencies reported, cycled through (50-450 ms).
-fn latencies() -> Vec<f64> {
-    (0..KEYS).map(|k| 50.0 + ((k * 97) % 400) as f64).collect()
+    router_benches::fleet_router(n, true)
 }
 
 /// One route + report.

@@ -27,17 +27,6 @@
 use router_core::*;
 use std::hint::black_box;
 
-fn adaptive_router(models: usize, adaptive: bool) -> Router {
-    let mut settings = RouterConfig::default();
-    settings.adaptive.enabled = adaptive;
-    settings.usage.enabled = false;
-    Router::new(Policy {
-        settings,
-        ..router_benches::one_endpoint_per_model(models)
-    })
-    .expect("valid policy")
-}
-
 fn predict_router(prediction: bool) -> Router {
     let mut settings = RouterConfig::default();
     settings.usage.enabled = false;
@@ -70,7 +59,7 @@ impl Case {
         let (kind, arg) = name.split_once('/').expect("<kind>/<arg>");
         match kind {
             "weighted" | "adaptive" => Case(
-                adaptive_router(arg.parse().expect("models"), kind == "adaptive"),
+                router_benches::adaptive_router(arg.parse().expect("models"), kind == "adaptive"),
                 vec![RouteRequest {
                     model_type: Some(ModelType::Chat),
                     agent_type: Some("support".into()),

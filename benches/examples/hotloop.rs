@@ -13,7 +13,7 @@
 //! `route` bench (`router_benches::fleet`, prefer `eu-west`, 256 affinity keys).
 #![allow(missing_docs)]
 
-use router_core::{ModelType, Outcome, RouteRequest, Router, StrategyKind};
+use router_core::{Outcome, StrategyKind};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -29,33 +29,21 @@ fn main() {
     let usage = arg(4) != Some("nousage");
     let threads: usize = arg(5).map_or(1, |t| t.parse().expect("a thread count"));
 
-    let mut policy = router_benches::fleet(n);
-    policy.settings.usage.enabled = usage;
-    let router = Router::new(policy).expect("valid bench policy");
-    for i in 0..n {
-        let ms = 50.0 + ((i * 37) % 400) as f64;
-        router
-            .report_endpoint(&format!("ep-{i}"), Outcome::success(ms))
-            .expect("endpoint exists");
-    }
-    let reqs: Vec<RouteRequest> = (0..256)
-        .map(|k| RouteRequest {
-            model_type: Some(ModelType::Chat),
-            region_preference: Some("eu-west".into()),
-            affinity_key: Some(format!("user-{k}")),
-            strategy: Some(kind),
-            ..Default::default()
-        })
-        .collect();
-    let lats: Vec<f64> = (0..256).map(|k| 50.0 + ((k * 97) % 400) as f64).collect();
+    let router = router_benches::fleet_router(n, usage);
+    let reqs = router_benches::fleet_requests(kind);
+    let lats = router_benches::fleet_latencies();
     std::thread::scope(|s| {
         for t in 0..threads {
             let (router, reqs, lats) = (&router, &reqs, &lats);
             s.spawn(move || {
                 for k in 0..iters / threads {
                     let k = k + t * 7;
-                    let d = router.route(std::hint::black_box(&reqs[k % 256])).expect("route");
-                    router.report(&d, Outcome::success(lats[k % 256])).expect("report");
+                    let d = router
+                        .route(std::hint::black_box(&reqs[k % router_benches::KEYS]))
+                        .expect("route");
+                    router
+                        .report(&d, Outcome::success(lats[k % router_benches::KEYS]))
+                        .expect("report");
                 }
             });
         }
