@@ -374,16 +374,15 @@ impl<'a> Env<'a> {
     /// `NO_HEARTBEAT` says that heartbeats are off (`heartbeat_ttl_ms` is 0).
     #[inline(always)]
     fn quick_check<const NO_HEARTBEAT: bool>(&self, st: &EndpointState, capacity: u32) -> Option<Seen> {
-        let healthy = st.status() == HeadStatus::Healthy;
-        let computed = st.health_status() == HeadStatus::Healthy;
-        let no_failure = st.success_rate() >= 1.0;
+        // Reported and computed status healthy, success rate 1, no load report: the summary
+        // word its writers keep, one load.
+        let common = st.summary() == 0;
         let own = st.in_flight();
-        let no_report = st.reported_load() == 0;
         let room = capacity == 0 || own < capacity;
         // `admission(now) == Admission::Closed`, without its early returns.
         let closed = (self.now_ms >= st.breaker.cooldown_until_ms()) & (st.breaker.state() == BreakerState::Closed);
         let alive = NO_HEARTBEAT || self.heartbeat_ttl_ms == 0 || !st.is_expired(self.now_ms, self.heartbeat_ttl_ms);
-        (healthy & computed & no_failure & no_report & room & closed & alive).then_some(Seen { load: own, health: 1.0 })
+        (common & room & closed & alive).then_some(Seen { load: own, health: 1.0 })
     }
 }
 
