@@ -800,10 +800,11 @@ pub(crate) trait Bounded {
     /// The exact score.
     fn exact(&self) -> f64;
     /// Whether the score is certainly a tie or near-tie of the first place of a full list and
-    /// not below any later entry (then only the tie count moves).
+    /// not below its last entry (then only the tie count moves: a tie that loses its draw is
+    /// kept only when it is below the last entry).
     #[inline(always)]
     fn ties_first(&self, top: &View) -> bool {
-        self.exceeds(top.tail_max) && self.exceeds(top.near_lo) && self.within(top.near_hi)
+        self.exceeds(top.tail) && self.exceeds(top.near_lo) && self.within(top.near_hi)
     }
 }
 
@@ -824,7 +825,7 @@ impl Bounded for f64 {
     }
     #[inline(always)]
     fn ties_first(&self, top: &View) -> bool {
-        *self >= top.tail_max && (*self == top.best || near(*self, top.best, top.tolerance))
+        *self >= top.tail && (*self == top.best || near(*self, top.best, top.tolerance))
     }
 }
 
@@ -1001,8 +1002,8 @@ pub(crate) struct View {
     pub(crate) full: bool,
     /// The first place's score.
     pub(crate) best: f64,
-    /// The largest score after the first (`-∞` with none, NaN if any is NaN).
-    pub(crate) tail_max: f64,
+    /// [`TopK::tail`].
+    pub(crate) tail: f64,
     /// A range of certain near-ties of the first place (NaN when not worked out).
     pub(crate) near_lo: f64,
     pub(crate) near_hi: f64,
@@ -1031,8 +1032,9 @@ pub(crate) struct TopK {
     /// A score above this changes nothing: the list is full, the score is worse than its last
     /// entry and not a near-tie of the first (`+∞` while that cannot be told cheaply).
     pub(crate) above: f64,
-    /// The largest score after the first (NaN if any is NaN).
-    pub(crate) tail_max: f64,
+    /// The last entry's score when the list holds more than the first (`-∞` otherwise): a
+    /// near-tie of the first that loses its draw changes the list only when it is below this.
+    pub(crate) tail: f64,
     /// Every score in [`near_lo`, `near_hi`] is a near-tie of the first (the range may be
     /// empty; it is NaN when not worked out).
     pub(crate) near_lo: f64,
@@ -1063,7 +1065,7 @@ impl TopK {
             },
             wants_range: near_range,
             above: f64::INFINITY,
-            tail_max: f64::NEG_INFINITY,
+            tail: f64::NEG_INFINITY,
             near_lo: f64::NAN,
             near_hi: f64::NAN,
             near_above: f64::INFINITY,
@@ -1082,7 +1084,7 @@ impl TopK {
             above: self.above,
             full: self.len == self.cap,
             best: self.items[0].0,
-            tail_max: self.tail_max,
+            tail: self.tail,
             near_lo: self.near_lo,
             near_hi: self.near_hi,
             tolerance: self.tolerance,
@@ -1122,9 +1124,11 @@ impl TopK {
             self.near_above = self.near_above();
         }
         self.above = self.bound();
-        self.tail_max = self.items[1..self.len]
-            .iter()
-            .fold(f64::NEG_INFINITY, |m, &(s, _)| if s > m || s.is_nan() { s } else { m });
+        self.tail = if self.len > 1 {
+            self.items[self.len - 1].0
+        } else {
+            f64::NEG_INFINITY
+        };
     }
 
     /// With a best score `b ≥ 0` and a tolerance `t ≤ 0.5`, a score `s` is a near-tie only if
