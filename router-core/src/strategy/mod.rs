@@ -702,7 +702,7 @@ impl<'a> Candidates<'a> {
         tolerance: f64,
         mut score: impl FnMut(&Scanned<'_>, f64) -> f64,
     ) -> Option<(usize, f64, Fallbacks)> {
-        self.scan_bounded(rng, tolerance, no_floor, |m, above| Some(score(m, above)))
+        self.scan_bounded(rng, tolerance, no_floor, no_key, |m, above| Some(score(m, above)))
     }
 
     /// [`Candidates::scan`] for scores that are costly to compute exactly: `score` returns
@@ -710,14 +710,19 @@ impl<'a> Candidates<'a> {
     /// exact score is computed only when the bounds cannot tell what the ranking does with the
     /// member. `floor(i, hot)` is a number the score of member `i` cannot be below, whatever
     /// its live state (from the pool's arrays: a price, a region); a member whose floor is
-    /// above the bound is passed over before its eligibility is even checked. The result is
-    /// the same as with exact scores throughout, random draws included.
+    /// above the bound is passed over before its eligibility is even checked. `key(member)`,
+    /// when `Some`, is a number that members with the same score share (for instance load and
+    /// capacity at full health): a member with the key of the last tie for first place, the
+    /// list unchanged since, is a tie too, counted without its score (the long runs of equal
+    /// scores in a fleet of idle endpoints). The result is the same as with exact scores
+    /// throughout, random draws included.
     #[inline(always)]
     pub(crate) fn scan_bounded<B: Bounded>(
         &self,
         rng: &mut dyn RngCore,
         tolerance: f64,
         floor: impl Fn(usize, &Hot) -> f64,
+        key: impl Fn(&Scanned<'_>) -> Option<u64>,
         mut score: impl FnMut(&Scanned<'_>, f64) -> Option<B>,
     ) -> Option<(usize, f64, Fallbacks)> {
         let mut top = TopK::new(
@@ -734,6 +739,8 @@ impl<'a> Candidates<'a> {
         // The common configuration: besides, no model filter and no heartbeats.
         let common = quick_ok && models.is_trivial() && env.heartbeat_ttl_ms == 0;
         let predicts = self.config.prediction.predicts_load();
+        // The key of the last member found to tie for first place with the list as it is now.
+        let mut tie_key = None;
         for (i, hot) in self.pool.hot.iter().enumerate() {
             if floor(i, hot) > view.above {
                 continue;
@@ -757,7 +764,20 @@ impl<'a> Candidates<'a> {
                     Err(_) => continue,
                 },
             };
-            let Some(b) = score(&Scanned { i, hot, seen, predicts }, view.above) else {
+            let m = Scanned { i, hot, seen, predicts };
+            let k = key(&m);
+            if k.is_some() && k == tie_key {
+                // The same score as a tie for first place, the list unchanged: a tie.
+                if top.view_tie_wins(&mut view) {
+                    let exact = score(&m, f64::INFINITY).map_or(f64::NAN, |b| b.exact());
+                    top.take_run(&view);
+                    top.insert_at(0, (exact, i as u32));
+                    view = top.view();
+                    tie_key = None;
+                }
+                continue;
+            }
+            let Some(b) = score(&m, view.above) else {
                 continue;
             };
             if b.exceeds(view.above) {
@@ -771,15 +791,25 @@ impl<'a> Candidates<'a> {
                     top.take_run(&view);
                     top.insert_at(0, (b.exact(), i as u32));
                     view = top.view();
+                    tie_key = None;
+                } else {
+                    tie_key = k;
                 }
                 continue;
             }
             top.take_run(&view);
             top.offer_slow(b.exact(), i);
             view = top.view();
+            tie_key = None;
         }
         top.finish(self.config.max_fallbacks)
     }
+}
+
+/// The key of [`Candidates::scan_bounded`] for scores without one.
+#[inline(always)]
+pub(crate) fn no_key(_: &Scanned<'_>) -> Option<u64> {
+    None
 }
 
 /// The floor of [`Candidates::scan_bounded`] for scores with none known before a member's live
@@ -809,8 +839,6 @@ pub(crate) trait Bounded {
 }
 
 impl Bounded for f64 {
-    const NEAR_RANGE: bool = false;
-
     #[inline(always)]
     fn exceeds(&self, t: f64) -> bool {
         *self > t
@@ -825,7 +853,12 @@ impl Bounded for f64 {
     }
     #[inline(always)]
     fn ties_first(&self, top: &View) -> bool {
-        *self >= top.tail && (*self == top.best || near(*self, top.best, top.tolerance))
+        // An exact tie, then the range of certain near-ties (two comparisons), then the exact
+        // test outside it.
+        *self >= top.tail
+            && (*self == top.best
+                || (*self >= top.near_lo && *self <= top.near_hi)
+                || near(*self, top.best, top.tolerance))
     }
 }
 
