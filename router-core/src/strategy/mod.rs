@@ -754,53 +754,72 @@ impl<'a> Candidates<'a> {
             } else {
                 None
             };
-            let seen = match quick {
-                Some(seen) => seen,
-                None => match self.check(&env, &models, i, hot) {
-                    Ok((status, load)) => Seen {
-                        load: load.unwrap_or_else(|| hot.state.load_at(env.now_ms, env.default_latency_ms)),
-                        health: crate::health::score_with(status, &hot.state, env.now_ms, env.health),
-                    },
-                    Err(_) => continue,
-                },
-            };
-            let m = Scanned { i, hot, seen, predicts };
-            let k = key(&m);
-            if k.is_some() && k == tie_key {
-                // The same score as a tie for first place, the list unchanged: a tie.
-                if top.view_tie_wins(&mut view) {
-                    let exact = score(&m, f64::INFINITY).map_or(f64::NAN, |b| b.exact());
+            // The member's offer, expanded twice when `B::SPLIT`: for the common case, where
+            // the compiler sees the health of 1 (no divisor), and for the rest.
+            macro_rules! offer {
+                ($m:expr) => {{
+                    let m = $m;
+                    let k = key(&m);
+                    if k.is_some() && k == tie_key {
+                        // The same score as a tie for first place, the list unchanged: a tie.
+                        if top.view_tie_wins(&mut view) {
+                            let exact = score(&m, f64::INFINITY).map_or(f64::NAN, |b| b.exact());
+                            top.take_run(&view);
+                            top.insert_at(0, (exact, i as u32));
+                            view = top.view();
+                            tie_key = None;
+                        }
+                        continue;
+                    }
+                    let Some(b) = score(&m, view.above) else {
+                        continue;
+                    };
+                    if b.exceeds(view.above) {
+                        continue;
+                    }
+                    // A tie or near-tie for first place that the list would not keep otherwise
+                    // (the long runs of equal scores in a fleet of idle endpoints): only the tie
+                    // count moves, as in `TopK::offer_slow`, and only a winner needs its exact
+                    // score.
+                    if view.full && b.ties_first(&view) {
+                        if top.view_tie_wins(&mut view) {
+                            top.take_run(&view);
+                            top.insert_at(0, (b.exact(), i as u32));
+                            view = top.view();
+                            tie_key = None;
+                        } else {
+                            tie_key = k;
+                        }
+                        continue;
+                    }
                     top.take_run(&view);
-                    top.insert_at(0, (exact, i as u32));
+                    top.offer_slow(b.exact(), i);
                     view = top.view();
                     tie_key = None;
+                }};
+            }
+            match quick {
+                Some(seen) if B::SPLIT => {
+                    let seen = Seen {
+                        load: seen.load,
+                        health: 1.0,
+                    };
+                    offer!(Scanned { i, hot, seen, predicts });
                 }
-                continue;
-            }
-            let Some(b) = score(&m, view.above) else {
-                continue;
-            };
-            if b.exceeds(view.above) {
-                continue;
-            }
-            // A tie or near-tie for first place that the list would not keep otherwise (the
-            // long runs of equal scores in a fleet of idle endpoints): only the tie count
-            // moves, as in `TopK::offer_slow`, and only a winner needs its exact score.
-            if view.full && b.ties_first(&view) {
-                if top.view_tie_wins(&mut view) {
-                    top.take_run(&view);
-                    top.insert_at(0, (b.exact(), i as u32));
-                    view = top.view();
-                    tie_key = None;
-                } else {
-                    tie_key = k;
+                _ => {
+                    let seen = match quick {
+                        Some(seen) => seen,
+                        None => match self.check(&env, &models, i, hot) {
+                            Ok((status, load)) => Seen {
+                                load: load.unwrap_or_else(|| hot.state.load_at(env.now_ms, env.default_latency_ms)),
+                                health: crate::health::score_with(status, &hot.state, env.now_ms, env.health),
+                            },
+                            Err(_) => continue,
+                        },
+                    };
+                    offer!(Scanned { i, hot, seen, predicts });
                 }
-                continue;
             }
-            top.take_run(&view);
-            top.offer_slow(b.exact(), i);
-            view = top.view();
-            tie_key = None;
         }
         top.finish(self.config.max_fallbacks)
     }
@@ -823,6 +842,10 @@ pub(crate) fn no_floor(_: usize, _: &Hot) -> f64 {
 pub(crate) trait Bounded {
     /// Whether [`Bounded::ties_first`] reads the near-tie range of the list.
     const NEAR_RANGE: bool = true;
+    /// Whether a scan compiles its members' offer twice, once for the common case of
+    /// eligibility, where the health score is known to be 1 (worth it for small scores; a
+    /// large one, inlined twice, makes the loop slower).
+    const SPLIT: bool = false;
     /// Whether the score is certainly above `t` (false when unsure, or for NaN).
     fn exceeds(&self, t: f64) -> bool;
     /// Whether the score is certainly at most `t` (false when unsure, or for NaN).
@@ -839,6 +862,7 @@ pub(crate) trait Bounded {
 }
 
 impl Bounded for f64 {
+    const SPLIT: bool = true;
     #[inline(always)]
     fn exceeds(&self, t: f64) -> bool {
         *self > t
