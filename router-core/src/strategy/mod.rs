@@ -1559,6 +1559,80 @@ mod scan_equivalence {
         top.finish(c.config.max_fallbacks)
     }
 
+    /// Long runs of equal scores (idle members of equal capacity, a shared price), broken by a
+    /// few loaded, failing or other-region members: the ties the scans count by key
+    /// (`scan_bounded`'s `key`) and the fallback lists they keep, against the reference.
+    #[test]
+    fn long_runs_of_equal_scores_match_the_reference() {
+        let idle = Member {
+            model: 1,
+            weight: 1,
+            region: 1,
+            capacity: 4,
+            in_flight: 0,
+            status: 0,
+            failures: 0,
+            samples: vec![(120, 1_000)],
+            reported: 0,
+            priced: false,
+            breaker: 0,
+            seen_ago: 0,
+        };
+        let members: Vec<Member> = (0..300)
+            .map(|k| {
+                let mut m = idle.clone();
+                match k % 37 {
+                    5 => m.in_flight = 1,
+                    11 => m.region = 2,
+                    17 => m.failures = 1,
+                    23 => m.capacity = 5,
+                    29 => m.samples = vec![(121, 1_000)],
+                    _ => {}
+                }
+                m
+            })
+            .collect();
+        for (tolerance, max_fallbacks) in [(0.0, 3), (0.05, 3), (0.05, 0), (0.3, 1)] {
+            let config = RouterConfig {
+                near_tie_tolerance: tolerance,
+                max_fallbacks,
+                ..Default::default()
+            };
+            let snap = build(&members, config);
+            let request = RouteRequest {
+                region_preference: Some("eu".into()),
+                ..Default::default()
+            };
+            let pool = snap.type_pool(&ModelType::Chat).unwrap();
+            for tier in [Tier::Healthy, Tier::Degraded, Tier::Panic] {
+                let c = Candidates {
+                    pool,
+                    config: &snap.config,
+                    request: &request,
+                    now_ms: NOW,
+                    tier,
+                    mask: None,
+                    quality: None,
+                    dry_run: false,
+                };
+                for kind in [
+                    StrategyKind::LeastLoaded,
+                    StrategyKind::LatencyBased,
+                    StrategyKind::CostBased,
+                    StrategyKind::GeoPreferred,
+                    StrategyKind::Hybrid,
+                ] {
+                    for seed in 0..40 {
+                        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+                        let got = kind.pick(&c, &mut rng).map(|p| (p.member, p.fallbacks));
+                        let want = reference(&c, kind, seed).map(|(i, _, f)| (i, f));
+                        assert_eq!(got, want, "{kind} {tier:?} tolerance {tolerance} seed {seed}");
+                    }
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(400))]
         #[test]
