@@ -416,7 +416,8 @@ impl EndpointState {
     /// Overwrite the success-rate EWMA (writers hold the endpoint's writer lock).
     fn set_success(&self, rate: f64) {
         self.success_ewma.set(rate);
-        let failing = rate < 1.0;
+        // The negation of the quick check's former `success_rate() >= 1.0`, NaN included.
+        let failing = rate < 1.0 || rate.is_nan();
         // Lock holders are its only writers, so the bit can be read first and left alone
         // when it is right (the common case: no read-modify-write per report).
         if (self.summary.load(Ordering::Relaxed) & Summary::FAILURES != 0) != failing {
@@ -507,7 +508,7 @@ impl Summary {
     pub(crate) const STATUS: u32 = 1;
     /// The computed status is not healthy.
     pub(crate) const COMPUTED: u32 = 2;
-    /// The success rate is below 1.
+    /// The success rate is not 1 (below it, or NaN).
     pub(crate) const FAILURES: u32 = 4;
     /// A head reported a load (other instances' requests count).
     pub(crate) const REPORTED: u32 = 8;
