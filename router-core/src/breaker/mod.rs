@@ -309,6 +309,18 @@ impl Breaker {
         self.trips.load(Ordering::Relaxed)
     }
 
+    /// Where the state sits (a layout test checks that scans read it on one cache line).
+    #[cfg(test)]
+    pub(crate) fn state_ptr(&self) -> *const u8 {
+        &self.state as *const AtomicU8 as *const u8
+    }
+
+    /// Where the cooldown's end sits.
+    #[cfg(test)]
+    pub(crate) fn cooldown_ptr(&self) -> *const u8 {
+        &self.cooldown_until_ms as *const AtomicU64 as *const u8
+    }
+
     /// What the decision path may do now. Side-effect free (explain and scans call it).
     #[inline]
     pub(crate) fn admission(&self, now_ms: u64, cfg: &BreakerConfig) -> Admission {

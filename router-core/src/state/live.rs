@@ -69,9 +69,20 @@ impl AtomicF64 {
 #[derive(Debug)]
 #[repr(C, align(128))]
 pub struct EndpointState {
-    // What a pick reads, first and together (the strategies scan every candidate's state):
-    // load, status, expiry, health and the breaker's admission fit the first cache lines.
+    // What a scan's common case reads, in the first 64 bytes (one cache line): the in-flight
+    // count, the summary of the fields that keep an endpoint off the common case, the
+    // latencies the scores read, the heartbeat, and the breaker, whose state and cooldown
+    // come first in it (offsets 40 and 56).
     in_flight: AtomicU32,
+    /// [`Summary`] bits: which of the fields below keep the endpoint off the common case, kept
+    /// by their writers, so a scan tests them with one load.
+    summary: AtomicU32,
+    latency_ewma: AtomicF64,
+    peak_ewma: AtomicF64,
+    peak_ts_ms: AtomicU64,
+    last_seen_ms: AtomicU64,
+    pub(crate) breaker: Breaker,
+    // What the full eligibility check and the health score read.
     reported_load: AtomicU32,
     in_flight_at_report: AtomicU32,
     consecutive_failures: AtomicU32,
@@ -79,14 +90,9 @@ pub struct EndpointState {
     health_status: AtomicU8,
     expired: AtomicBool,
     load_report_ms: AtomicU64,
-    last_seen_ms: AtomicU64,
     success_ewma: AtomicF64,
-    latency_ewma: AtomicF64,
-    peak_ewma: AtomicF64,
-    peak_ts_ms: AtomicU64,
     samples: AtomicU64,
     last_sample_ms: AtomicU64,
-    pub(crate) breaker: Breaker,
     // Read on reports, probes and status queries.
     /// Serialises the writers of the statistics below and above (readers never take it).
     writer: parking_lot::Mutex<()>,
@@ -109,6 +115,7 @@ impl EndpointState {
     pub fn new(now_ms: u64) -> Self {
         EndpointState {
             in_flight: AtomicU32::new(0),
+            summary: AtomicU32::new(0),
             reported_load: AtomicU32::new(0),
             in_flight_at_report: AtomicU32::new(0),
             load_report_ms: AtomicU64::new(now_ms),
@@ -155,6 +162,7 @@ impl EndpointState {
             return None;
         }
         let prev = HeadStatus::from_u8(self.health_status.swap(s.to_u8(), Ordering::AcqRel));
+        self.sync(Summary::COMPUTED, || self.health_status() != HeadStatus::Healthy);
         (prev != s).then_some(prev)
     }
 
@@ -194,7 +202,7 @@ impl EndpointState {
     fn health_sample_locked(&self, ok: bool, now_ms: u64) {
         let s = if ok { 1.0 } else { 0.0 };
         let old = self.success_ewma.get().unwrap_or(1.0);
-        self.success_ewma.set(old + SUCCESS_EWMA_ALPHA * (s - old));
+        self.set_success(old + SUCCESS_EWMA_ALPHA * (s - old));
         store_max(&self.last_sample_ms, now_ms);
         bump(&self.samples, 1);
     }
@@ -202,7 +210,7 @@ impl EndpointState {
     /// Overwrite the success rate (a pushed health report's error rate).
     pub(crate) fn set_success_rate(&self, rate: f64, now_ms: u64) {
         let _w = self.writer.lock();
-        self.success_ewma.set(rate.clamp(0.0, 1.0));
+        self.set_success(rate.clamp(0.0, 1.0));
         store_max(&self.last_sample_ms, now_ms);
         bump(&self.samples, 1);
     }
@@ -350,8 +358,11 @@ impl EndpointState {
             self.in_flight_at_report.store(self.in_flight(), Ordering::Relaxed);
             self.load_report_ms.store(received_ms, Ordering::Relaxed);
             self.reported_load.store(l, Ordering::Relaxed);
+            self.sync(Summary::REPORTED, || self.reported_load() != 0);
         }
-        Some(HeadStatus::from_u8(self.status.swap(status.to_u8(), Ordering::AcqRel)))
+        let prev = HeadStatus::from_u8(self.status.swap(status.to_u8(), Ordering::AcqRel));
+        self.sync(Summary::STATUS, || self.status() != HeadStatus::Healthy);
+        Some(prev)
     }
 
     /// When the head was last heard from (registration, heartbeat or status report), Unix ms.
@@ -400,6 +411,41 @@ impl EndpointState {
     pub(crate) fn peak_ewma_raw(&self) -> Option<(f64, u64)> {
         let v = self.peak_ewma.get()?;
         Some((v, self.peak_ts_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Overwrite the success-rate EWMA (writers hold the endpoint's writer lock).
+    fn set_success(&self, rate: f64) {
+        self.success_ewma.set(rate);
+        // The negation of the quick check's former `success_rate() >= 1.0`, NaN included.
+        let failing = rate < 1.0 || rate.is_nan();
+        // Lock holders are its only writers, so the bit can be read first and left alone
+        // when it is right (the common case: no read-modify-write per report).
+        if (self.summary.load(Ordering::Relaxed) & Summary::FAILURES != 0) != failing {
+            self.sync(Summary::FAILURES, || failing);
+        }
+    }
+
+    /// Set summary bit `bit` when `on()` (read after the field's write) says so, else clear it
+    /// and check again: a writer racing this one either sees the bit cleared and sets it, or
+    /// wrote before the check, which then sets it. So once the writers are done, the bit is set
+    /// whenever its field is off the common case (at worst it stays set a while longer, which
+    /// only sends the endpoint through the full check).
+    fn sync(&self, bit: u32, on: impl Fn() -> bool) {
+        if on() {
+            self.summary.fetch_or(bit, Ordering::SeqCst);
+        } else {
+            self.summary.fetch_and(!bit, Ordering::SeqCst);
+            if on() {
+                self.summary.fetch_or(bit, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// The [`Summary`] bits: 0 when the reported status and the computed status are healthy,
+    /// the success rate is 1 and no head reported a load (one load instead of four).
+    #[inline(always)]
+    pub(crate) fn summary(&self) -> u32 {
+        self.summary.load(Ordering::Relaxed)
     }
 
     /// Success-rate EWMA in [0, 1] (endpoint failures only; client errors do not count).
@@ -453,6 +499,21 @@ impl EndpointState {
     }
 }
 
+/// The bits of [`EndpointState::summary`]: each says that one field keeps the endpoint off the
+/// common case of a scan's eligibility check.
+pub(crate) struct Summary;
+
+impl Summary {
+    /// The reported status is not healthy.
+    pub(crate) const STATUS: u32 = 1;
+    /// The computed status is not healthy.
+    pub(crate) const COMPUTED: u32 = 2;
+    /// The success rate is not 1 (below it, or NaN).
+    pub(crate) const FAILURES: u32 = 4;
+    /// A head reported a load (other instances' requests count).
+    pub(crate) const REPORTED: u32 = 8;
+}
+
 /// Add `n` to a counter that only lock holders write.
 #[inline]
 fn bump(a: &AtomicU64, n: u64) {
@@ -471,6 +532,59 @@ fn store_max(a: &AtomicU64, v: u64) {
 mod tests {
     use super::*;
     use crate::Outcome;
+
+    /// What a scan's common case reads sits in the state's first cache line.
+    #[test]
+    fn the_common_case_reads_one_cache_line() {
+        let s = EndpointState::new(0);
+        let base = &s as *const EndpointState as usize;
+        let offset = |p: *const u8| p as usize - base;
+        for (name, at, size) in [
+            ("in_flight", offset(&s.in_flight as *const _ as *const u8), 4),
+            ("summary", offset(&s.summary as *const _ as *const u8), 4),
+            ("latency_ewma", offset(&s.latency_ewma as *const _ as *const u8), 8),
+            ("peak_ts_ms", offset(&s.peak_ts_ms as *const _ as *const u8), 8),
+            ("last_seen_ms", offset(&s.last_seen_ms as *const _ as *const u8), 8),
+            ("breaker state", offset(s.breaker.state_ptr()), 1),
+            ("cooldown", offset(s.breaker.cooldown_ptr()), 8),
+        ] {
+            assert!(at + size <= 64, "{name} at {at}");
+        }
+    }
+
+    /// The summary word is 0 exactly when the four fields it stands for are in the common case.
+    #[test]
+    fn summary_follows_its_fields() {
+        let s = EndpointState::new(0);
+        let common = |s: &EndpointState| {
+            s.status() == HeadStatus::Healthy
+                && s.health_status() == HeadStatus::Healthy
+                && s.success_rate() >= 1.0
+                && s.reported_load() == 0
+        };
+        let check = |s: &EndpointState| assert_eq!(s.summary() == 0, common(s), "{:b}", s.summary());
+        check(&s);
+        s.set_status(HeadStatus::Degraded, None, 1, 1);
+        check(&s);
+        s.set_status(HeadStatus::Healthy, Some(3), 2, 2);
+        check(&s);
+        s.set_status(HeadStatus::Healthy, Some(0), 3, 3);
+        check(&s);
+        s.record(&Outcome::from_status(503, 1.0, None), 4);
+        check(&s);
+        s.set_health_status(HeadStatus::Unhealthy);
+        check(&s);
+        s.set_success_rate(1.0, 5);
+        check(&s);
+        s.set_health_status(HeadStatus::Healthy);
+        check(&s);
+        s.health_sample(false, 6);
+        check(&s);
+        for k in 0..2_000 {
+            s.record(&Outcome::success(10.0), 7 + k);
+        }
+        check(&s);
+    }
 
     #[test]
     fn the_one_millisecond_weight_is_exp() {

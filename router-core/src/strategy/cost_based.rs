@@ -31,6 +31,8 @@ impl Strategy for CostBased {
             rng,
             tol,
             |i, _| costs[i],
+            // At full health the score is the price.
+            |m| (m.seen.health == 1.0).then(|| costs[m.i].to_bits()),
             |m, _| Some(health::divide(costs[m.i], c.scanned_divisor(m))),
         )?;
         Some(Pick::new(

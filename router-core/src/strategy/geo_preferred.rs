@@ -40,6 +40,7 @@ impl Strategy for GeoPreferred {
                     f64::NEG_INFINITY
                 }
             },
+            |m| LoadScores::key_in(m, in_region(m.hot.region)),
             |m, above| {
                 Some(if in_region(m.hot.region) {
                     scores.score(c, m, above)

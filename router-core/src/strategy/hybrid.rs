@@ -304,7 +304,7 @@ impl Strategy for Hybrid {
                 f64::NEG_INFINITY
             }
         };
-        let (i, value, f) = c.scan_bounded(rng, c.config.near_tie_tolerance, floor, |m, above| {
+        let (i, value, f) = c.scan_bounded(rng, c.config.near_tie_tolerance, floor, super::no_key, |m, above| {
             let st = &m.hot.state;
             let load = c.scanned_load(m);
             let load_term = if load == 0 {

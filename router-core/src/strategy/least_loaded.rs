@@ -64,6 +64,21 @@ impl LoadScores {
         }
     }
 
+    /// A key that members with the same score share ([`Candidates::scan_bounded`]): load and
+    /// capacity at full health, loads not predicted; `in_region` tells the geo scan's members
+    /// apart (its score adds an offset outside the region).
+    #[inline(always)]
+    pub(crate) fn key_in(m: &Scanned<'_>, in_region: bool) -> Option<u64> {
+        (m.seen.health == 1.0 && !m.predicts)
+            .then(|| u64::from(m.seen.load) << 33 | u64::from(m.hot.capacity) << 1 | u64::from(in_region))
+    }
+
+    /// [`LoadScores::key_in`] for the least-loaded scan.
+    #[inline(always)]
+    pub(crate) fn key(m: &Scanned<'_>) -> Option<u64> {
+        Self::key_in(m, true)
+    }
+
     /// `m`'s score, or a number above `above` when the score is.
     #[inline(always)]
     pub(crate) fn score(&mut self, c: &Candidates<'_>, m: &Scanned<'_>, above: f64) -> f64 {
@@ -91,7 +106,9 @@ impl LoadScores {
 impl Strategy for LeastLoaded {
     fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
         let mut scores = LoadScores::new();
-        let (i, value, f) = c.scan(rng, 0.0, |m, above| scores.score(c, m, above))?;
+        let (i, value, f) = c.scan_bounded(rng, 0.0, super::no_floor, LoadScores::key, |m, above| {
+            Some(scores.score(c, m, above))
+        })?;
         Some(Pick::new(
             i,
             f,

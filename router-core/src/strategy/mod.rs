@@ -374,16 +374,15 @@ impl<'a> Env<'a> {
     /// `NO_HEARTBEAT` says that heartbeats are off (`heartbeat_ttl_ms` is 0).
     #[inline(always)]
     fn quick_check<const NO_HEARTBEAT: bool>(&self, st: &EndpointState, capacity: u32) -> Option<Seen> {
-        let healthy = st.status() == HeadStatus::Healthy;
-        let computed = st.health_status() == HeadStatus::Healthy;
-        let no_failure = st.success_rate() >= 1.0;
+        // Reported and computed status healthy, success rate 1, no load report: the summary
+        // word its writers keep, one load.
+        let common = st.summary() == 0;
         let own = st.in_flight();
-        let no_report = st.reported_load() == 0;
         let room = capacity == 0 || own < capacity;
         // `admission(now) == Admission::Closed`, without its early returns.
         let closed = (self.now_ms >= st.breaker.cooldown_until_ms()) & (st.breaker.state() == BreakerState::Closed);
         let alive = NO_HEARTBEAT || self.heartbeat_ttl_ms == 0 || !st.is_expired(self.now_ms, self.heartbeat_ttl_ms);
-        (healthy & computed & no_failure & no_report & room & closed & alive).then_some(Seen { load: own, health: 1.0 })
+        (common & room & closed & alive).then_some(Seen { load: own, health: 1.0 })
     }
 }
 
@@ -711,7 +710,7 @@ impl<'a> Candidates<'a> {
         tolerance: f64,
         mut score: impl FnMut(&Scanned<'_>, f64) -> f64,
     ) -> Option<(usize, f64, Fallbacks)> {
-        self.scan_bounded(rng, tolerance, no_floor, |m, above| Some(score(m, above)))
+        self.scan_bounded(rng, tolerance, no_floor, no_key, |m, above| Some(score(m, above)))
     }
 
     /// [`Candidates::scan`] for scores that are costly to compute exactly: `score` returns
@@ -719,14 +718,19 @@ impl<'a> Candidates<'a> {
     /// exact score is computed only when the bounds cannot tell what the ranking does with the
     /// member. `floor(i, hot)` is a number the score of member `i` cannot be below, whatever
     /// its live state (from the pool's arrays: a price, a region); a member whose floor is
-    /// above the bound is passed over before its eligibility is even checked. The result is
-    /// the same as with exact scores throughout, random draws included.
+    /// above the bound is passed over before its eligibility is even checked. `key(member)`,
+    /// when `Some`, is a number that members with the same score share (for instance load and
+    /// capacity at full health): a member with the key of the last tie for first place, the
+    /// list unchanged since, is a tie too, counted without its score (the long runs of equal
+    /// scores in a fleet of idle endpoints). The result is the same as with exact scores
+    /// throughout, random draws included.
     #[inline(always)]
     pub(crate) fn scan_bounded<B: Bounded>(
         &self,
         rng: &mut dyn RngCore,
         tolerance: f64,
         floor: impl Fn(usize, &Hot) -> f64,
+        key: impl Fn(&Scanned<'_>) -> Option<u64>,
         mut score: impl FnMut(&Scanned<'_>, f64) -> Option<B>,
     ) -> Option<(usize, f64, Fallbacks)> {
         let mut top = TopK::new(
@@ -743,6 +747,8 @@ impl<'a> Candidates<'a> {
         // The common configuration: besides, no model filter and no heartbeats.
         let common = quick_ok && models.is_trivial() && env.heartbeat_ttl_ms == 0;
         let predicts = self.config.prediction.predicts_load();
+        // The key of the last member found to tie for first place with the list as it is now.
+        let mut tie_key = None;
         for (i, hot) in self.pool.hot.iter().enumerate() {
             if floor(i, hot) > view.above {
                 continue;
@@ -756,39 +762,81 @@ impl<'a> Candidates<'a> {
             } else {
                 None
             };
-            let seen = match quick {
-                Some(seen) => seen,
-                None => match self.check(&env, &models, i, hot) {
-                    Ok((status, load)) => Seen {
-                        load: load.unwrap_or_else(|| hot.state.load_at(env.now_ms, env.default_latency_ms)),
-                        health: crate::health::score_with(status, &hot.state, env.now_ms, env.health),
-                    },
-                    Err(_) => continue,
-                },
-            };
-            let Some(b) = score(&Scanned { i, hot, seen, predicts }, view.above) else {
-                continue;
-            };
-            if b.exceeds(view.above) {
-                continue;
-            }
-            // A tie or near-tie for first place that the list would not keep otherwise (the
-            // long runs of equal scores in a fleet of idle endpoints): only the tie count
-            // moves, as in `TopK::offer_slow`, and only a winner needs its exact score.
-            if view.full && b.ties_first(&view) {
-                if top.view_tie_wins(&mut view) {
+            // The member's offer, expanded twice when `B::SPLIT`: for the common case, where
+            // the compiler sees the health of 1 (no divisor), and for the rest.
+            macro_rules! offer {
+                ($m:expr) => {{
+                    let m = $m;
+                    let k = key(&m);
+                    if k.is_some() && k == tie_key {
+                        // The same score as a tie for first place, the list unchanged: a tie.
+                        if top.view_tie_wins(&mut view) {
+                            let exact = score(&m, f64::INFINITY).map_or(f64::NAN, |b| b.exact());
+                            top.take_run(&view);
+                            top.insert_at(0, (exact, i as u32));
+                            view = top.view();
+                            tie_key = None;
+                        }
+                        continue;
+                    }
+                    let Some(b) = score(&m, view.above) else {
+                        continue;
+                    };
+                    if b.exceeds(view.above) {
+                        continue;
+                    }
+                    // A tie or near-tie for first place that the list would not keep otherwise
+                    // (the long runs of equal scores in a fleet of idle endpoints): only the tie
+                    // count moves, as in `TopK::offer_slow`, and only a winner needs its exact
+                    // score.
+                    if view.full && b.ties_first(&view) {
+                        if top.view_tie_wins(&mut view) {
+                            top.take_run(&view);
+                            top.insert_at(0, (b.exact(), i as u32));
+                            view = top.view();
+                            tie_key = None;
+                        } else {
+                            tie_key = k;
+                        }
+                        continue;
+                    }
                     top.take_run(&view);
-                    top.insert_at(0, (b.exact(), i as u32));
+                    top.offer_slow(b.exact(), i);
                     view = top.view();
-                }
-                continue;
+                    tie_key = None;
+                }};
             }
-            top.take_run(&view);
-            top.offer_slow(b.exact(), i);
-            view = top.view();
+            match quick {
+                Some(seen) if B::SPLIT => {
+                    let seen = Seen {
+                        load: seen.load,
+                        health: 1.0,
+                    };
+                    offer!(Scanned { i, hot, seen, predicts });
+                }
+                _ => {
+                    let seen = match quick {
+                        Some(seen) => seen,
+                        None => match self.check(&env, &models, i, hot) {
+                            Ok((status, load)) => Seen {
+                                load: load.unwrap_or_else(|| hot.state.load_at(env.now_ms, env.default_latency_ms)),
+                                health: crate::health::score_with(status, &hot.state, env.now_ms, env.health),
+                            },
+                            Err(_) => continue,
+                        },
+                    };
+                    offer!(Scanned { i, hot, seen, predicts });
+                }
+            }
         }
         top.finish(self.config.max_fallbacks)
     }
+}
+
+/// The key of [`Candidates::scan_bounded`] for scores without one.
+#[inline(always)]
+pub(crate) fn no_key(_: &Scanned<'_>) -> Option<u64> {
+    None
 }
 
 /// The floor of [`Candidates::scan_bounded`] for scores with none known before a member's live
@@ -802,6 +850,10 @@ pub(crate) fn no_floor(_: usize, _: &Hot) -> f64 {
 pub(crate) trait Bounded {
     /// Whether [`Bounded::ties_first`] reads the near-tie range of the list.
     const NEAR_RANGE: bool = true;
+    /// Whether a scan compiles its members' offer twice, once for the common case of
+    /// eligibility, where the health score is known to be 1 (worth it for small scores; a
+    /// large one, inlined twice, makes the loop slower).
+    const SPLIT: bool = false;
     /// Whether the score is certainly above `t` (false when unsure, or for NaN).
     fn exceeds(&self, t: f64) -> bool;
     /// Whether the score is certainly at most `t` (false when unsure, or for NaN).
@@ -809,16 +861,16 @@ pub(crate) trait Bounded {
     /// The exact score.
     fn exact(&self) -> f64;
     /// Whether the score is certainly a tie or near-tie of the first place of a full list and
-    /// not below any later entry (then only the tie count moves).
+    /// not below its last entry (then only the tie count moves: a tie that loses its draw is
+    /// kept only when it is below the last entry).
     #[inline(always)]
     fn ties_first(&self, top: &View) -> bool {
-        self.exceeds(top.tail_max) && self.exceeds(top.near_lo) && self.within(top.near_hi)
+        self.exceeds(top.tail) && self.exceeds(top.near_lo) && self.within(top.near_hi)
     }
 }
 
 impl Bounded for f64 {
-    const NEAR_RANGE: bool = false;
-
+    const SPLIT: bool = true;
     #[inline(always)]
     fn exceeds(&self, t: f64) -> bool {
         *self > t
@@ -833,7 +885,12 @@ impl Bounded for f64 {
     }
     #[inline(always)]
     fn ties_first(&self, top: &View) -> bool {
-        *self >= top.tail_max && (*self == top.best || near(*self, top.best, top.tolerance))
+        // An exact tie, then the range of certain near-ties (two comparisons), then the exact
+        // test outside it.
+        *self >= top.tail
+            && (*self == top.best
+                || (*self >= top.near_lo && *self <= top.near_hi)
+                || near(*self, top.best, top.tolerance))
     }
 }
 
@@ -1010,8 +1067,8 @@ pub(crate) struct View {
     pub(crate) full: bool,
     /// The first place's score.
     pub(crate) best: f64,
-    /// The largest score after the first (`-∞` with none, NaN if any is NaN).
-    pub(crate) tail_max: f64,
+    /// [`TopK::tail`].
+    pub(crate) tail: f64,
     /// A range of certain near-ties of the first place (NaN when not worked out).
     pub(crate) near_lo: f64,
     pub(crate) near_hi: f64,
@@ -1040,8 +1097,9 @@ pub(crate) struct TopK {
     /// A score above this changes nothing: the list is full, the score is worse than its last
     /// entry and not a near-tie of the first (`+∞` while that cannot be told cheaply).
     pub(crate) above: f64,
-    /// The largest score after the first (NaN if any is NaN).
-    pub(crate) tail_max: f64,
+    /// The last entry's score when the list holds more than the first (`-∞` otherwise): a
+    /// near-tie of the first that loses its draw changes the list only when it is below this.
+    pub(crate) tail: f64,
     /// Every score in [`near_lo`, `near_hi`] is a near-tie of the first (the range may be
     /// empty; it is NaN when not worked out).
     pub(crate) near_lo: f64,
@@ -1072,7 +1130,7 @@ impl TopK {
             },
             wants_range: near_range,
             above: f64::INFINITY,
-            tail_max: f64::NEG_INFINITY,
+            tail: f64::NEG_INFINITY,
             near_lo: f64::NAN,
             near_hi: f64::NAN,
             near_above: f64::INFINITY,
@@ -1091,7 +1149,7 @@ impl TopK {
             above: self.above,
             full: self.len == self.cap,
             best: self.items[0].0,
-            tail_max: self.tail_max,
+            tail: self.tail,
             near_lo: self.near_lo,
             near_hi: self.near_hi,
             tolerance: self.tolerance,
@@ -1131,9 +1189,11 @@ impl TopK {
             self.near_above = self.near_above();
         }
         self.above = self.bound();
-        self.tail_max = self.items[1..self.len]
-            .iter()
-            .fold(f64::NEG_INFINITY, |m, &(s, _)| if s > m || s.is_nan() { s } else { m });
+        self.tail = if self.len > 1 {
+            self.items[self.len - 1].0
+        } else {
+            f64::NEG_INFINITY
+        };
     }
 
     /// With a best score `b ≥ 0` and a tolerance `t ≤ 0.5`, a score `s` is a near-tie only if
@@ -1505,6 +1565,80 @@ mod scan_equivalence {
             top.offer_slow(s, i);
         }
         top.finish(c.config.max_fallbacks)
+    }
+
+    /// Long runs of equal scores (idle members of equal capacity, a shared price), broken by a
+    /// few loaded, failing or other-region members: the ties the scans count by key
+    /// (`scan_bounded`'s `key`) and the fallback lists they keep, against the reference.
+    #[test]
+    fn long_runs_of_equal_scores_match_the_reference() {
+        let idle = Member {
+            model: 1,
+            weight: 1,
+            region: 1,
+            capacity: 4,
+            in_flight: 0,
+            status: 0,
+            failures: 0,
+            samples: vec![(120, 1_000)],
+            reported: 0,
+            priced: false,
+            breaker: 0,
+            seen_ago: 0,
+        };
+        let members: Vec<Member> = (0..300)
+            .map(|k| {
+                let mut m = idle.clone();
+                match k % 37 {
+                    5 => m.in_flight = 1,
+                    11 => m.region = 2,
+                    17 => m.failures = 1,
+                    23 => m.capacity = 5,
+                    29 => m.samples = vec![(121, 1_000)],
+                    _ => {}
+                }
+                m
+            })
+            .collect();
+        for (tolerance, max_fallbacks) in [(0.0, 3), (0.05, 3), (0.05, 0), (0.3, 1)] {
+            let config = RouterConfig {
+                near_tie_tolerance: tolerance,
+                max_fallbacks,
+                ..Default::default()
+            };
+            let snap = build(&members, config);
+            let request = RouteRequest {
+                region_preference: Some("eu".into()),
+                ..Default::default()
+            };
+            let pool = snap.type_pool(&ModelType::Chat).unwrap();
+            for tier in [Tier::Healthy, Tier::Degraded, Tier::Panic] {
+                let c = Candidates {
+                    pool,
+                    config: &snap.config,
+                    request: &request,
+                    now_ms: NOW,
+                    tier,
+                    mask: None,
+                    quality: None,
+                    dry_run: false,
+                };
+                for kind in [
+                    StrategyKind::LeastLoaded,
+                    StrategyKind::LatencyBased,
+                    StrategyKind::CostBased,
+                    StrategyKind::GeoPreferred,
+                    StrategyKind::Hybrid,
+                ] {
+                    for seed in 0..40 {
+                        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+                        let got = kind.pick(&c, &mut rng).map(|p| (p.member, p.fallbacks));
+                        let want = reference(&c, kind, seed).map(|(i, _, f)| (i, f));
+                        assert_eq!(got, want, "{kind} {tier:?} tolerance {tolerance} seed {seed}");
+                    }
+                }
+            }
+        }
     }
 
     proptest! {
