@@ -1432,6 +1432,12 @@ impl Inner {
 
     fn update_health_with(&self, slot: &Slot, now: u64, cfg: &crate::health::HealthConfig) {
         let st = &slot.state;
+        // Healthy by report and by computed status with a success rate of 1: the score is 1,
+        // which no threshold (all in [0, 1]) is above, so the status stays.
+        use crate::state::Summary;
+        if st.summary() & (Summary::STATUS | Summary::COMPUTED | Summary::FAILURES) == 0 {
+            return;
+        }
         let score = health::score_at(st, now, cfg);
         let next = health::next_status(st.health_status(), score, st.samples(), cfg);
         if let Some(from) = st.set_health_status(next) {
