@@ -550,16 +550,21 @@ impl<'a> Candidates<'a> {
     /// Whether member `i` may be picked.
     #[inline]
     pub fn eligible(&self, i: usize) -> bool {
-        let (hot, env, models) = (&self.pool.hot[i], self.env(), ModelFilter::plain(self.mask));
-        // The common case first (a plainly healthy member passes every rule in every tier).
-        if hot.flags == 0
+        // The common case first, inline (a plainly healthy member passes every rule in every
+        // tier); the rules one by one out of line.
+        let hot = &self.pool.hot[i];
+        (hot.flags == 0
             && self.quality.is_none()
-            && models.admits(hot)
-            && env.quick_check::<false>(&hot.state, hot.capacity).is_some()
-        {
-            return true;
-        }
-        self.check(&env, &models, i, hot).is_ok()
+            && ModelFilter::plain(self.mask).admits(hot)
+            && self.env().quick_check::<false>(&hot.state, hot.capacity).is_some())
+            || self.eligible_by_rules(i)
+    }
+
+    /// [`Candidates::eligible`] by every rule in turn.
+    #[inline(never)]
+    fn eligible_by_rules(&self, i: usize) -> bool {
+        self.check(&self.env(), &ModelFilter::plain(self.mask), i, &self.pool.hot[i])
+            .is_ok()
     }
 
     /// Member `i`'s load: now (see [`EndpointState::load_at`](crate::state::EndpointState::load_at)),
