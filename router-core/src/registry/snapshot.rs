@@ -243,6 +243,9 @@ pub(crate) struct Pool {
     wrr: OnceLock<Box<[u32]>>,
     ring: OnceLock<Ring>,
     alias: OnceLock<Box<[crate::strategy::weighted_random::Alias]>>,
+    /// Consistent hashing's bounded load over the whole pool: eligible members and their total
+    /// in flight, as last counted (see `consistent_hash::load_bound`).
+    pub(crate) ring_loads: crate::strategy::consistent_hash::LoadCount,
 }
 
 impl Pool {
@@ -311,6 +314,7 @@ impl Pool {
             wrr: OnceLock::new(),
             ring: OnceLock::new(),
             alias: OnceLock::new(),
+            ring_loads: Default::default(),
         }
     }
 

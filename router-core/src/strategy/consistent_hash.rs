@@ -17,10 +17,11 @@
 //! with none of them is routed by weighted random.
 
 use rand::RngCore;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use super::{Candidates, Detail, Fallbacks, Pick, Strategy, WeightedRandom};
+use super::{Candidates, Detail, Fallbacks, Pick, Strategy, Tier, WeightedRandom};
 use crate::registry::snapshot::Slot;
 
 /// Ring positions walked when collecting fallbacks.
@@ -107,18 +108,64 @@ impl Ring {
     }
 }
 
-fn load_bound(c: &Candidates<'_>, balance: f64) -> u32 {
-    let (mut n, mut total) = (0u64, 0u64);
-    for i in 0..c.len() {
-        if c.eligible(i) {
-            n += 1;
-            total += u64::from(c.member(i).state.in_flight());
-        }
+/// Members the bounded load counts afresh at every decision; above this, a decision recounts
+/// with probability `EXACT_UP_TO / n` and otherwise uses the pool's last count.
+const EXACT_UP_TO: usize = 16;
+
+/// A pool's last count of its eligible members and their total in flight, for bounded loads
+/// (one word, so a reader never sees half of a count).
+#[derive(Debug)]
+pub(crate) struct LoadCount(AtomicU64);
+
+impl Default for LoadCount {
+    fn default() -> Self {
+        LoadCount(AtomicU64::new(NO_COUNT))
     }
+}
+
+const NO_COUNT: u64 = u64::MAX;
+
+/// The load bound: `balance` times the mean in-flight count of the eligible members (plus
+/// one request), rounded up (Mirrokni et al.'s consistent hashing with bounded loads).
+///
+/// Counting is a pass over every member. Up to [`EXACT_UP_TO`] members it is done at every
+/// decision that needs the bound. In a larger pool with every member a candidate (no model
+/// filter, no quality floor, healthy tier) a decision recounts with probability
+/// `EXACT_UP_TO / n` and otherwise uses the pool's last count: one pass per `n / 16` decisions
+/// on average, so the mean it uses is at most that many decisions old (under a sixteenth of a
+/// request per member). Without this, a ring of 1,000 endpoints under load cost a pass of
+/// 1,000 eligibility checks per decision (1.4 µs instead of 0.25).
+fn load_bound(c: &Candidates<'_>, balance: f64, rng: &mut dyn RngCore) -> u32 {
+    let count = || {
+        let (mut n, mut total) = (0u32, 0u32);
+        for i in 0..c.len() {
+            if c.eligible(i) {
+                n += 1;
+                total = total.saturating_add(c.member(i).state.in_flight());
+            }
+        }
+        (n, total)
+    };
+    let shared = c.len() > EXACT_UP_TO && c.tier == Tier::Healthy && c.mask.is_none() && c.quality.is_none();
+    let (n, total) = if shared {
+        let cache = &c.pool.ring_loads.0;
+        match cache.load(Ordering::Relaxed) {
+            last if last != NO_COUNT && crate::rng::below(rng, c.len()) >= EXACT_UP_TO => {
+                ((last >> 32) as u32, last as u32)
+            }
+            _ => {
+                let (n, total) = count();
+                cache.store((u64::from(n) << 32) | u64::from(total), Ordering::Relaxed);
+                (n, total)
+            }
+        }
+    } else {
+        count()
+    };
     if n == 0 {
         return u32::MAX;
     }
-    (balance * (total + 1) as f64 / n as f64)
+    (balance * (f64::from(total) + 1.0) / f64::from(n))
         .ceil()
         .clamp(1.0, u32::MAX as f64) as u32
 }
@@ -146,7 +193,7 @@ impl Strategy for ConsistentHash {
             }
             if bounded {
                 let inflight = c.member(i).state.in_flight();
-                if inflight > 0 && inflight >= *bound.get_or_insert_with(|| load_bound(c, balance)) {
+                if inflight > 0 && inflight >= *bound.get_or_insert_with(|| load_bound(c, balance, rng)) {
                     continue;
                 }
             }

@@ -32,7 +32,7 @@ use crate::rng::TieBreaker;
 use crate::state::EndpointState;
 use crate::RouterConfig;
 
-mod consistent_hash;
+pub(crate) mod consistent_hash;
 mod cost_based;
 mod geo_preferred;
 mod hybrid;
