@@ -263,26 +263,32 @@ fn consistent_hash_is_sticky() {
     );
 }
 
+/// Route `n` consistent-hash requests, 80% of them from 3 hot users, and keep the decisions
+/// (in flight).
+fn route_hot_keys(r: &Router, rng: &mut rand::rngs::StdRng, n: usize) -> Vec<Decision> {
+    (0..n)
+        .map(|_| {
+            let u = if rng.random_bool(0.8) {
+                rng.random_range(0..3)
+            } else {
+                rng.random_range(3..1_000)
+            };
+            let rq = RouteRequest {
+                user_id: Some(format!("user-{u}")),
+                ..req(StrategyKind::ConsistentHash)
+            };
+            r.route(&rq).unwrap()
+        })
+        .collect()
+}
+
 /// RELIABILITY 13: a balance factor of 1.25 keeps every endpoint ≤ 1.25 × the mean in flight,
 /// even when a few hot keys carry most of the traffic.
 #[test]
 fn consistent_hash_bounded_load_caps_hot_keys() {
     let r = router(weighted(&[1.0; 10]), clock());
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let mut held = Vec::new();
-    for _ in 0..10_000 {
-        // 80% of requests from 3 hot users.
-        let u = if rng.random_bool(0.8) {
-            rng.random_range(0..3)
-        } else {
-            rng.random_range(3..1_000)
-        };
-        let rq = RouteRequest {
-            user_id: Some(format!("user-{u}")),
-            ..req(StrategyKind::ConsistentHash)
-        };
-        held.push(r.route(&rq).unwrap());
-    }
+    let _held = route_hot_keys(&r, &mut rng, 10_000);
     let loads: Vec<u32> = r.endpoint_statuses().iter().map(|s| s.in_flight).collect();
     let mean = loads.iter().sum::<u32>() as f64 / loads.len() as f64;
     let max = *loads.iter().max().unwrap() as f64;
@@ -298,18 +304,7 @@ fn consistent_hash_bounded_load_holds_on_a_large_ring() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     let mut held = Vec::new();
     for round in 0..3 {
-        for _ in 0..10_000 {
-            let u = if rng.random_bool(0.8) {
-                rng.random_range(0..3)
-            } else {
-                rng.random_range(3..1_000)
-            };
-            let rq = RouteRequest {
-                user_id: Some(format!("user-{u}")),
-                ..req(StrategyKind::ConsistentHash)
-            };
-            held.push(r.route(&rq).unwrap());
-        }
+        held.extend(route_hot_keys(&r, &mut rng, 10_000));
         let loads: Vec<u32> = r.endpoint_statuses().iter().map(|s| s.in_flight).collect();
         let mean = loads.iter().sum::<u32>() as f64 / loads.len() as f64;
         let max = *loads.iter().max().unwrap() as f64;
