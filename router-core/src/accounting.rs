@@ -30,6 +30,7 @@ use crate::policy::WorkspaceMap;
 use crate::registry::snapshot::{ModelMask, Pool, Snapshot};
 use crate::registry::Slot;
 use crate::request::RouteRequest;
+use crate::state::thread_cache::ThreadCache;
 use crate::state::{Settled, SmallStr, StateStore};
 use crate::usage::{from_micros, to_micros, BudgetWindow};
 
@@ -110,56 +111,13 @@ impl LimiterView for Views {
     }
 }
 
-/// How many routers' views one thread keeps at hand.
-const CACHED: usize = 4;
-
-/// One thread's cached views: (local id, version, view).
-struct ViewCache {
-    entries: [Option<(u64, u64, Arc<View>)>; CACHED],
-    /// The entry replaced next when all are taken.
-    victim: usize,
-}
-
-impl ViewCache {
-    fn get(&self, id: u64, version: u64) -> Option<&View> {
-        self.entries
-            .iter()
-            .flatten()
-            .find(|(i, v, _)| *i == id && *v == version)
-            .map(|(_, _, view)| &**view)
-    }
-
-    fn put(&mut self, id: u64, version: u64, view: Arc<View>) {
-        let k = match self
-            .entries
-            .iter()
-            .position(|e| e.as_ref().is_some_and(|(i, _, _)| *i == id))
-        {
-            Some(k) => k,
-            None => match self.entries.iter().position(Option::is_none) {
-                Some(k) => k,
-                None => {
-                    self.victim = (self.victim + 1) % CACHED;
-                    self.victim
-                }
-            },
-        };
-        self.entries[k] = Some((id, version, view));
-    }
-}
-
 thread_local! {
     /// The views this thread decided with last, per router: reading one costs a load and a
     /// compare, where an arc-swap load costs two atomic read-modify-writes (its debt slot, then
-    /// the guard's drop). Like the registry's snapshot cache, a thread keeps at most [`CACHED`]
+    /// the guard's drop). Like the registry's snapshot cache, a thread keeps at most [`CACHED`](crate::state::thread_cache::CACHED)
     /// views alive this way (their plans hold the store weakly: a cached view keeps memory
     /// alive, not a store's connections).
-    static VIEWS: RefCell<ViewCache> = const {
-        RefCell::new(ViewCache {
-            entries: [const { None }; CACHED],
-            victim: 0,
-        })
-    };
+    static VIEWS: RefCell<ThreadCache<View>> = const { RefCell::new(ThreadCache::new()) };
 }
 
 /// The view a decision holds: borrowed from this thread's cache, or loaded.
@@ -202,7 +160,7 @@ impl State<'_> {
 #[derive(Clone, Copy)]
 pub(crate) struct LocalRef<'a> {
     local: &'a Local,
-    cache: Option<&'a RefCell<ViewCache>>,
+    cache: Option<&'a RefCell<ThreadCache<View>>>,
 }
 
 impl Local {
@@ -275,7 +233,7 @@ impl<'a> LocalRef<'a> {
         let views = &self.local.views;
         if let Some(cell) = self.cache {
             let version = views.version.load(Ordering::Acquire);
-            let cached = |cell: &'a RefCell<ViewCache>| {
+            let cached = |cell: &'a RefCell<ThreadCache<View>>| {
                 let cache = cell.try_borrow().ok()?;
                 Ref::filter_map(cache, |c| c.get(views.id, version)).ok()
             };

@@ -21,6 +21,7 @@ use crate::events::Event;
 use crate::model::{Model, ModelStatus, ModelType};
 use crate::policy::{AgentPreferences, WorkspaceConfig, WorkspaceMap};
 use crate::rules::{CompiledCondition, Rule};
+use crate::state::thread_cache::ThreadCache;
 use crate::state::{EndpointState, StateChange};
 use crate::RouterConfig;
 pub use snapshot::Slot;
@@ -405,55 +406,12 @@ pub(crate) struct Registry {
 /// Registries created so far (their ids).
 static REGISTRIES: AtomicU64 = AtomicU64::new(0);
 
-/// How many registries' snapshots one thread keeps at hand.
-const CACHED: usize = 4;
-
-/// One thread's cached snapshots: (registry id, snapshot).
-struct SnapshotCache {
-    entries: [Option<(u64, Arc<Snapshot>)>; CACHED],
-    /// The entry replaced next when all are taken.
-    victim: usize,
-}
-
-impl SnapshotCache {
-    fn get(&self, id: u64, generation: u64) -> Option<&Snapshot> {
-        self.entries
-            .iter()
-            .flatten()
-            .find(|(i, s)| *i == id && s.generation == generation)
-            .map(|(_, s)| &**s)
-    }
-
-    fn put(&mut self, id: u64, snap: Arc<Snapshot>) {
-        let k = match self
-            .entries
-            .iter()
-            .position(|e| e.as_ref().is_some_and(|(i, _)| *i == id))
-        {
-            Some(k) => k,
-            None => match self.entries.iter().position(Option::is_none) {
-                Some(k) => k,
-                None => {
-                    self.victim = (self.victim + 1) % CACHED;
-                    self.victim
-                }
-            },
-        };
-        self.entries[k] = Some((id, snap));
-    }
-}
-
 thread_local! {
     /// The snapshots this thread decided on last, per registry: reading one costs a load and a
     /// compare, where an arc-swap load costs two atomic read-modify-writes (its debt slot, then
-    /// the guard's drop). A thread keeps at most [`CACHED`] snapshots alive this way, until it
+    /// the guard's drop). A thread keeps at most [`CACHED`](crate::state::thread_cache::CACHED) snapshots alive this way, until it
     /// routes on a newer one or on other registries.
-    static SNAPSHOTS: RefCell<SnapshotCache> = const {
-        RefCell::new(SnapshotCache {
-            entries: [const { None }; CACHED],
-            victim: 0,
-        })
-    };
+    static SNAPSHOTS: RefCell<ThreadCache<Snapshot>> = const { RefCell::new(ThreadCache::new()) };
 }
 
 impl Registry {
@@ -510,7 +468,7 @@ impl Registry {
                 let mut cache = cell.try_borrow_mut().ok()?;
                 let snap = self.snapshot.load_full();
                 let loaded = snap.generation;
-                cache.put(self.id, snap);
+                cache.put(self.id, loaded, snap);
                 loaded
             };
             let cache = cell.try_borrow().ok()?;
@@ -608,7 +566,7 @@ mod tests {
 
     #[test]
     fn each_registry_gets_its_current_snapshot_beyond_the_cache_size() {
-        let regs: Vec<Registry> = (0..CACHED + 3)
+        let regs: Vec<Registry> = (0..crate::state::thread_cache::CACHED + 3)
             .map(|_| Registry::new(RouterConfig::default()).expect("valid"))
             .collect();
         for round in 0..5 {

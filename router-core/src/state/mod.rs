@@ -10,6 +10,7 @@
 
 mod cells;
 mod live;
+pub(crate) mod thread_cache;
 
 pub use cells::CounterCell;
 #[cfg(test)]
