@@ -88,11 +88,42 @@ impl RedisServer {
             dir,
             persistent,
         };
+        // The port from `free_port` is let go before the server binds it, and another process
+        // can take it in between: a first start that exits at once moves to another port.
+        for _ in 0..5 {
+            s.run();
+            if s.answers() {
+                return s;
+            }
+            s.kill9();
+            s.port = free_port();
+        }
         s.spawn();
         s
     }
 
+    /// Start the server and wait until it answers (a restart keeps its port).
     fn spawn(&mut self) {
+        self.run();
+        assert!(self.answers(), "redis-server did not answer on port {}", self.port);
+    }
+
+    /// Whether the server answers within 10 s; false at once if it exits first.
+    fn answers(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ping(self.port) {
+                return true;
+            }
+            if self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_)))) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn run(&mut self) {
         let mut cmd = Command::new(redis_server_bin());
         cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", ""])
             .args(["--dir", self.dir.to_str().unwrap()]);
@@ -107,18 +138,6 @@ impl RedisServer {
             .spawn()
             .expect("cannot start redis-server");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if ping(self.port) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     pub fn url(&self) -> String {
@@ -422,10 +441,11 @@ impl RedisCluster {
     pub fn start() -> RedisCluster {
         let dir = std::env::temp_dir().join(format!("mr-redis-cluster-{}-{}", std::process::id(), rand_u64()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut nodes = Vec::new();
-        for _ in 0..6 {
-            let port = free_port();
-            let child = Command::new(redis_server_bin())
+        // A node's port comes from `free_port`, which lets it go before the node binds it:
+        // another process can take it in between. A node that exits before it answers is
+        // started again on other ports.
+        let spawn = |port: u16| {
+            Command::new(redis_server_bin())
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--cluster-enabled", "yes"])
                 // The bus port is port + 10,000 unless set: it could be taken, or above 65,535.
@@ -439,20 +459,31 @@ impl RedisCluster {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("cannot start redis-server");
+                .expect("cannot start redis-server")
+        };
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let port = free_port();
             nodes.push(Node {
                 port,
-                child: Some(child),
+                child: Some(spawn(port)),
             });
         }
-        let c = RedisCluster { nodes, dir };
-        for n in &c.nodes {
+        for n in &mut nodes {
             let deadline = Instant::now() + Duration::from_secs(10);
+            let mut restarts = 0;
             while !ping(n.port) {
                 assert!(Instant::now() < deadline, "cluster node {} did not start", n.port);
+                let exited = n.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+                if exited && restarts < 5 {
+                    restarts += 1;
+                    n.port = free_port();
+                    n.child = Some(spawn(n.port));
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        let c = RedisCluster { nodes, dir };
         let cli = redis_server_bin().with_file_name("redis-cli");
         let cli = if cli.is_file() { cli } else { PathBuf::from("redis-cli") };
         let out = Command::new(cli)
