@@ -1400,6 +1400,35 @@ mod scan_equivalence {
     use rustc_hash::FxHashMap;
     use std::sync::Arc;
 
+    /// A scan's candidates at [`NOW`]: `pool` of `snap` for `request` in `tier`.
+    fn candidates<'a>(
+        snap: &'a Snapshot,
+        pool: &'a Pool,
+        request: &'a RouteRequest,
+        tier: Tier,
+        mask: Option<&'a ModelMask>,
+    ) -> Candidates<'a> {
+        Candidates {
+            pool,
+            config: &snap.config,
+            request,
+            now_ms: NOW,
+            tier,
+            mask,
+            quality: None,
+            dry_run: false,
+        }
+    }
+
+    /// The scanning strategies, each checked against the plain reference.
+    const SCANS: [StrategyKind; 5] = [
+        StrategyKind::LeastLoaded,
+        StrategyKind::LatencyBased,
+        StrategyKind::CostBased,
+        StrategyKind::GeoPreferred,
+        StrategyKind::Hybrid,
+    ];
+
     #[derive(Debug, Clone)]
     struct Member {
         model: usize,
@@ -1618,23 +1647,8 @@ mod scan_equivalence {
             };
             let pool = snap.type_pool(&ModelType::Chat).unwrap();
             for tier in [Tier::Healthy, Tier::Degraded, Tier::Panic] {
-                let c = Candidates {
-                    pool,
-                    config: &snap.config,
-                    request: &request,
-                    now_ms: NOW,
-                    tier,
-                    mask: None,
-                    quality: None,
-                    dry_run: false,
-                };
-                for kind in [
-                    StrategyKind::LeastLoaded,
-                    StrategyKind::LatencyBased,
-                    StrategyKind::CostBased,
-                    StrategyKind::GeoPreferred,
-                    StrategyKind::Hybrid,
-                ] {
+                let c = candidates(&snap, pool, &request, tier, None);
+                for kind in SCANS {
                     for seed in 0..40 {
                         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
                         let got = kind.pick(&c, &mut rng).map(|p| (p.member, p.fallbacks));
@@ -1692,23 +1706,8 @@ mod scan_equivalence {
             let pool = snap.type_pool(&ModelType::Chat).unwrap();
             for tier in [Tier::Healthy, Tier::Degraded, Tier::Panic] {
                 for with_mask in [false, true] {
-                    let c = Candidates {
-                        pool,
-                        config: &snap.config,
-                        request: &request,
-                        now_ms: NOW,
-                        tier,
-                        mask: with_mask.then_some(&mask),
-                        quality: None,
-                        dry_run: false,
-                    };
-                    for kind in [
-                        StrategyKind::LeastLoaded,
-                        StrategyKind::LatencyBased,
-                        StrategyKind::CostBased,
-                        StrategyKind::GeoPreferred,
-                        StrategyKind::Hybrid,
-                    ] {
+                    let c = candidates(&snap, pool, &request, tier, with_mask.then_some(&mask));
+                    for kind in SCANS {
                         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
                         let got = kind.pick(&c, &mut rng);
                         let want = reference(&c, kind, seed);
