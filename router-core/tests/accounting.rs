@@ -172,10 +172,9 @@ fn eight_threads_lose_no_spend() {
     assert_eq!((a.totals.cost * 1e6).round() as i64, want);
 }
 
-#[test]
-fn strict_budget_shared_by_three_routers_never_overshoots() {
-    let store: Arc<dyn StateStore> = Arc::new(InMemoryStore::new());
-    let routers: Vec<Router> = (0..3)
+/// `n` routers of the empty policy at Monday's clock, sharing `store`.
+fn routers_sharing(store: &Arc<dyn StateStore>, n: usize) -> Vec<Router> {
+    (0..n)
         .map(|_| {
             Router::builder()
                 .policy(policy(json!({})))
@@ -184,7 +183,13 @@ fn strict_budget_shared_by_three_routers_never_overshoots() {
                 .build()
                 .unwrap()
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn strict_budget_shared_by_three_routers_never_overshoots() {
+    let store: Arc<dyn StateStore> = Arc::new(InMemoryStore::new());
+    let routers = routers_sharing(&store, 3);
     routers[0]
         .set_workspace_config("ws", workspace(json!({"daily": 1.0, "consistency": "strict"})))
         .unwrap();
@@ -590,16 +595,7 @@ fn a_store_without_cells_counts_the_same() {
 #[test]
 fn a_batched_budget_is_shared_by_routers_on_one_store() {
     let store: Arc<dyn StateStore> = Arc::new(InMemoryStore::new());
-    let routers: Vec<Router> = (0..2)
-        .map(|_| {
-            Router::builder()
-                .policy(policy(json!({})))
-                .clock(at(MON))
-                .store(store.clone())
-                .build()
-                .unwrap()
-        })
-        .collect();
+    let routers = routers_sharing(&store, 2);
     // The configuration reaches the second router through the store.
     routers[0]
         .set_workspace_config("ws", workspace(json!({"daily": 0.08})))
