@@ -223,21 +223,27 @@ fn strict_budget_shared_by_three_routers_never_overshoots() {
     assert_eq!(admitted.load(Ordering::Relaxed), (1.0 / one) as usize);
 }
 
-#[test]
-fn dropped_decisions_give_their_reservation_back() {
-    let r = common::router(policy(json!({})), at(MON));
+/// Give workspace `ws` a daily budget of $0.05, route a request reserving about $0.038, check
+/// that a second one does not fit beside it, drop the first and check that its reservation
+/// is given back. Returns the request.
+fn reserve_and_drop(r: &Router) -> RouteRequest {
     r.set_workspace_config("ws", workspace(json!({"daily": 0.05}))).unwrap();
-    // About $0.038 reserved each.
     let req = RouteRequest {
         estimated_tokens: Some(3000),
         ..ws_req("ws", "big")
     };
     let d = r.route(&req).unwrap();
-    assert!(spent(&r, "ws", BudgetWindow::Daily) > 0.0);
-    // A second request would not fit beside the first's reservation.
+    assert!(spent(r, "ws", BudgetWindow::Daily) > 0.0);
     assert!(matches!(r.route(&req), Err(Error::BudgetExceeded { .. })));
     drop(d);
-    assert_eq!(spent(&r, "ws", BudgetWindow::Daily), 0.0);
+    assert_eq!(spent(r, "ws", BudgetWindow::Daily), 0.0);
+    req
+}
+
+#[test]
+fn dropped_decisions_give_their_reservation_back() {
+    let r = common::router(policy(json!({})), at(MON));
+    let req = reserve_and_drop(&r);
     let d = r.route(&req).unwrap();
     r.report(&d, Outcome::success(1.0).with_tokens(10, 10)).unwrap();
     assert!((spent(&r, "ws", BudgetWindow::Daily) - 0.0004).abs() < 1e-9);
@@ -574,17 +580,7 @@ fn a_store_without_cells_counts_the_same() {
         .store(Arc::new(NoCells::default()))
         .build()
         .unwrap();
-    r.set_workspace_config("ws", workspace(json!({"daily": 0.05}))).unwrap();
-    // About $0.038 reserved each.
-    let req = RouteRequest {
-        estimated_tokens: Some(3000),
-        ..ws_req("ws", "big")
-    };
-    let d = r.route(&req).unwrap();
-    assert!(spent(&r, "ws", BudgetWindow::Daily) > 0.0);
-    assert!(matches!(r.route(&req), Err(Error::BudgetExceeded { .. })));
-    drop(d);
-    assert_eq!(spent(&r, "ws", BudgetWindow::Daily), 0.0);
+    let req = reserve_and_drop(&r);
     spend_4_cents(&r, "ws").unwrap();
     assert!(matches!(r.route(&req), Err(Error::BudgetExceeded { .. })));
     clock.set(MON);
