@@ -172,26 +172,22 @@ impl Decision {
     /// Give the in-flight slot back without an outcome (a cancelled request); a probe permit
     /// held goes back too. Returns whether this call released it.
     pub fn release(&self) -> bool {
-        if !self.release_slot() {
+        // The flag is set under the endpoint's writer lock, as a report sets it.
+        if self.released.load(Ordering::Acquire) || !self.slot.state.release_once(&self.released) {
             return false;
         }
+        self.release_rest();
+        true
+    }
+
+    /// What a release gives back besides the in-flight slot: a probe permit, a reservation.
+    fn release_rest(&self) {
         if self.probe {
             self.slot.state.breaker.release_probe();
         }
         if let Some(t) = &self.ticket {
             t.release();
         }
-        true
-    }
-
-    /// Give back the in-flight slot only (a report settles the probe permit itself).
-    pub(crate) fn release_slot(&self) -> bool {
-        // Most decisions are reported, then dropped: the drop only needs to read the flag.
-        if self.released.load(Ordering::Acquire) || self.released.swap(true, Ordering::AcqRel) {
-            return false;
-        }
-        self.slot.state.release();
-        true
     }
 
     pub(crate) fn slot(&self) -> &Slot {
@@ -219,7 +215,13 @@ impl Decision {
 
 impl Drop for Decision {
     fn drop(&mut self) {
-        self.release();
+        // Most decisions are reported, then dropped: the drop only reads the flag. Nothing
+        // else can reach the decision now, so neither the flag nor the slot needs the lock.
+        if std::mem::replace(self.released.get_mut(), true) {
+            return;
+        }
+        self.slot.state.release();
+        self.release_rest();
     }
 }
 

@@ -1,6 +1,7 @@
 //! The [`Router`]: registry, decision loop, reports, explain, events and shared state.
 
 use serde::Serialize;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 
 use crate::accounting::{self, Accounting, Ticket};
@@ -728,18 +729,29 @@ impl Router {
     /// and leaves the slot held.
     pub fn report(&self, decision: &Decision, outcome: Outcome) -> Result<()> {
         outcome.validate()?;
-        if !decision.release_slot() {
-            return Err(Error::AlreadyReported {
-                decision_id: decision.id().to_string(),
-            });
+        let already = || Error::AlreadyReported {
+            decision_id: decision.id().to_string(),
+        };
+        // Most decisions are reported once: the flag is taken for good under the endpoint's
+        // writer lock, with the outcome's statistics.
+        if decision.is_released() {
+            return Err(already());
         }
         let now = self.inner.clock.now_ms();
         self.inner.registry.with(|snap| {
-            self.inner
-                .record_outcome_in(snap, decision.slot(), &outcome, decision.probe, now);
+            if !self.inner.record_outcome_in(
+                snap,
+                decision.slot(),
+                &outcome,
+                decision.probe,
+                now,
+                Some(&decision.released),
+            ) {
+                return Err(already());
+            }
             self.inner.settle(snap, decision, &outcome, now);
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Report a failed attempt and get the next one: the first fallback of `failed` that can
@@ -1374,13 +1386,31 @@ impl Inner {
     }
 
     fn record_outcome_at(&self, slot: &Slot, outcome: &Outcome, probe: bool, now: u64) {
-        self.record_outcome_in(&self.registry.load(), slot, outcome, probe, now);
+        let _ = self.record_outcome_in(&self.registry.load(), slot, outcome, probe, now, None);
     }
 
-    fn record_outcome_in(&self, snap: &Snapshot, slot: &Slot, outcome: &Outcome, probe: bool, now: u64) {
+    /// [`Inner::record_outcome_at`] on `snap`. With `released`, the outcome is a decision's
+    /// report: its in-flight slot goes back and the flag is set with the statistics, and
+    /// when the flag was set already nothing changes and this returns false.
+    fn record_outcome_in(
+        &self,
+        snap: &Snapshot,
+        slot: &Slot,
+        outcome: &Outcome,
+        probe: bool,
+        now: u64,
+        released: Option<&AtomicBool>,
+    ) -> bool {
         let cfg = &snap.config;
         let st = &slot.state;
-        st.record(outcome, now);
+        match released {
+            Some(flag) => {
+                if !st.release_and_record(flag, outcome, now) {
+                    return false;
+                }
+            }
+            None => st.record(outcome, now),
+        }
         if let Some(ErrorClass::RateLimited { retry_after_ms }) = &outcome.error {
             let until = now.saturating_add(retry_after_ms.unwrap_or(cfg.breaker.default_retry_after_ms));
             if until > st.breaker.cooldown_until_ms() {
@@ -1422,6 +1452,7 @@ impl Inner {
             self.breaker_event(slot, t, now);
         }
         self.update_health_with(slot, now, &cfg.health);
+        true
     }
 
     /// Move the computed health status after a new sample, with hysteresis.

@@ -8,6 +8,37 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 #[test]
+fn one_decision_reported_and_released_from_many_threads_counts_once() {
+    // Reports and releases race for the decision's flag (taken under the endpoint's writer
+    // lock): exactly one wins, the in-flight count goes back once, one request is counted.
+    let r = router(weighted(&[1.0]), clock());
+    for round in 0..50 {
+        let d = r.route(&req(StrategyKind::RoundRobin)).unwrap();
+        let wins = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (r, d, wins) = (&r, &d, &wins);
+                s.spawn(move || {
+                    let won = if t % 2 == 0 {
+                        r.report(d, Outcome::success(10.0)).is_ok()
+                    } else {
+                        d.release()
+                    };
+                    if won {
+                        wins.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(wins.load(Ordering::Relaxed), 1, "round {round}");
+        assert!(d.is_released());
+        assert_eq!(r.endpoint_status("e0").unwrap().in_flight, 0, "round {round}");
+    }
+    let st = r.endpoint_status("e0").unwrap();
+    assert!(st.requests <= 50, "only winning reports count: {}", st.requests);
+}
+
+#[test]
 fn route_report_and_guard_lifecycle() {
     let r = router(weighted(&[1.0]), clock());
     let d = r.route(&req(StrategyKind::RoundRobin)).unwrap();

@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
+use super::writer_lock::{take_flag, WriterLock};
 use crate::breaker::Breaker;
 use crate::endpoint::HeadStatus;
 use crate::limits::Gcra;
@@ -95,7 +96,7 @@ pub struct EndpointState {
     last_sample_ms: AtomicU64,
     // Read on reports, probes and status queries.
     /// Serialises the writers of the statistics below and above (readers never take it).
-    writer: parking_lot::Mutex<()>,
+    writer: WriterLock,
     status_ts_ms: AtomicU64,
     ttft_ewma: AtomicF64,
     requests: AtomicU64,
@@ -140,7 +141,7 @@ impl EndpointState {
             rpm_tat_us: AtomicU64::new(0),
             tpm_tat_us: AtomicU64::new(0),
             breaker: Breaker::default(),
-            writer: parking_lot::Mutex::new(()),
+            writer: WriterLock::default(),
             forecast: Default::default(),
         }
     }
@@ -472,6 +473,35 @@ impl EndpointState {
     /// Fold an outcome into the statistics (not the in-flight count).
     pub(crate) fn record(&self, outcome: &crate::Outcome, now_ms: u64) {
         let _w = self.writer.lock();
+        self.record_locked(outcome, now_ms);
+    }
+
+    /// A decision's report: give its in-flight slot back and fold its outcome in, under one
+    /// hold of the writer lock. `released` is the decision's flag, set here; when it was set
+    /// already (reported or released before), nothing changes and this returns false.
+    pub(crate) fn release_and_record(&self, released: &AtomicBool, outcome: &crate::Outcome, now_ms: u64) -> bool {
+        let w = self.writer.lock();
+        if !take_flag(&w, released) {
+            return false;
+        }
+        self.release();
+        self.record_locked(outcome, now_ms);
+        true
+    }
+
+    /// Give a decision's in-flight slot back unless its flag `released` says it was (the flag
+    /// is set under the writer lock, as by [`EndpointState::release_and_record`]). Returns
+    /// whether this call gave it back.
+    pub(crate) fn release_once(&self, released: &AtomicBool) -> bool {
+        let w = self.writer.lock();
+        if !take_flag(&w, released) {
+            return false;
+        }
+        self.release();
+        true
+    }
+
+    fn record_locked(&self, outcome: &crate::Outcome, now_ms: u64) {
         bump(&self.requests, 1);
         bump(&self.tokens_in, outcome.tokens_in);
         bump(&self.tokens_out, outcome.tokens_out);

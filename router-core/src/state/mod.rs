@@ -11,6 +11,7 @@
 mod cells;
 mod live;
 pub(crate) mod thread_cache;
+mod writer_lock;
 
 pub use cells::CounterCell;
 #[cfg(test)]
