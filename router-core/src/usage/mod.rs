@@ -269,11 +269,16 @@ pub(crate) struct Sample<'a> {
     pub(crate) at_ms: u64,
 }
 
+/// A shard's lock: nearly always uncontended (threads have shards of their own), so a spin
+/// lock, whose unlock is a plain store (`parking_lot`'s is a compare-and-swap); a waiter
+/// yields its time slice (a query flushing the shard holds it for a while).
+type ShardLock = spin::mutex::SpinMutex<Shard, spin::relax::Yield>;
+
 /// The usage aggregates and recent requests of one router.
 #[derive(Debug)]
 pub(crate) struct Usage {
     keys: Mutex<Keys>,
-    shards: Box<[Padded<Mutex<Shard>>]>,
+    shards: Box<[Padded<ShardLock>]>,
 }
 
 impl Default for Usage {
