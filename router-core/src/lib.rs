@@ -54,6 +54,7 @@ pub mod health;
 mod history;
 pub mod limits;
 mod model;
+mod num;
 mod outcome;
 pub mod overrides;
 mod policy;

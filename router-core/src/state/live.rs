@@ -333,7 +333,7 @@ impl EndpointState {
         } else {
             others * (-age / tau).exp()
         };
-        own.saturating_add(decayed.round() as u32)
+        own.saturating_add(crate::num::round(decayed) as u32)
     }
 
     /// The reported status.

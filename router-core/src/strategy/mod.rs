@@ -579,7 +579,11 @@ impl<'a> Candidates<'a> {
     #[inline(always)]
     fn load_with(&self, i: usize, st: &EndpointState, predicts: bool, now: Option<u32>) -> u32 {
         if predicts {
-            return crate::predict::endpoint_load(&self.pool.members[i], self.now_ms, self.config).round() as u32;
+            return crate::num::round(crate::predict::endpoint_load(
+                &self.pool.members[i],
+                self.now_ms,
+                self.config,
+            )) as u32;
         }
         now.unwrap_or_else(|| st.load_at(self.now_ms, self.config.default_latency_ms))
     }

@@ -22,7 +22,7 @@ pub(crate) fn bin_of(ms: f64) -> u16 {
     if ms.is_nan() || ms <= MIN_MS {
         return 0;
     }
-    let i = ((ms / MIN_MS).ln() / GAMMA.ln()).ceil();
+    let i = crate::num::ceil((ms / MIN_MS).ln() / GAMMA.ln());
     i.min(f64::from(u16::MAX)) as u16
 }
 

@@ -64,7 +64,7 @@ pub const MICROS: f64 = 1_000_000.0;
 
 /// An amount in the pricing currency as integer micro-units (rounded to the nearest).
 pub fn to_micros(amount: f64) -> i64 {
-    (amount * MICROS).round() as i64
+    crate::num::round(amount * MICROS) as i64
 }
 
 /// Integer micro-units back to the pricing currency.
