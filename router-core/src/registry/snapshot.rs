@@ -134,9 +134,10 @@ struct Claim {
 }
 
 thread_local! {
-    /// This thread's unused claimed positions, for the last few cursors it advanced.
-    static CLAIMS: std::cell::Cell<[Claim; 4]> = const {
-        std::cell::Cell::new([Claim { cursor: 0, next: 0, end: 0 }; 4])
+    /// This thread's unused claimed positions, for the last few cursors it advanced, in
+    /// claim order (the oldest first). One cell each: a pick reads and writes one claim.
+    static CLAIMS: [std::cell::Cell<Claim>; 4] = const {
+        [const { std::cell::Cell::new(Claim { cursor: 0, next: 0, end: 0 }) }; 4]
     };
 }
 
@@ -151,31 +152,41 @@ impl Cursor {
     pub(crate) fn next(&self) -> usize {
         let key = self.1;
         CLAIMS
-            .try_with(|cell| {
-                let mut claims = cell.get();
-                let k = match claims.iter().position(|c| c.cursor == key) {
-                    Some(k) if claims[k].next < claims[k].end => k,
-                    found => {
-                        let k = found.unwrap_or_else(|| {
-                            // Evict the least recently claimed run (they are kept in claim order).
-                            claims.rotate_left(1);
-                            claims.len() - 1
+            .try_with(|claims| {
+                let found = claims.iter().position(|c| c.get().cursor == key);
+                if let Some(k) = found {
+                    let c = claims[k].get();
+                    if c.next < c.end {
+                        claims[k].set(Claim {
+                            next: c.next.wrapping_add(1),
+                            ..c
                         });
-                        let start = self.0.fetch_add(CLAIM, Ordering::Relaxed);
-                        claims[k] = Claim {
-                            cursor: key,
-                            next: start,
-                            end: start.wrapping_add(CLAIM),
-                        };
-                        k
+                        return c.next;
                     }
-                };
-                let pos = claims[k].next;
-                claims[k].next = pos.wrapping_add(1);
-                cell.set(claims);
-                pos
+                }
+                self.claim(claims, found)
             })
             .unwrap_or_else(|_| self.0.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Claim a new run into slot `found` (this cursor's), else into the oldest slot, and
+    /// hand out its first position.
+    #[cold]
+    fn claim(&self, claims: &[std::cell::Cell<Claim>; 4], found: Option<usize>) -> usize {
+        let k = found.unwrap_or_else(|| {
+            // Evict the least recently claimed run (they are kept in claim order).
+            for j in 1..claims.len() {
+                claims[j - 1].set(claims[j].get());
+            }
+            claims.len() - 1
+        });
+        let start = self.0.fetch_add(CLAIM, Ordering::Relaxed);
+        claims[k].set(Claim {
+            cursor: self.1,
+            next: start.wrapping_add(1),
+            end: start.wrapping_add(CLAIM),
+        });
+        start
     }
 }
 
