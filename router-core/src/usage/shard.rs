@@ -37,6 +37,10 @@ pub(crate) struct Cell {
     pub(crate) key: Arc<str>,
     /// The newest minute recorded for this key, Unix ms: a sample of an older minute is late
     /// and counts in this one (the newest bucket), as when samples were added one by one.
+    /// A shard asks only for a sample newer than the batch it holds open for the key: a late
+    /// sample that batch's minute covers joins it (with one shard, the same thing; with
+    /// several, a late sample may count in its own shard's open minute, an older one than
+    /// another shard has opened since).
     newest_minute: AtomicU64,
     pub(crate) series: Mutex<Series>,
 }
@@ -59,8 +63,16 @@ impl Cell {
 /// gets its own cell as soon as `max_keys` allows).
 #[derive(Default)]
 pub(crate) struct SlotCells {
-    model: OnceLock<Arc<Cell>>,
-    endpoint: OnceLock<Arc<Cell>>,
+    model: OnceLock<Cached>,
+    endpoint: OnceLock<Cached>,
+}
+
+/// A cached cell and its id, kept beside the pointer: a sample for a batch this shard holds
+/// open reads neither the cell nor its cache line.
+#[derive(Debug)]
+struct Cached {
+    cell: Arc<Cell>,
+    id: u32,
 }
 
 impl std::fmt::Debug for SlotCells {
@@ -271,9 +283,23 @@ struct Batches {
 const NONE: u32 = u32::MAX;
 
 impl Batches {
-    fn add(&mut self, cell: &Arc<Cell>, s: &Sample<'_>, bin: u16, minute: u64) {
+    /// Add a sample of minute `minute` for `cell` (whose id is `id`). A sample not newer than
+    /// the minute of the batch this shard holds open for the cell joins it at once, without
+    /// reading the cell; else the minute is the cell's newest ([`Cell::minute_for`]).
+    #[inline]
+    fn add(&mut self, cell: &Arc<Cell>, id: u32, s: &Sample<'_>, bin: u16, minute: u64) {
+        let id = id as usize;
+        if let Some(b) = self.index.get(id).and_then(|&k| self.open.get_mut(k as usize)) {
+            if b.bucket.start_ms >= minute {
+                return b.add(s, bin);
+            }
+        }
+        self.add_slow(cell, id, s, bin, minute);
+    }
+
+    #[inline(never)]
+    fn add_slow(&mut self, cell: &Arc<Cell>, id: usize, s: &Sample<'_>, bin: u16, minute: u64) {
         let minute = cell.minute_for(minute);
-        let id = cell.id as usize;
         if id >= self.index.len() {
             self.index.resize(id + 1, NONE);
         }
@@ -331,27 +357,31 @@ impl Shard {
         for (d, key) in s.keys.iter().enumerate() {
             let Some(key) = *key else { continue };
             let cached = match (d, s.cells) {
-                (0, Some(c)) => c.model.get(),
-                (1, Some(c)) => c.endpoint.get(),
-                _ => self.names[d].get(key),
+                (0, Some(c)) => c.model.get().map(|c| (&c.cell, c.id)),
+                (1, Some(c)) => c.endpoint.get().map(|c| (&c.cell, c.id)),
+                _ => self.names[d].get(key).map(|c| (c, c.id)),
             };
-            if let Some(c) = cached {
-                rec[d] = c.id;
-                self.batches.add(c, s, bin, minute);
+            if let Some((c, id)) = cached {
+                rec[d] = id;
+                self.batches.add(c, id, s, bin, minute);
                 continue;
             }
             let cell = keys.lock().resolve(d, key, cfg);
             if &*cell.key == key {
                 rec[d] = cell.id;
+                let cached = || Cached {
+                    cell: cell.clone(),
+                    id: cell.id,
+                };
                 match (d, s.cells) {
-                    (0, Some(c)) => drop(c.model.set(cell.clone())),
-                    (1, Some(c)) => drop(c.endpoint.set(cell.clone())),
+                    (0, Some(c)) => drop(c.model.set(cached())),
+                    (1, Some(c)) => drop(c.endpoint.set(cached())),
                     _ => drop(self.names[d].insert(cell.key.clone(), cell.clone())),
                 }
             } else {
                 extra.get_or_insert_with(Default::default).names[d] = Some(Arc::from(key));
             }
-            self.batches.add(&cell, s, bin, minute);
+            self.batches.add(&cell, cell.id, s, bin, minute);
         }
         if self.batches.open.len() >= MAX_BATCHES {
             self.batches.flush();
