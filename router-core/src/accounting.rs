@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, EventBus};
 use crate::limits::{Gcra, GcraCell, LimitScope, LimiterKey, LimiterMaps, LimiterView, Limiters, Maps, Unit};
 use crate::model::Model;
-use crate::policy::WorkspaceMap;
+use crate::policy::{WorkspaceConfig, WorkspaceMap};
 use crate::registry::snapshot::{ModelMask, Pool, Snapshot};
 use crate::registry::Slot;
 use crate::request::RouteRequest;
@@ -507,6 +507,9 @@ pub(crate) struct Accounting<'a> {
     pub(crate) local: LocalRef<'a>,
     pub(crate) events: &'a EventBus,
     pub(crate) now_ms: u64,
+    /// The request's workspace configuration, as `resolve` found it in `snap` (`None`: no
+    /// workspace id, or not a configured one).
+    pub(crate) workspace: Option<&'a WorkspaceConfig>,
     /// The view and plan, loaded by the first check that needs them.
     pub(crate) plan: OnceCell<State<'a>>,
 }
@@ -541,8 +544,8 @@ impl<'a> Accounting<'a> {
 
     /// The request's workspace budget, if it has one.
     fn workspace_budget(&self) -> Option<&Arc<PlannedBudget>> {
-        let ws = self.req.workspace_id.as_deref()?;
-        self.plan()?.budgets.workspaces.get(ws)
+        let ws = self.workspace?;
+        self.plan()?.budgets.workspace(ws)
     }
 
     /// Request-scope rate limits (workspace, API key, user): admit or fail with `RateLimited`.

@@ -242,6 +242,8 @@ struct Scope<'s> {
     fallback_models: Vec<u32>,
     /// What the request asked for, for errors: formatted only when one is returned.
     label: Label<'s>,
+    /// The request's workspace configuration, for the accounting.
+    workspace: Option<&'s WorkspaceConfig>,
 }
 
 /// What a request asked for, worded lazily (the decision path must not allocate).
@@ -289,6 +291,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
             mask: None,
             fallback_models: Vec::new(),
             label: Label::Model(&entry.id),
+            workspace: tenant.workspace,
         });
     }
     for &ri in snap.rules.candidates(req.agent_type.as_deref()) {
@@ -320,6 +323,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
             mask,
             fallback_models: Vec::new(),
             label: Label::Rule(&r.id),
+            workspace: tenant.workspace,
         });
     }
     let t = req.model_type.clone().unwrap_or_default();
@@ -375,6 +379,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
         mask,
         fallback_models,
         label: Label::Type(t),
+        workspace: tenant.workspace,
     })
 }
 
@@ -601,6 +606,7 @@ impl Router {
             local,
             events: &self.inner.events,
             now_ms,
+            workspace: scope.workspace,
             plan: Default::default(),
         };
         let est_in = req.token_estimate().unwrap_or(0);
@@ -873,6 +879,7 @@ impl Router {
                     local: self.inner.local.uncached(),
                     events: &self.inner.events,
                     now_ms,
+                    workspace: scope.workspace,
                     plan: Default::default(),
                 };
                 match acc.precheck(scope.pool) {

@@ -47,8 +47,54 @@ pub struct PerformanceRequirements {
 }
 
 /// The workspaces' configurations as a router keeps them: hashed, as every decision with a
-/// workspace id looks its workspace up (a policy document keeps them in id order).
-pub(crate) type WorkspaceMap = rustc_hash::FxHashMap<String, WorkspaceConfig>;
+/// workspace id looks its workspace up (a policy document keeps them in id order). A map of
+/// its own only for [`get`](Self::get): the same lookup as the map's, comparing ids without a
+/// call to `memcmp`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct WorkspaceMap(hashbrown::HashMap<String, WorkspaceConfig, rustc_hash::FxBuildHasher>);
+
+/// A workspace id as [`WorkspaceMap::get`] looks it up: hashed as a `String` is, compared with
+/// [`crate::state::same_bytes`].
+#[derive(Hash)]
+struct Lookup<'a>(&'a str);
+
+impl hashbrown::Equivalent<String> for Lookup<'_> {
+    #[inline]
+    fn equivalent(&self, key: &String) -> bool {
+        crate::state::same_bytes(self.0.as_bytes(), key.as_bytes())
+    }
+}
+
+impl WorkspaceMap {
+    /// The configuration of workspace `id`.
+    #[inline]
+    pub(crate) fn get(&self, id: &str) -> Option<&WorkspaceConfig> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.get(&Lookup(id))
+    }
+}
+
+impl std::ops::Deref for WorkspaceMap {
+    type Target = hashbrown::HashMap<String, WorkspaceConfig, rustc_hash::FxBuildHasher>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WorkspaceMap {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl FromIterator<(String, WorkspaceConfig)> for WorkspaceMap {
+    fn from_iter<I: IntoIterator<Item = (String, WorkspaceConfig)>>(iter: I) -> Self {
+        WorkspaceMap(iter.into_iter().collect())
+    }
+}
 
 /// A workspace's configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
