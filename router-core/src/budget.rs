@@ -305,6 +305,8 @@ pub(crate) struct PlannedBudget {
     pub(crate) limits: BudgetLimits,
     /// Each window's limit in micro-units (`None`: no limit for that window).
     pub(crate) limit_micros: [Option<i64>; 3],
+    /// The budget's position in its plan (workspace budgets, then the others).
+    pub(crate) index: usize,
     windows: Arc<Windows>,
     counters: [OnceLock<WindowCounter>; 3],
 }
@@ -380,12 +382,15 @@ impl BudgetPlan {
             labels: BudgetWindow::ALL.map(|w| w.label(now_ms)),
             store: Arc::downgrade(store),
         });
-        let planned = |scope: BudgetScope, id: &str, limits: &BudgetLimits| {
+        let mut index = 0;
+        let mut planned = |scope: BudgetScope, id: &str, limits: &BudgetLimits| {
+            index += 1;
             Arc::new(PlannedBudget {
                 scope,
                 id: id.into(),
                 limits: limits.clone(),
                 limit_micros: BudgetWindow::ALL.map(|w| limits.limit(w).map(to_micros)),
+                index: index - 1,
                 windows: Arc::clone(&windows),
                 counters: Default::default(),
             })
