@@ -8,9 +8,11 @@
 //! What a decision with a budget and a limit costs: a read of the router's [`View`] from this
 //! thread's cache (the [`Plan`] of its configuration, with each budget window's counter cell
 //! already resolved and each limit's GCRA computed, and the settled limiters; no atomic
-//! read-modify-write while the view is unchanged), a hash lookup of its workspace and of each
-//! limited id, one compare-and-swap per limiter, one atomic addition per budget window (another
-//! to give it back or settle it), and the boxed [`Ticket`] (ids kept inline). No lock, no key
+//! read-modify-write while the view is unchanged), one hash lookup per limited id (its budget is
+//! found from `resolve`'s lookup of the workspace, by address), one compare-and-swap per
+//! limiter, one atomic addition per budget window (another to give it back or settle it), and
+//! the boxed [`Ticket`] (ids kept inline). The ticket's hold on the budget comes from, and goes
+//! back to, a per-thread stash ([`Handle`]), with no reference count. No lock, no key
 //! formatted, no store call in batched mode.
 
 use std::cell::{OnceCell, Ref, RefCell};
