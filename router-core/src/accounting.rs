@@ -8,9 +8,11 @@
 //! What a decision with a budget and a limit costs: a read of the router's [`View`] from this
 //! thread's cache (the [`Plan`] of its configuration, with each budget window's counter cell
 //! already resolved and each limit's GCRA computed, and the settled limiters; no atomic
-//! read-modify-write while the view is unchanged), a hash lookup of its workspace and of each
-//! limited id, one compare-and-swap per limiter, one atomic addition per budget window (another
-//! to give it back or settle it), and the boxed [`Ticket`] (ids kept inline). No lock, no key
+//! read-modify-write while the view is unchanged), one hash lookup per limited id (its budget is
+//! found from `resolve`'s lookup of the workspace, by address), one compare-and-swap per
+//! limiter, one atomic addition per budget window (another to give it back or settle it), and
+//! the boxed [`Ticket`] (ids kept inline). The ticket's hold on the budget comes from, and goes
+//! back to, a per-thread stash ([`Handle`]), with no reference count. No lock, no key
 //! formatted, no store call in batched mode.
 
 use std::cell::{OnceCell, Ref, RefCell};
@@ -26,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, EventBus};
 use crate::limits::{Gcra, GcraCell, LimitScope, LimiterKey, LimiterMaps, LimiterView, Limiters, Maps, Unit};
 use crate::model::Model;
-use crate::policy::WorkspaceMap;
+use crate::policy::{WorkspaceConfig, WorkspaceMap};
 use crate::registry::snapshot::{ModelMask, Pool, Snapshot};
 use crate::registry::Slot;
 use crate::request::RouteRequest;
@@ -310,8 +312,74 @@ pub(crate) type Id = SmallStr<22>;
 /// is reported or dropped.
 #[derive(Debug)]
 pub(crate) struct Reservation {
-    pub(crate) budget: Arc<PlannedBudget>,
+    pub(crate) budget: Handle,
     pub(crate) micros: i64,
+}
+
+/// A reservation's hold on its budget (an `Arc`, so that a decision can give its reservation
+/// back wherever and whenever it is dropped, even after its router).
+///
+/// Taking and dropping an `Arc` costs two atomic read-modify-writes, which a decision with a
+/// budget would pay each time. Instead, a dropped handle goes to a small per-thread stash
+/// ([`SPARE`]) and the next reservation on this thread of the same budget takes it back, with no
+/// atomic operation. A stash keeps at most [`SPARES`] handles per thread: a budget that a
+/// newer plan replaced (another configuration or window) is kept alive by them until a
+/// handle of another budget takes its place or the thread ends (memory only: a plan holds
+/// its store weakly).
+#[derive(Debug)]
+pub(crate) struct Handle(Option<Arc<PlannedBudget>>);
+
+/// Handles kept per thread, by the budget's position in its plan.
+const SPARES: usize = 16;
+
+thread_local! {
+    /// Handles of dropped reservations, for the next reservations of this thread (see
+    /// [`Handle`]).
+    static SPARE: RefCell<[Option<Arc<PlannedBudget>>; SPARES]> = const { RefCell::new([const { None }; SPARES]) };
+}
+
+/// The stash entry of `b`.
+#[inline]
+fn spare_index(b: &PlannedBudget) -> usize {
+    b.index % SPARES
+}
+
+impl Handle {
+    /// A hold on `b`: from this thread's stash when it has one, else a new reference.
+    #[inline]
+    fn new(b: &Arc<PlannedBudget>) -> Handle {
+        let i = spare_index(b);
+        let spare = SPARE
+            .try_with(|s| {
+                let mut s = s.try_borrow_mut().ok()?;
+                s[i].take_if(|h| Arc::ptr_eq(h, b))
+            })
+            .ok()
+            .flatten();
+        Handle(Some(spare.unwrap_or_else(|| Arc::clone(b))))
+    }
+}
+
+impl std::ops::Deref for Handle {
+    type Target = PlannedBudget;
+
+    #[inline]
+    fn deref(&self) -> &PlannedBudget {
+        self.0.as_deref().expect("a handle holds its budget until dropped")
+    }
+}
+
+impl Drop for Handle {
+    #[inline]
+    fn drop(&mut self) {
+        let Some(b) = self.0.take() else { return };
+        let i = spare_index(&b);
+        // The handle this one evicts is dropped after the stash is released.
+        let _evicted = SPARE
+            .try_with(|s| s.try_borrow_mut().ok().map(|mut s| s[i].replace(b)))
+            .ok()
+            .flatten();
+    }
 }
 
 impl Reservation {
@@ -507,6 +575,9 @@ pub(crate) struct Accounting<'a> {
     pub(crate) local: LocalRef<'a>,
     pub(crate) events: &'a EventBus,
     pub(crate) now_ms: u64,
+    /// The request's workspace configuration, as `resolve` found it in `snap` (`None`: no
+    /// workspace id, or not a configured one).
+    pub(crate) workspace: Option<&'a WorkspaceConfig>,
     /// The view and plan, loaded by the first check that needs them.
     pub(crate) plan: OnceCell<State<'a>>,
 }
@@ -541,8 +612,8 @@ impl<'a> Accounting<'a> {
 
     /// The request's workspace budget, if it has one.
     fn workspace_budget(&self) -> Option<&Arc<PlannedBudget>> {
-        let ws = self.req.workspace_id.as_deref()?;
-        self.plan()?.budgets.workspaces.get(ws)
+        let ws = self.workspace?;
+        self.plan()?.budgets.workspace(ws)
     }
 
     /// Request-scope rate limits (workspace, API key, user): admit or fail with `RateLimited`.
@@ -748,7 +819,7 @@ impl<'a> Accounting<'a> {
                 }
             }
             out.push(Reservation {
-                budget: Arc::clone(b),
+                budget: Handle::new(b),
                 micros,
             });
         }

@@ -26,6 +26,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::policy::WorkspaceConfig;
 use crate::registry::snapshot::Snapshot;
 use crate::state::{CounterCell, StateStore, TryAdd};
 use crate::usage::{to_micros, BudgetWindow};
@@ -304,6 +305,8 @@ pub(crate) struct PlannedBudget {
     pub(crate) limits: BudgetLimits,
     /// Each window's limit in micro-units (`None`: no limit for that window).
     pub(crate) limit_micros: [Option<i64>; 3],
+    /// The budget's position in its plan (workspace budgets, then the others).
+    pub(crate) index: usize,
     windows: Arc<Windows>,
     counters: [OnceLock<WindowCounter>; 3],
 }
@@ -341,6 +344,12 @@ impl PlannedBudget {
     }
 }
 
+/// A workspace's configuration's address, as a [`BudgetPlan`] keys budgets by (compared,
+/// never followed).
+fn workspace_key(cfg: &WorkspaceConfig) -> usize {
+    std::ptr::from_ref(cfg) as usize
+}
+
 /// The windows a plan was made for.
 struct Windows {
     bounds: [(u64, u64); 3],
@@ -354,8 +363,10 @@ struct Windows {
 pub(crate) struct BudgetPlan {
     /// The instants the plan's windows hold: the latest start and the earliest end.
     valid: (u64, u64),
-    /// Workspaces with a budget.
-    pub(crate) workspaces: FxHashMap<Arc<str>, Arc<PlannedBudget>>,
+    /// Workspaces with a budget, by the address of their configuration in the snapshot's
+    /// workspace map ([`workspace_key`]): the decision path finds a budget from `resolve`'s
+    /// lookup of the workspace, without hashing or comparing its id again.
+    workspaces: FxHashMap<usize, Arc<PlannedBudget>>,
     /// Whether a workspace budget is in downgrade mode.
     pub(crate) downgrades: bool,
     /// The model and provider budgets, in the order of the settings' `budgets`.
@@ -371,22 +382,25 @@ impl BudgetPlan {
             labels: BudgetWindow::ALL.map(|w| w.label(now_ms)),
             store: Arc::downgrade(store),
         });
-        let planned = |scope: BudgetScope, id: &str, limits: &BudgetLimits| {
+        let mut index = 0;
+        let mut planned = |scope: BudgetScope, id: &str, limits: &BudgetLimits| {
+            index += 1;
             Arc::new(PlannedBudget {
                 scope,
                 id: id.into(),
                 limits: limits.clone(),
                 limit_micros: BudgetWindow::ALL.map(|w| limits.limit(w).map(to_micros)),
+                index: index - 1,
                 windows: Arc::clone(&windows),
                 counters: Default::default(),
             })
         };
-        let workspaces: FxHashMap<Arc<str>, Arc<PlannedBudget>> = snap
+        let workspaces: FxHashMap<usize, Arc<PlannedBudget>> = snap
             .workspaces
             .iter()
             .filter_map(|(id, cfg)| {
                 let b = cfg.budget_limits.as_ref().filter(|b| b.is_set())?;
-                Some((Arc::from(id.as_str()), planned(BudgetScope::Workspace, id, b)))
+                Some((workspace_key(cfg), planned(BudgetScope::Workspace, id, b)))
             })
             .collect();
         let scoped = snap
@@ -404,6 +418,16 @@ impl BudgetPlan {
             workspaces,
             scoped,
         }
+    }
+
+    /// The budget of workspace `cfg`: a configuration of the snapshot's workspace map this plan
+    /// was built from (the plan holds that map, so the addresses it keeps stay its entries').
+    #[inline]
+    pub(crate) fn workspace(&self, cfg: &WorkspaceConfig) -> Option<&Arc<PlannedBudget>> {
+        if self.workspaces.is_empty() {
+            return None;
+        }
+        self.workspaces.get(&workspace_key(cfg))
     }
 
     /// Whether `now_ms` lies in the plan's windows.

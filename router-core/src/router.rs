@@ -243,6 +243,8 @@ struct Scope<'s> {
     fallback_models: Vec<u32>,
     /// What the request asked for, for errors: formatted only when one is returned.
     label: Label<'s>,
+    /// The request's workspace configuration, for the accounting.
+    workspace: Option<&'s WorkspaceConfig>,
 }
 
 /// What a request asked for, worded lazily (the decision path must not allocate).
@@ -290,6 +292,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
             mask: None,
             fallback_models: Vec::new(),
             label: Label::Model(&entry.id),
+            workspace: tenant.workspace,
         });
     }
     for &ri in snap.rules.candidates(req.agent_type.as_deref()) {
@@ -321,6 +324,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
             mask,
             fallback_models: Vec::new(),
             label: Label::Rule(&r.id),
+            workspace: tenant.workspace,
         });
     }
     let t = req.model_type.clone().unwrap_or_default();
@@ -376,6 +380,7 @@ fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
         mask,
         fallback_models,
         label: Label::Type(t),
+        workspace: tenant.workspace,
     })
 }
 
@@ -602,6 +607,7 @@ impl Router {
             local,
             events: &self.inner.events,
             now_ms,
+            workspace: scope.workspace,
             plan: Default::default(),
         };
         let est_in = req.token_estimate().unwrap_or(0);
@@ -885,6 +891,7 @@ impl Router {
                     local: self.inner.local.uncached(),
                     events: &self.inner.events,
                     now_ms,
+                    workspace: scope.workspace,
                     plan: Default::default(),
                 };
                 match acc.precheck(scope.pool) {

@@ -742,3 +742,48 @@ fn a_decision_outliving_its_router_releases_into_a_live_store() {
     drop(r);
     drop(d);
 }
+
+/// Reservations of many budgets (more than a thread keeps handles of), taken on one thread
+/// and given back or settled on others, and across a configuration change: every budget ends
+/// at its exact spend.
+#[test]
+fn reservations_of_many_budgets_dropped_anywhere_come_back() {
+    let r = common::router(policy(json!({})), at(MON));
+    let ids: Vec<String> = (0..40).map(|i| format!("ws-{i}")).collect();
+    for id in &ids {
+        r.set_workspace_config(id, workspace(json!({"daily": 1e6}))).unwrap();
+    }
+    let req = |id: &str| RouteRequest {
+        estimated_tokens: Some(1000),
+        ..ws_req(id, "big")
+    };
+    for round in 0..3 {
+        let held: Vec<Decision> = ids.iter().map(|id| r.route(&req(id)).unwrap()).collect();
+        assert!(ids.iter().all(|id| spent(&r, id, BudgetWindow::Daily) > 0.0));
+        // Dropped on other threads, half of them reported first.
+        std::thread::scope(|s| {
+            for (k, d) in held.into_iter().enumerate() {
+                let r = &r;
+                s.spawn(move || {
+                    if k % 2 == 0 {
+                        r.report(&d, Outcome::success(1.0).with_tokens(1000, 1000)).unwrap();
+                    }
+                });
+            }
+        });
+        for (k, id) in ids.iter().enumerate() {
+            let want = if k % 2 == 0 { 0.04 * f64::from(round + 1) } else { 0.0 };
+            assert!(
+                (spent(&r, id, BudgetWindow::Daily) - want).abs() < 1e-9,
+                "{id} round {round}"
+            );
+        }
+        // Dropped here, in an order that reuses this thread's handles.
+        for id in ids.iter().rev() {
+            drop(r.route(&req(id)).unwrap());
+        }
+        // A new configuration: a new plan, whose budgets replace the kept handles.
+        r.set_workspace_config("other", workspace(json!({"daily": 1.0})))
+            .unwrap();
+    }
+}

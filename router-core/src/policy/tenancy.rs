@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::budget::BudgetLimits;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::state::{hash_id, same_bytes, SmallStr};
 
 /// What an agent type prefers and requires.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -47,8 +48,78 @@ pub struct PerformanceRequirements {
 }
 
 /// The workspaces' configurations as a router keeps them: hashed, as every decision with a
-/// workspace id looks its workspace up (a policy document keeps them in id order).
-pub(crate) type WorkspaceMap = rustc_hash::FxHashMap<String, WorkspaceConfig>;
+/// workspace id looks its workspace up (a policy document keeps them in id order). Each entry
+/// keeps its id inline (up to 22 bytes) and its hash, so that a lookup compares the id in the
+/// entry it then returns, without following the id's pointer or calling `memcmp`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WorkspaceMap(hashbrown::HashTable<WorkspaceEntry>);
+
+#[derive(Debug, Clone)]
+struct WorkspaceEntry {
+    hash: u64,
+    key: SmallStr<22>,
+    id: String,
+    cfg: WorkspaceConfig,
+}
+
+impl WorkspaceMap {
+    /// The configuration of workspace `id`.
+    #[inline]
+    pub(crate) fn get(&self, id: &str) -> Option<&WorkspaceConfig> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let id = id.as_bytes();
+        self.0
+            .find(hash_id(id), |e| same_bytes(e.key.as_bytes(), id))
+            .map(|e| &e.cfg)
+    }
+
+    /// Set the configuration of workspace `id`; the one it replaces.
+    pub(crate) fn insert(&mut self, id: String, cfg: WorkspaceConfig) -> Option<WorkspaceConfig> {
+        let hash = hash_id(id.as_bytes());
+        let same = |e: &WorkspaceEntry| same_bytes(e.key.as_bytes(), id.as_bytes());
+        match self.0.entry(hash, same, |e| e.hash) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().cfg, cfg)),
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(WorkspaceEntry {
+                    hash,
+                    key: SmallStr::new(&id),
+                    id,
+                    cfg,
+                });
+                None
+            }
+        }
+    }
+
+    /// Remove workspace `id`; its configuration.
+    pub(crate) fn remove(&mut self, id: &str) -> Option<WorkspaceConfig> {
+        let hash = hash_id(id.as_bytes());
+        let e = self.0.find_entry(hash, |e| same_bytes(e.key.as_bytes(), id.as_bytes()));
+        e.ok().map(|e| e.remove().0.cfg)
+    }
+
+    /// The workspaces and their configurations, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &WorkspaceConfig)> {
+        self.0.iter().map(|e| (&e.id, &e.cfg))
+    }
+
+    /// Whether no workspace is configured.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(String, WorkspaceConfig)> for WorkspaceMap {
+    fn from_iter<I: IntoIterator<Item = (String, WorkspaceConfig)>>(iter: I) -> Self {
+        let mut m = WorkspaceMap::default();
+        for (id, cfg) in iter {
+            m.insert(id, cfg);
+        }
+        m
+    }
+}
 
 /// A workspace's configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

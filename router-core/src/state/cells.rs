@@ -2,13 +2,11 @@
 //! read-mostly map that finds per-id state without a lock ([`IdMap`]), and short ids kept
 //! inline ([`SmallStr`]).
 
-use std::borrow::Borrow;
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rustc_hash::FxHashSet;
 
 use super::TryAdd;
 
@@ -219,39 +217,104 @@ fn copy_short(dst: &mut [u8], src: &[u8]) {
     }
 }
 
-/// Per-id state an [`IdMap`] keeps (cheap to clone: an `Arc`). It knows its id, so that a
-/// map holds one pointer per entry and a lookup reads the entry it compares.
+/// Per-id state an [`IdMap`] keeps (cheap to clone: an `Arc`). It knows its id and the id's
+/// [`hash_id`], so that a map holds one pointer per entry, a lookup reads the entry it compares
+/// and a resize hashes nothing.
 pub(crate) trait Keyed: Clone {
     /// The id's bytes.
     fn key(&self) -> &[u8];
+    /// [`hash_id`] of [`key`](Self::key), computed once.
+    fn hash(&self) -> u64;
 }
 
-/// An entry of an [`IdMap`], hashed and compared by its key.
-#[derive(Clone)]
-pub(crate) struct Entry<V>(pub(crate) V);
+/// The hash an [`IdMap`] finds `id` by (the caller computes it once per lookup, and may take
+/// other bits of it, e.g. to pick a shard).
+#[inline]
+pub(crate) fn hash_id(id: &[u8]) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    h.write(id);
+    h.finish()
+}
 
-impl<V: Keyed> Borrow<[u8]> for Entry<V> {
-    fn borrow(&self) -> &[u8] {
-        self.0.key()
+/// `a == b` for short ids, as fixed-size loads (two that overlap) instead of a call to `memcmp`.
+#[inline]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn two<const K: usize>(a: &[u8], b: &[u8]) -> bool {
+        let n = a.len();
+        let head = |s: &[u8]| <[u8; K]>::try_from(&s[..K]).expect("K bytes");
+        let tail = |s: &[u8]| <[u8; K]>::try_from(&s[n - K..]).expect("K bytes");
+        head(a) == head(b) && tail(a) == tail(b)
+    }
+    if a.len() != b.len() {
+        return false;
+    }
+    match a.len() {
+        0..4 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..8 => two::<4>(a, b),
+        8..16 => two::<8>(a, b),
+        16..32 => two::<16>(a, b),
+        _ => a == b,
     }
 }
 
-impl<V: Keyed> Hash for Entry<V> {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        self.0.key().hash(h);
+/// The entries of an [`IdMap`], found by id and its [`hash_id`].
+pub(crate) struct Entries<V>(hashbrown::HashTable<V>);
+
+impl<V> Default for Entries<V> {
+    fn default() -> Self {
+        Entries(hashbrown::HashTable::new())
     }
 }
 
-impl<V: Keyed> PartialEq for Entry<V> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.key() == other.0.key()
+impl<V: Clone> Clone for Entries<V> {
+    fn clone(&self) -> Self {
+        Entries(self.0.clone())
     }
 }
 
-impl<V: Keyed> Eq for Entry<V> {}
+impl<V> Entries<V> {
+    /// The number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
 
-/// The entries of an [`IdMap`], found by id.
-pub(crate) type Entries<V> = FxHashSet<Entry<V>>;
+    /// Whether there is no entry.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<V: Keyed> Entries<V> {
+    /// The entry of `id`, whose [`hash_id`] is `hash`.
+    #[inline]
+    pub(crate) fn get(&self, hash: u64, id: &[u8]) -> Option<&V> {
+        self.0.find(hash, |v| same_bytes(v.key(), id))
+    }
+
+    /// Insert `v`, replacing the entry of its id if there is one.
+    pub(crate) fn replace(&mut self, v: V) {
+        match self.0.entry(v.hash(), |e| same_bytes(e.key(), v.key()), Keyed::hash) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = v,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(v);
+            }
+        }
+    }
+
+    /// Whether an entry has `v`'s id.
+    pub(crate) fn contains(&self, v: &V) -> bool {
+        self.get(v.hash(), v.key()).is_some()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &V> {
+        self.0.iter()
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = V> + '_ {
+        self.0.drain()
+    }
+}
 
 /// The settled entries of an [`IdMap`]: an immutable map, replaced as a whole.
 pub(crate) type Settled<V> = Arc<Entries<V>>;
@@ -323,23 +386,25 @@ impl<V> std::fmt::Debug for IdMap<V> {
 }
 
 impl<V: Keyed> IdMap<V> {
-    /// `f` on the entry of `id`, looked up in `settled` (the caller's view of the settled
-    /// entries), else among the young entries; an entry that is missing or that `live`
-    /// rejects is replaced by `make(id)`.
+    /// `f` on the entry of `id` (whose [`hash_id`] is `hash`), looked up in `settled` (the
+    /// caller's view of the settled entries), else among the young entries; an entry that is
+    /// missing or that `live` rejects is replaced by `make(id)`.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn with<R>(
         &self,
         settled: &Entries<V>,
         slot: &dyn SettledSlot<V>,
         id: &str,
+        hash: u64,
         live: impl Fn(&V) -> bool,
         make: impl FnOnce(&str) -> V,
         f: impl FnOnce(&V) -> R,
     ) -> R {
-        if let Some(Entry(v)) = settled.get(id.as_bytes()).filter(|e| live(&e.0)) {
+        if let Some(v) = settled.get(hash, id.as_bytes()).filter(|v| live(v)) {
             return f(v);
         }
-        let v = self.young_entry(slot, id, live, make);
+        let v = self.young_entry(slot, id, hash, live, make);
         f(&v)
     }
 
@@ -348,6 +413,7 @@ impl<V: Keyed> IdMap<V> {
         &self,
         slot: &dyn SettledSlot<V>,
         id: &str,
+        hash: u64,
         live: impl Fn(&V) -> bool,
         make: impl FnOnce(&str) -> V,
     ) -> V {
@@ -355,12 +421,13 @@ impl<V: Keyed> IdMap<V> {
         young.uses += 1;
         // The caller's view may be older than what is published.
         let settled = slot.latest();
-        let found = |m: &Entries<V>| m.get(id.as_bytes()).map(|e| e.0.clone()).filter(|v| live(v));
+        let found = |m: &Entries<V>| m.get(hash, id.as_bytes()).cloned().filter(|v| live(v));
         let v = match found(&young.map).or_else(|| found(&settled)) {
             Some(v) => v,
             None => {
                 let v = make(id);
-                young.map.replace(Entry(v.clone()));
+                debug_assert_eq!(v.hash(), hash, "`make` keeps the id's hash");
+                young.map.replace(v.clone());
                 v
             }
         };
@@ -383,13 +450,13 @@ impl<V: Keyed> IdMap<V> {
         let mut next = Entries::default();
         // A young entry replaces the settled one of its id.
         for e in settled.iter() {
-            if !young.map.contains(e.0.key()) && keep(&e.0) {
-                next.insert(e.clone());
+            if !young.map.contains(e) && keep(e) {
+                next.replace(e.clone());
             }
         }
         for e in young.map.drain() {
-            if keep(&e.0) {
-                next.insert(e);
+            if keep(&e) {
+                next.replace(e);
             }
         }
         young.uses = 0;
@@ -401,7 +468,7 @@ impl<V: Keyed> IdMap<V> {
     pub(crate) fn len(&self, slot: &dyn SettledSlot<V>) -> usize {
         let young = self.young.lock();
         let settled = slot.latest();
-        settled.len() + young.map.iter().filter(|e| !settled.contains(e.0.key())).count()
+        settled.len() + young.map.iter().filter(|e| !settled.contains(e)).count()
     }
 }
 
@@ -444,13 +511,16 @@ mod tests {
         }
     }
 
-    /// A counter that knows its id.
+    /// A counter that knows its id and its hash.
     #[derive(Clone)]
-    struct Counter(Arc<(AtomicI64, SmallStr<8>)>);
+    struct Counter(Arc<(AtomicI64, SmallStr<8>, u64)>);
 
     impl Keyed for Counter {
         fn key(&self) -> &[u8] {
             self.0 .1.as_bytes()
+        }
+        fn hash(&self) -> u64 {
+            self.0 .2
         }
     }
 
@@ -458,6 +528,22 @@ mod tests {
         type Target = AtomicI64;
         fn deref(&self) -> &AtomicI64 {
             &self.0 .0
+        }
+    }
+
+    #[test]
+    fn same_bytes_is_eq() {
+        let a: Vec<u8> = (1..=40).collect();
+        for n in 0..=40 {
+            assert!(same_bytes(&a[..n], &a.clone()[..n]));
+            for k in 0..n {
+                let mut b = a[..n].to_vec();
+                b[k] ^= 0x80;
+                assert!(!same_bytes(&a[..n], &b), "{n} {k}");
+            }
+            if n > 0 {
+                assert!(!same_bytes(&a[..n], &a[..n - 1]));
+            }
         }
     }
 
@@ -486,9 +572,10 @@ mod tests {
     fn id_map_finds_replaces_and_merges() {
         let m: IdMap<Counter> = IdMap::default();
         let slot = OwnSettled::default();
-        let make = |id: &str| Counter(Arc::new((AtomicI64::new(0), SmallStr::new(id))));
+        let make = |id: &str| Counter(Arc::new((AtomicI64::new(0), SmallStr::new(id), hash_id(id.as_bytes()))));
         let live = |v: &Counter| v.load(Ordering::Relaxed) >= 0;
-        let with = |id: &str, f: &dyn Fn(&Counter)| m.with(&slot.0.load(), &slot, id, live, make, f);
+        let with =
+            |id: &str, f: &dyn Fn(&Counter)| m.with(&slot.0.load(), &slot, id, hash_id(id.as_bytes()), live, make, f);
         for round in 0..3 {
             for i in 0..100 {
                 with(&format!("id-{i}"), &|v| {

@@ -16,7 +16,7 @@ mod writer_lock;
 pub use cells::CounterCell;
 #[cfg(test)]
 pub(crate) use cells::OwnSettled;
-pub(crate) use cells::{IdMap, Keyed, Settled, SettledSlot, SmallStr};
+pub(crate) use cells::{hash_id, same_bytes, IdMap, Keyed, Settled, SettledSlot, SmallStr};
 pub(crate) use live::{peak_decayed, Summary};
 pub use live::{EndpointState, LATENCY_EWMA_ALPHA, PEAK_EWMA_DECAY_MS, SUCCESS_EWMA_ALPHA};
 
