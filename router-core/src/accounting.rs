@@ -551,20 +551,7 @@ fn has_workspace_budget(snap: &Snapshot, req: &RouteRequest) -> bool {
 #[inline]
 fn estimate_micros(model: &Model, slot: &Slot, est_in: u64, est_out: u64) -> i64 {
     let pricing = slot.config.pricing.as_ref().unwrap_or(&model.pricing);
-    micros_of(pricing.cost(est_in, est_out))
-}
-
-/// [`to_micros`] without a call to `round` for a cost in `[0, 2^52)` micro-units (prices are
-/// validated finite and non-negative).
-#[inline]
-fn micros_of(cost: f64) -> i64 {
-    let x = cost * crate::usage::MICROS;
-    if !(0.0..4_503_599_627_370_496.0).contains(&x) {
-        return to_micros(cost);
-    }
-    // `x - trunc(x)` is exact below 2^52; `round` goes half away from zero.
-    let t = x as i64;
-    t + i64::from(x - t as f64 >= 0.5)
+    to_micros(pricing.cost(est_in, est_out))
 }
 
 /// The decision path's accounting for one request.
@@ -954,16 +941,17 @@ mod tests {
             -0.25e-6,
             f64::NAN,
         ] {
-            assert_eq!(micros_of(cost), to_micros(cost), "{cost}");
+            assert_eq!(to_micros(cost), (cost * crate::usage::MICROS).round() as i64, "{cost}");
         }
     }
 
     proptest! {
         #[test]
-        fn micros_of_any_cost(cost in 0.0f64..1e10, tokens in 0u64..1_000_000, per_1k in 0.0f64..1.0) {
-            prop_assert_eq!(micros_of(cost), to_micros(cost));
+        fn micros_of_any_cost_round_as_libm_does(cost in 0.0f64..1e10, tokens in 0u64..1_000_000, per_1k in 0.0f64..1.0) {
+            let libm = |c: f64| (c * crate::usage::MICROS).round() as i64;
+            prop_assert_eq!(to_micros(cost), libm(cost));
             let c = per_1k * tokens as f64 / 1000.0;
-            prop_assert_eq!(micros_of(c), to_micros(c));
+            prop_assert_eq!(to_micros(c), libm(c));
         }
     }
 }
