@@ -50,11 +50,6 @@ impl LatencyHistogram {
         self.add(bin_of(ms), 1);
     }
 
-    /// Record one latency by its bin ([`bin_of`]), computed once for several histograms.
-    pub(crate) fn record_bin(&mut self, bin: u16) {
-        self.add(bin, 1);
-    }
-
     /// Record `n` latencies of one bin.
     pub(crate) fn record_bins(&mut self, bin: u16, n: u32) {
         self.add(bin, n);

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use super::{from_micros, LatencyHistogram, Sample, UsageConfig, UsageTotals};
+use super::{from_micros, LatencyHistogram, UsageConfig, UsageTotals};
 
 pub(crate) const MINUTE: u64 = 60_000;
 pub(crate) const HOUR: u64 = 3_600_000;
@@ -23,7 +23,8 @@ pub(crate) struct Bucket {
 }
 
 impl Bucket {
-    /// An empty bucket starting at `start_ms`.
+    /// An empty bucket starting at `start_ms` (the reference model's).
+    #[cfg(test)]
     pub(crate) fn at(start_ms: u64) -> Bucket {
         Bucket {
             start_ms,
@@ -31,31 +32,37 @@ impl Bucket {
         }
     }
 
-    /// Add one sample.
-    #[cfg(test)]
-    pub(crate) fn add(&mut self, s: &Sample<'_>, bin: u16) {
-        self.add_counts(s);
-        self.latency.record_bin(bin);
+    /// A bucket from a batch's sums: `counts` are requests, successes, tokens in and out.
+    pub(crate) fn from_sums(
+        start_ms: u64,
+        counts: [u64; 4],
+        cost_micros: i64,
+        latency_sum_ms: f64,
+        latency: LatencyHistogram,
+    ) -> Bucket {
+        let [requests, successes, tokens_in, tokens_out] = counts;
+        Bucket {
+            start_ms,
+            requests,
+            successes,
+            tokens_in,
+            tokens_out,
+            cost_micros,
+            latency_sum_ms,
+            latency,
+        }
     }
 
-    /// Add one sample's counts and sums, not its latency bin.
-    pub(crate) fn add_counts(&mut self, s: &Sample<'_>) {
+    /// Add one sample (the reference model's; shards add through their batches).
+    #[cfg(test)]
+    pub(crate) fn add(&mut self, s: &super::Sample<'_>, bin: u16) {
         self.requests += 1;
         self.successes += u64::from(s.success);
         self.tokens_in += s.tokens_in;
         self.tokens_out += s.tokens_out;
         self.cost_micros += s.cost_micros;
         self.latency_sum_ms += s.latency_ms;
-    }
-
-    /// Add one latency bin.
-    pub(crate) fn record_bin(&mut self, bin: u16) {
-        self.latency.record_bin(bin);
-    }
-
-    /// Add `n` latencies of one bin.
-    pub(crate) fn record_bins(&mut self, bin: u16, n: u32) {
-        self.latency.record_bins(bin, n);
+        self.latency.record_bins(bin, 1);
     }
 
     pub(crate) fn merge(&mut self, o: &Bucket) {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use super::series::{Bucket, Series};
-use super::{from_micros, RequestRecord, Sample, UsageConfig};
+use super::{from_micros, LatencyHistogram, RequestRecord, Sample, UsageConfig};
 
 /// The key that keys past `max_keys` are counted under.
 pub(crate) const OTHER: &str = "_other";
@@ -187,37 +187,90 @@ impl Recent {
     }
 }
 
-/// Latency bins of a batch: counts over a window of consecutive bins (one indexed add per
-/// sample instead of a search in a sorted list); a bin outside a window that cannot grow goes
-/// straight to the bucket's histogram.
-///
-/// A count is one byte: every 256th sample of a bin moves 256 into the bucket's histogram, so
-/// a window of the bench's latency spread (~140 bins) fills three cache lines, not nine, and a
-/// shard's windows for 1,000 endpoints stay in a core's L2.
-#[derive(Debug, Default)]
-struct Window {
-    lo: u16,
-    counts: Vec<u8>,
-}
-
-/// The widest window, in bins (1.02^512: latencies over a range of 25,000 to 1).
+/// The widest latency window, in bins (1.02^512: latencies over a range of 25,000 to 1).
 const MAX_WINDOW: usize = 512;
 
-impl Window {
-    fn add(&mut self, bin: u16, b: &mut Bucket) {
-        let i = usize::from(bin).wrapping_sub(usize::from(self.lo));
-        if let Some(c) = self.counts.get_mut(i) {
-            *c = c.wrapping_add(1);
-            if *c == 0 {
-                b.record_bins(bin, 256);
-            }
-        } else {
-            self.grow(bin, b);
+/// The samples of one cell and one minute held back in a shard: the counts and sums, and the
+/// latency bins as counts over a window of consecutive bins (one indexed add per sample
+/// instead of a search in a sorted list).
+///
+/// Everything a sample touches sits on one cache line (the minute as a minute number, the
+/// request counts in 32 bits: one shard's samples of one key in one minute), so at 1,000
+/// endpoints a report reads one cold line for its endpoint's batch, plus the window's. The
+/// cell and the histogram that full counts carry into are in [`Spill`], read now and then.
+///
+/// A count is one byte: every 256th sample of a bin moves 256 into the spill's histogram, so a
+/// window of the bench's latency spread (~140 bins) fills three cache lines, not nine, and a
+/// shard's windows for 1,000 endpoints stay in a core's L2.
+#[derive(Debug)]
+#[repr(C, align(64))]
+struct Batch {
+    /// The start of its minute, in minutes since the epoch.
+    minute: u32,
+    requests: u32,
+    successes: u32,
+    /// The bin of `counts[0]`.
+    lo: u16,
+    tokens_in: u64,
+    tokens_out: u64,
+    cost_micros: i64,
+    latency_sum_ms: f64,
+    counts: Box<[u8]>,
+}
+
+/// What a batch needs only when it grows, carries a full count, or finishes.
+#[derive(Debug)]
+struct Spill {
+    cell: Arc<Cell>,
+    latency: LatencyHistogram,
+}
+
+/// Minutes since the epoch of a minute's start, ms (saturating, past the year 10,000).
+fn minute_number(start_ms: u64) -> u32 {
+    u32::try_from(start_ms / super::series::MINUTE).unwrap_or(u32::MAX)
+}
+
+impl Batch {
+    fn at(start_ms: u64) -> Batch {
+        Batch {
+            minute: minute_number(start_ms),
+            requests: 0,
+            successes: 0,
+            lo: 0,
+            tokens_in: 0,
+            tokens_out: 0,
+            cost_micros: 0,
+            latency_sum_ms: 0.0,
+            counts: Box::default(),
         }
     }
 
+    /// Whether a sample of the minute starting at `start_ms` joins this batch.
+    #[inline]
+    fn covers(&self, start_ms: u64) -> bool {
+        u64::from(self.minute) * super::series::MINUTE >= start_ms
+    }
+
+    /// Add a sample; returns a latency bin and a count that go to the spill's histogram (a
+    /// full count, or a bin the window cannot take).
+    #[inline]
+    fn add(&mut self, s: &Sample<'_>, bin: u16) -> Option<(u16, u32)> {
+        self.requests += 1;
+        self.successes += u32::from(s.success);
+        self.tokens_in += s.tokens_in;
+        self.tokens_out += s.tokens_out;
+        self.cost_micros += s.cost_micros;
+        self.latency_sum_ms += s.latency_ms;
+        let i = usize::from(bin).wrapping_sub(usize::from(self.lo));
+        if let Some(c) = self.counts.get_mut(i) {
+            *c = c.wrapping_add(1);
+            return (*c == 0).then_some((bin, 256));
+        }
+        self.grow(bin)
+    }
+
     #[cold]
-    fn grow(&mut self, bin: u16, b: &mut Bucket) {
+    fn grow(&mut self, bin: u16) -> Option<(u16, u32)> {
         let (lo, hi) = if self.counts.is_empty() {
             (bin.saturating_sub(16), usize::from(bin) + 16)
         } else {
@@ -226,9 +279,9 @@ impl Window {
         };
         let hi = hi.min(usize::from(u16::MAX) + 1);
         if hi - usize::from(lo) > MAX_WINDOW {
-            return b.record_bin(bin);
+            return Some((bin, 1));
         }
-        let mut counts = vec![0; hi - usize::from(lo)];
+        let mut counts = vec![0; hi - usize::from(lo)].into_boxed_slice();
         if !self.counts.is_empty() {
             let shift = usize::from(self.lo - lo);
             counts[shift..shift + self.counts.len()].copy_from_slice(&self.counts);
@@ -236,38 +289,37 @@ impl Window {
         counts[usize::from(bin - lo)] = 1;
         self.lo = lo;
         self.counts = counts;
+        None
     }
 
-    /// Move the counts into the bucket's histogram. The window keeps its range (the next
-    /// minute's latencies are most likely in it), zeroed.
-    fn drain_into(&mut self, b: &mut Bucket) {
+    /// The finished bucket, its counts drained into `latency`; the batch starts again at
+    /// `next_minute`, its window keeping its range (the next minute's latencies are most
+    /// likely in it), zeroed.
+    fn finish(&mut self, latency: &mut LatencyHistogram, next_minute: u64) -> Bucket {
+        let mut h = std::mem::take(latency);
         for (i, n) in self.counts.iter_mut().enumerate() {
             if *n > 0 {
-                b.record_bins(self.lo + i as u16, u32::from(*n));
+                h.record_bins(self.lo + i as u16, u32::from(*n));
                 *n = 0;
             }
         }
-    }
-}
-
-/// The samples of one cell and one minute held back in a shard.
-#[derive(Debug)]
-struct Batch {
-    cell: Arc<Cell>,
-    bucket: Bucket,
-    window: Window,
-}
-
-impl Batch {
-    fn add(&mut self, s: &Sample<'_>, bin: u16) {
-        self.bucket.add_counts(s);
-        self.window.add(bin, &mut self.bucket);
-    }
-
-    /// The finished bucket, handed to the cell.
-    fn finish(&mut self, next_minute: u64) -> Bucket {
-        let mut b = std::mem::replace(&mut self.bucket, Bucket::at(next_minute));
-        self.window.drain_into(&mut b);
+        let b = Bucket::from_sums(
+            u64::from(self.minute) * super::series::MINUTE,
+            [
+                u64::from(self.requests),
+                u64::from(self.successes),
+                self.tokens_in,
+                self.tokens_out,
+            ],
+            self.cost_micros,
+            self.latency_sum_ms,
+            h,
+        );
+        *self = Batch {
+            lo: self.lo,
+            counts: std::mem::take(&mut self.counts),
+            ..Batch::at(next_minute)
+        };
         b
     }
 }
@@ -275,9 +327,10 @@ impl Batch {
 /// Samples held back per cell, one minute each.
 #[derive(Debug, Default)]
 struct Batches {
-    /// By cell id: the index in `open` of the cell's batch, or `NONE`.
+    /// By cell id: the index in `open` (and `spill`) of the cell's batch, or `NONE`.
     index: Vec<u32>,
     open: Vec<Batch>,
+    spill: Vec<Spill>,
 }
 
 const NONE: u32 = u32::MAX;
@@ -289,9 +342,14 @@ impl Batches {
     #[inline]
     fn add(&mut self, cell: &Arc<Cell>, id: u32, s: &Sample<'_>, bin: u16, minute: u64) {
         let id = id as usize;
-        if let Some(b) = self.index.get(id).and_then(|&k| self.open.get_mut(k as usize)) {
-            if b.bucket.start_ms >= minute {
-                return b.add(s, bin);
+        if let Some(&k) = self.index.get(id) {
+            if let Some(b) = self.open.get_mut(k as usize) {
+                if b.covers(minute) {
+                    if let Some((bin, n)) = b.add(s, bin) {
+                        self.spill[k as usize].latency.record_bins(bin, n);
+                    }
+                    return;
+                }
             }
         }
         self.add_slow(cell, id, s, bin, minute);
@@ -303,33 +361,38 @@ impl Batches {
         if id >= self.index.len() {
             self.index.resize(id + 1, NONE);
         }
-        match self.open.get_mut(self.index[id] as usize) {
-            Some(b) if b.bucket.start_ms >= minute => b.add(s, bin),
-            Some(b) => {
-                // The key's next minute: the finished one goes to the cell.
-                let done = b.finish(minute);
-                b.add(s, bin);
-                b.cell.series.lock().place(done);
+        let k = self.index[id] as usize;
+        let Some(b) = self.open.get_mut(k) else {
+            let mut b = Batch::at(minute);
+            let mut spill = Spill {
+                cell: cell.clone(),
+                latency: LatencyHistogram::default(),
+            };
+            if let Some((bin, n)) = b.add(s, bin) {
+                spill.latency.record_bins(bin, n);
             }
-            None => {
-                let mut b = Batch {
-                    cell: cell.clone(),
-                    bucket: Bucket::at(minute),
-                    window: Window::default(),
-                };
-                b.add(s, bin);
-                self.index[id] = self.open.len() as u32;
-                self.open.push(b);
-            }
+            self.index[id] = self.open.len() as u32;
+            self.open.push(b);
+            self.spill.push(spill);
+            return;
+        };
+        let spill = &mut self.spill[k];
+        if !b.covers(minute) {
+            // The key's next minute: the finished one goes to the cell.
+            let done = b.finish(&mut spill.latency, minute);
+            spill.cell.series.lock().place(done);
+        }
+        if let Some((bin, n)) = b.add(s, bin) {
+            spill.latency.record_bins(bin, n);
         }
     }
 
     /// Hand every batch to its cell.
     fn flush(&mut self) {
-        for mut b in self.open.drain(..) {
-            self.index[b.cell.id as usize] = NONE;
-            let done = b.finish(0);
-            b.cell.series.lock().place(done);
+        for (mut b, mut spill) in self.open.drain(..).zip(self.spill.drain(..)) {
+            self.index[spill.cell.id as usize] = NONE;
+            let done = b.finish(&mut spill.latency, 0);
+            spill.cell.series.lock().place(done);
         }
     }
 }
@@ -461,3 +524,6 @@ pub(crate) fn shard_count() -> usize {
 
 // A recent request fills at most 88 bytes of its shard's ring.
 const _: () = assert!(std::mem::size_of::<Recent>() <= 88);
+
+// What a sample touches in its batch is one cache line.
+const _: () = assert!(std::mem::size_of::<Batch>() == 64);
