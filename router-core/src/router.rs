@@ -1952,7 +1952,7 @@ fn first_decision(
     if ordered.is_none() && scope.fallback_models.is_empty() {
         // The common case: the strategy's own next choices, no allocation.
         for (k, i) in p.fallbacks.iter().take(snap.config.max_fallbacks).enumerate() {
-            fallbacks[k] = members[i].target;
+            fallbacks[k] = scope.pool.targets[i];
         }
     } else {
         let mut chain: Vec<usize> = match ordered {
@@ -1973,7 +1973,7 @@ fn first_decision(
             }
         }
         for (k, i) in chain.into_iter().take(snap.config.max_fallbacks).enumerate() {
-            fallbacks[k] = members[i].target;
+            fallbacks[k] = scope.pool.targets[i];
         }
     }
     Decision {

@@ -245,6 +245,9 @@ pub(crate) struct Pool {
     pub(crate) hot: Box<[Hot]>,
     /// Each member's blended price per 1k tokens.
     pub(crate) costs: Box<[f64]>,
+    /// Each member's [`Slot::target`]: a decision's fallbacks are read from here, not from
+    /// their slots (at 1,000 endpoints, a cold line each).
+    pub(crate) targets: Box<[u32]>,
     /// The members' distinct regions ([`Hot::region`] indexes them).
     pub(crate) regions: Box<[Arc<str>]>,
     /// The members' hybrid cost terms.
@@ -301,6 +304,7 @@ impl Pool {
             })
             .collect();
         let costs = members.iter().map(|m| m.cost_per_1k).collect();
+        let targets = members.iter().map(|m| m.target).collect();
         let h = &config.hybrid;
         let hybrid_costs = HybridCosts {
             weight: h.cost,
@@ -318,6 +322,7 @@ impl Pool {
             models: models.into_boxed_slice(),
             hot,
             costs,
+            targets,
             regions: regions.into_boxed_slice(),
             hybrid_costs,
             rr_cursor: Cursor::new(rand::random::<u32>() as usize),
