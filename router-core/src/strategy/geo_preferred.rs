@@ -33,7 +33,7 @@ impl Strategy for GeoPreferred {
         let (i, _, f) = c.scan_bounded(
             rng,
             0.0,
-            |_, hot| {
+            |_, hot, _| {
                 if floors && !in_region(hot.region) {
                     OUT_OF_REGION
                 } else {

@@ -294,15 +294,25 @@ impl Strategy for Hybrid {
             _ => 0.0,
         };
         // Every term is ≥ 0, so the cost and region terms are a floor of the score: a member
-        // whose floor is above the bound is passed over without a look at its state. Not with
-        // predicted loads: computing one rolls the endpoint's forecast.
+        // whose floor is above the bound is passed over without a look at its state; else
+        // the latency term from the lower bound of the latency is added (load and health terms
+        // left out), read from the line of the state the eligibility check reads, so most
+        // members are passed over before that check. The margin covers the rounding of both
+        // sums. Not with predicted loads: computing one rolls the endpoint's forecast.
         let floors = !c.config.prediction.predicts_load();
-        let floor = |i: usize, hot: &Hot| {
-            if floors {
-                (cost_of(i) + w.region * off(hot.region)) * DOWN
-            } else {
-                f64::NEG_INFINITY
+        let floor = |i: usize, hot: &Hot, above: f64| {
+            if !floors {
+                return f64::NEG_INFINITY;
             }
+            let fixed = cost_of(i) + w.region * off(hot.region);
+            if fixed * DOWN > above {
+                return fixed * DOWN;
+            }
+            let lo = match hot.state.peak_ewma_raw() {
+                None => default_latency,
+                Some((v, ts)) => v * decay_bounds(tables, now_ms.saturating_sub(ts)).0,
+            };
+            (fixed + w.latency * lo / (lo + w.latency_ref_ms)) * DOWN
         };
         let (i, value, f) = c.scan_bounded(rng, c.config.near_tie_tolerance, floor, super::no_key, |m, above| {
             let st = &m.hot.state;

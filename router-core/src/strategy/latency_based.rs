@@ -32,7 +32,7 @@ impl Strategy for LatencyBased {
         // The latency is a floor of the score (a health divisor is at most 1, latencies are
         // at least 0), read from the line of the state the eligibility check reads: most
         // members are passed over on it, before that check.
-        let floor = |_: usize, hot: &Hot| hot.state.latency_ewma_ms().unwrap_or(default);
+        let floor = |_: usize, hot: &Hot, _: f64| hot.state.latency_ewma_ms().unwrap_or(default);
         let (i, value, f) = c.scan_bounded(rng, tol, floor, super::no_key, |m, _| {
             let latency = m.hot.state.latency_ewma_ms().unwrap_or(default);
             Some(health::divide(latency, c.scanned_divisor(m)))

@@ -721,9 +721,11 @@ impl<'a> Candidates<'a> {
     /// [`Candidates::scan`] for scores that are costly to compute exactly: `score` returns
     /// bounds ([`Bounded`]), or `None` when the score is certainly above `above`, and the
     /// exact score is computed only when the bounds cannot tell what the ranking does with the
-    /// member. `floor(i, hot)` is a number the score of member `i` cannot be below, whatever
-    /// its live state (from the pool's arrays: a price, a region); a member whose floor is
-    /// above the bound is passed over before its eligibility is even checked. `key(member)`,
+    /// member. `floor(i, hot, above)` is a number the score of member `i` cannot be below,
+    /// whatever its eligibility (from the pool's arrays: a price, a region; or from the line
+    /// of its live state that the eligibility check reads: a latency), or any number above
+    /// `above` once it knows the floor is; a member whose floor is above the bound is passed
+    /// over before its eligibility is even checked. `key(member)`,
     /// when `Some`, is a number that members with the same score share (for instance load and
     /// capacity at full health): a member with the key of the last tie for first place, the
     /// list unchanged since, is a tie too, counted without its score (the long runs of equal
@@ -734,7 +736,7 @@ impl<'a> Candidates<'a> {
         &self,
         rng: &mut dyn RngCore,
         tolerance: f64,
-        floor: impl Fn(usize, &Hot) -> f64,
+        floor: impl Fn(usize, &Hot, f64) -> f64,
         key: impl Fn(&Scanned<'_>) -> Option<u64>,
         mut score: impl FnMut(&Scanned<'_>, f64) -> Option<B>,
     ) -> Option<(usize, f64, Fallbacks)> {
@@ -755,7 +757,7 @@ impl<'a> Candidates<'a> {
         // The key of the last member found to tie for first place with the list as it is now.
         let mut tie_key = None;
         for (i, hot) in self.pool.hot.iter().enumerate() {
-            if floor(i, hot) > view.above {
+            if floor(i, hot, view.above) > view.above {
                 continue;
             }
             let quick = if hot.flags != 0 {
@@ -847,7 +849,7 @@ pub(crate) fn no_key(_: &Scanned<'_>) -> Option<u64> {
 /// The floor of [`Candidates::scan_bounded`] for scores with none known before a member's live
 /// state is read.
 #[inline(always)]
-pub(crate) fn no_floor(_: usize, _: &Hot) -> f64 {
+pub(crate) fn no_floor(_: usize, _: &Hot, _: f64) -> f64 {
     f64::NEG_INFINITY
 }
 
