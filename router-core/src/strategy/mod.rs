@@ -462,6 +462,8 @@ pub(crate) struct Scanned<'a> {
     pub(crate) seen: Seen,
     /// Whether loads are predicted (`prediction.predicted_load`), read once per scan.
     pub(crate) predicts: bool,
+    /// The floor the scan found for it ([`Candidates::scan_bounded`]).
+    pub(crate) floor: f64,
 }
 
 /// The candidate endpoints of one request, with the rules that decide which may be picked.
@@ -757,7 +759,8 @@ impl<'a> Candidates<'a> {
         // The key of the last member found to tie for first place with the list as it is now.
         let mut tie_key = None;
         for (i, hot) in self.pool.hot.iter().enumerate() {
-            if floor(i, hot, view.above) > view.above {
+            let floor = floor(i, hot, view.above);
+            if floor > view.above {
                 continue;
             }
             let quick = if hot.flags != 0 {
@@ -819,7 +822,13 @@ impl<'a> Candidates<'a> {
                         load: seen.load,
                         health: 1.0,
                     };
-                    offer!(Scanned { i, hot, seen, predicts });
+                    offer!(Scanned {
+                        i,
+                        hot,
+                        seen,
+                        predicts,
+                        floor
+                    });
                 }
                 _ => {
                     let seen = match quick {
@@ -832,7 +841,13 @@ impl<'a> Candidates<'a> {
                             Err(_) => continue,
                         },
                     };
-                    offer!(Scanned { i, hot, seen, predicts });
+                    offer!(Scanned {
+                        i,
+                        hot,
+                        seen,
+                        predicts,
+                        floor
+                    });
                 }
             }
         }
