@@ -726,8 +726,9 @@ impl<'a> Candidates<'a> {
     /// member. `floor(i, hot, above)` is a number the score of member `i` cannot be below,
     /// whatever its eligibility (from the pool's arrays: a price, a region; or from the line
     /// of its live state that the eligibility check reads: a latency), or any number above
-    /// `above` once it knows the floor is; a member whose floor is above the bound is passed
-    /// over before its eligibility is even checked. `key(member)`,
+    /// `above` once it knows the score is above it; a member whose floor is above the bound is
+    /// passed over before its eligibility is even checked. The floor of a member that is not
+    /// passed over reaches `score` ([`Scanned::floor`]). `key(member)`,
     /// when `Some`, is a number that members with the same score share (for instance load and
     /// capacity at full health): a member with the key of the last tie for first place, the
     /// list unchanged since, is a tie too, counted without its score (the long runs of equal
