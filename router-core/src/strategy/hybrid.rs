@@ -313,65 +313,21 @@ impl Bounded for HybridBounds<'_> {
 
 impl Strategy for Hybrid {
     fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
-        // Copied out, so that the loop keeps them at hand.
-        let weights = c.config.hybrid;
-        let w = &weights;
-        let default_latency = c.config.default_latency_ms;
-        let now_ms = c.now_ms;
-        // Regions compared as indices into the pool's distinct regions, not as strings.
-        let pref = c.preferred_region();
+        let w = &c.config.hybrid;
         let pre = &c.pool.hybrid_costs;
-        let costs = (pre.weight == w.cost && pre.reference == w.cost_ref_per_1k).then_some(&pre.terms);
-        let tables = decay_tables();
-        let cost_of = |i: usize| match costs {
-            Some(t) => t[i],
-            None => hybrid_cost_term(w, c.pool.costs[i]),
-        };
-        // The cost and region terms (exactly as `combine` computes the region's).
-        let fixed = |i: usize, region: u32| {
-            let off_region = match pref {
-                Some(p) if region != p => 1.0,
-                _ => 0.0,
-            };
-            (cost_of(i), off_region, cost_of(i) + w.region * off_region)
-        };
         // Every term is ≥ 0, so the cost and region terms are a floor of the score: a member
-        // whose floor is above the bound is passed over without a look at its state; else
-        // the latency term's floor is added (load and health terms left out), read from the
-        // line of the state the eligibility check reads, so most members are passed over
-        // before that check. Not with predicted loads: computing one rolls the endpoint's
-        // forecast.
+        // whose floor is above the bound is passed over without a look at its state. Not with
+        // predicted loads: computing one rolls the endpoint's forecast.
         let floors = !c.config.prediction.predicts_load();
-        let floor = |i: usize, hot: &Hot, above: f64| {
-            if !floors {
-                return f64::NEG_INFINITY;
-            }
-            let (_, _, fixed) = fixed(i, hot.region);
-            if fixed * DOWN > above {
-                return fixed * DOWN;
-            }
-            score_floor(w, tables, fixed, hot.state.peak_ewma_raw(), now_ms, default_latency)
+        // The common case (the pool's cost terms, floors) compiled on its own, with no test
+        // of either in the loop.
+        let (i, value, f) = if pre.weight == w.cost && pre.reference == w.cost_ref_per_1k && floors {
+            // The length known equal to the pool's, so that the lookups need no bounds check.
+            let terms = &pre.terms[..c.pool.hot.len()];
+            scan(c, rng, true, |i| terms[i])?
+        } else {
+            scan(c, rng, floors, |i| hybrid_cost_term(w, c.pool.costs[i]))?
         };
-        let (i, value, f) = c.scan_bounded(rng, c.config.near_tie_tolerance, floor, super::no_key, |m, _| {
-            let load = c.scanned_load(m);
-            let load_term = if load == 0 {
-                // u = 0: the term is 0 exactly.
-                0.0
-            } else {
-                load_term(w, utilization(load, m.hot.capacity))
-            };
-            let health = c.scanned_health(m);
-            let (cost, off_region, fixed) = fixed(m.i, m.hot.region);
-            Some(HybridBounds::new(
-                w,
-                tables,
-                (load_term, health, cost, off_region, fixed),
-                m.hot.state.peak_ewma_raw(),
-                now_ms,
-                default_latency,
-                floors.then_some(m.floor),
-            ))
-        })?;
         Some(Pick::new(
             i,
             f,
@@ -381,6 +337,69 @@ impl Strategy for Hybrid {
             },
         ))
     }
+}
+
+/// The hybrid scan, with the members' cost terms from `cost_of` and, with `floors`, floors.
+#[inline(always)]
+fn scan(
+    c: &Candidates<'_>,
+    rng: &mut dyn RngCore,
+    floors: bool,
+    cost_of: impl Fn(usize) -> f64,
+) -> Option<(usize, f64, super::Fallbacks)> {
+    // Copied out, so that the loop keeps them at hand.
+    let weights = c.config.hybrid;
+    let w = &weights;
+    let default_latency = c.config.default_latency_ms;
+    let now_ms = c.now_ms;
+    let tables = decay_tables();
+    // Regions compared as indices into the pool's distinct regions, not as strings: a member
+    // is off the preferred region (`off_region` 1, else 0) when there is a preference and its
+    // region is not it.
+    let (pref, off_pref) = match c.preferred_region() {
+        Some(p) => (p, 1.0),
+        None => (0, 0.0),
+    };
+    // The cost and region terms (exactly as `combine` computes the region's).
+    let fixed = |i: usize, region: u32| {
+        let off_region = if region == pref { 0.0 } else { off_pref };
+        let cost = cost_of(i);
+        (cost, off_region, cost + w.region * off_region)
+    };
+    // A member whose cost and region terms are above the bound is passed over without a look
+    // at its state; else the latency term's floor is added (load and health terms left out),
+    // read from the line of the state the eligibility check reads, so most members are
+    // passed over before that check.
+    let floor = |i: usize, hot: &Hot, above: f64| {
+        if !floors {
+            return f64::NEG_INFINITY;
+        }
+        let (_, _, fixed) = fixed(i, hot.region);
+        if fixed * DOWN > above {
+            return fixed * DOWN;
+        }
+        score_floor(w, tables, fixed, hot.state.peak_ewma_raw(), now_ms, default_latency)
+    };
+    c.scan_bounded(rng, c.config.near_tie_tolerance, floor, super::no_key, |m, _| {
+        let load = c.scanned_load(m);
+        let load_term = if load == 0 {
+            // u = 0: the term is 0 exactly.
+            0.0
+        } else {
+            load_term(w, utilization(load, m.hot.capacity))
+        };
+        let health = c.scanned_health(m);
+        let (cost, off_region, fixed) = fixed(m.i, m.hot.region);
+        Some(HybridBounds::new(
+            w,
+            tables,
+            (load_term, health, cost, off_region, fixed),
+            m.hot.state.peak_ewma_raw(),
+            now_ms,
+            default_latency,
+            floors.then_some(m.floor),
+        ))
+    })
 }
 
 #[cfg(test)]
