@@ -31,10 +31,12 @@ impl Strategy for LatencyBased {
         let default = c.config.default_latency_ms;
         // The latency is a floor of the score (a health divisor is at most 1, latencies are
         // at least 0), read from the line of the state the eligibility check reads: most
-        // members are passed over on it, before that check.
-        let floor = |_: usize, hot: &Hot, _: f64| hot.state.latency_ewma_ms().unwrap_or(default);
+        // members are passed over on it, before that check. NaN without a sample (not passed
+        // over then: the prior counts).
+        let floor = |_: usize, hot: &Hot, _: f64| hot.state.latency_ewma_or_nan();
         let (i, value, f) = c.scan_bounded(rng, tol, floor, super::no_key, |m, _| {
-            let latency = m.hot.state.latency_ewma_ms().unwrap_or(default);
+            // The floor is the latency as read.
+            let latency = if m.floor.is_nan() { default } else { m.floor };
             Some(health::divide(latency, c.scanned_divisor(m)))
         })?;
         Some(Pick::new(
