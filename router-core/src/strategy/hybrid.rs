@@ -18,6 +18,7 @@
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 use super::{utilization, Bounded, Candidates, Detail, Pick, Strategy};
@@ -370,15 +371,23 @@ fn scan(
     // at its state; else the latency term's floor is added (load and health terms left out),
     // read from the line of the state the eligibility check reads, so most members are
     // passed over before that check.
+    //
+    // The floor hands its sum over to the member's score (`last`, NaN when it stopped at the
+    // first test): the scan calls `score` right after the floor of a member it does not pass
+    // over.
+    let last = Cell::new(f64::NAN);
     let floor = |i: usize, hot: &Hot, above: f64| {
         if !floors {
             return f64::NEG_INFINITY;
         }
         let (_, _, fixed) = fixed(i, hot.region);
         if fixed * DOWN > above {
+            last.set(f64::NAN);
             return fixed * DOWN;
         }
-        score_floor(w, tables, fixed, hot.state.peak_ewma_raw(), now_ms, default_latency)
+        let floor = score_floor(w, tables, fixed, hot.state.peak_ewma_raw(), now_ms, default_latency);
+        last.set(floor);
+        floor
     };
     c.scan_bounded(rng, c.config.near_tie_tolerance, floor, super::no_key, |m, _| {
         let load = c.scanned_load(m);
@@ -397,7 +406,7 @@ fn scan(
             m.hot.state.peak_ewma_raw(),
             now_ms,
             default_latency,
-            floors.then_some(m.floor),
+            Some(last.get()).filter(|f| floors && !f.is_nan()),
         ))
     })
 }

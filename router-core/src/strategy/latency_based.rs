@@ -35,8 +35,8 @@ impl Strategy for LatencyBased {
         // over then: the prior counts).
         let floor = |_: usize, hot: &Hot, _: f64| hot.state.latency_ewma_or_nan();
         let (i, value, f) = c.scan_bounded(rng, tol, floor, super::no_key, |m, _| {
-            // The floor is the latency as read.
-            let latency = if m.floor.is_nan() { default } else { m.floor };
+            let latency = m.hot.state.latency_ewma_or_nan();
+            let latency = if latency.is_nan() { default } else { latency };
             Some(health::divide(latency, c.scanned_divisor(m)))
         })?;
         Some(Pick::new(

@@ -462,8 +462,6 @@ pub(crate) struct Scanned<'a> {
     pub(crate) seen: Seen,
     /// Whether loads are predicted (`prediction.predicted_load`), read once per scan.
     pub(crate) predicts: bool,
-    /// The floor the scan found for it ([`Candidates::scan_bounded`]).
-    pub(crate) floor: f64,
 }
 
 /// The candidate endpoints of one request, with the rules that decide which may be picked.
@@ -724,11 +722,11 @@ impl<'a> Candidates<'a> {
     /// bounds ([`Bounded`]), or `None` when the score is certainly above `above`, and the
     /// exact score is computed only when the bounds cannot tell what the ranking does with the
     /// member. `floor(i, hot, above)` is a number the score of member `i` cannot be below,
-    /// whatever its eligibility (from the pool's arrays: a price, a region; or from the line
-    /// of its live state that the eligibility check reads: a latency), or any number above
-    /// `above` once it knows the score is above it; a member whose floor is above the bound is
-    /// passed over before its eligibility is even checked. The floor of a member that is not
-    /// passed over reaches `score` ([`Scanned::floor`]). `key(member)`,
+    /// whatever its eligibility (from the pool's arrays: a price, a region; or from the line of
+    /// its live state that the eligibility check reads: a latency), with `above` the bound it
+    /// is compared with; a member whose floor is above the bound is passed over before its
+    /// eligibility is even checked. For a member not passed over, `score` is called next,
+    /// before the floor of the next member. `key(member)`,
     /// when `Some`, is a number that members with the same score share (for instance load and
     /// capacity at full health): a member with the key of the last tie for first place, the
     /// list unchanged since, is a tie too, counted without its score (the long runs of equal
@@ -760,8 +758,7 @@ impl<'a> Candidates<'a> {
         // The key of the last member found to tie for first place with the list as it is now.
         let mut tie_key = None;
         for (i, hot) in self.pool.hot.iter().enumerate() {
-            let floor = floor(i, hot, view.above);
-            if floor > view.above {
+            if floor(i, hot, view.above) > view.above {
                 continue;
             }
             let quick = if hot.flags != 0 {
@@ -823,13 +820,7 @@ impl<'a> Candidates<'a> {
                         load: seen.load,
                         health: 1.0,
                     };
-                    offer!(Scanned {
-                        i,
-                        hot,
-                        seen,
-                        predicts,
-                        floor
-                    });
+                    offer!(Scanned { i, hot, seen, predicts });
                 }
                 _ => {
                     let seen = match quick {
@@ -842,13 +833,7 @@ impl<'a> Candidates<'a> {
                             Err(_) => continue,
                         },
                     };
-                    offer!(Scanned {
-                        i,
-                        hot,
-                        seen,
-                        predicts,
-                        floor
-                    });
+                    offer!(Scanned { i, hot, seen, predicts });
                 }
             }
         }
