@@ -1675,6 +1675,7 @@ mod scan_equivalence {
             mask_bits in 0..16u8,
             ttl in prop_oneof![Just(0u64), Just(100_000u64)],
             seed in any::<u64>(),
+            other_costs in any::<bool>(),
         ) {
             let mut config = RouterConfig {
                 near_tie_tolerance: tolerance,
@@ -1707,9 +1708,15 @@ mod scan_equivalence {
                 }
             }
             let pool = snap.type_pool(&ModelType::Chat).unwrap();
+            // Hybrid weights other than the snapshot's: its scan computes the cost terms.
+            let mut other = (*snap.config).clone();
+            other.hybrid.cost += 0.25;
             for tier in [Tier::Healthy, Tier::Degraded, Tier::Panic] {
                 for with_mask in [false, true] {
-                    let c = candidates(&snap, pool, &request, tier, with_mask.then_some(&mask));
+                    let c = Candidates {
+                        config: if other_costs { &other } else { &snap.config },
+                        ..candidates(&snap, pool, &request, tier, with_mask.then_some(&mask))
+                    };
                     for kind in SCANS {
                         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
                         let got = kind.pick(&c, &mut rng);
