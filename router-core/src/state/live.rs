@@ -394,6 +394,13 @@ impl EndpointState {
         self.latency_ewma.get()
     }
 
+    /// [`EndpointState::latency_ewma_ms`] as stored: NaN without a sample (a scan compares it
+    /// with a bound without a test for the sample first).
+    #[inline]
+    pub(crate) fn latency_ewma_or_nan(&self) -> f64 {
+        f64::from_bits(self.latency_ewma.0.load(Ordering::Relaxed))
+    }
+
     /// Time-to-first-token EWMA in ms, if any was reported.
     pub fn ttft_ewma_ms(&self) -> Option<f64> {
         self.ttft_ewma.get()

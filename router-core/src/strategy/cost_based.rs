@@ -30,7 +30,7 @@ impl Strategy for CostBased {
         let (i, value, f) = c.scan_bounded(
             rng,
             tol,
-            |i, _| costs[i],
+            |i, _, _| costs[i],
             // At full health the score is the price.
             |m| (m.seen.health == 1.0).then(|| costs[m.i].to_bits()),
             |m, _| Some(health::divide(costs[m.i], c.scanned_divisor(m))),

@@ -29,13 +29,18 @@ impl Strategy for GeoPreferred {
         // The least-loaded score is ≥ 0, so an endpoint outside the region scores at least the
         // offset: once the bound is below it, such an endpoint is passed over without a look at
         // its state. Not with predicted loads: computing one rolls the endpoint's forecast.
-        let floors = !c.config.prediction.predicts_load();
+        // The floor outside the region, and the region (any, when there is no preference: the
+        // floor is then `-∞` everywhere), worked out once.
+        let (out_floor, region) = match pref {
+            Some(p) if !c.config.prediction.predicts_load() => (OUT_OF_REGION, p),
+            _ => (f64::NEG_INFINITY, 0),
+        };
         let (i, _, f) = c.scan_bounded(
             rng,
             0.0,
-            |_, hot| {
-                if floors && !in_region(hot.region) {
-                    OUT_OF_REGION
+            |_, hot, _| {
+                if hot.region != region {
+                    out_floor
                 } else {
                     f64::NEG_INFINITY
                 }

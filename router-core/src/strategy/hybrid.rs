@@ -18,6 +18,7 @@
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 use super::{utilization, Bounded, Candidates, Detail, Pick, Strategy};
@@ -185,11 +186,44 @@ fn decay_bounds(tables: &DecayTables, elapsed_ms: u64) -> (f64, f64) {
     }
 }
 
-/// A member's hybrid score with its latency known within bounds until [`Bounded::exact`] asks
-/// for the decayed peak-EWMA latency (an `exp()`): only winners and members close to the
-/// kept ones need it. Every term is ≥ 0 and the latency term w·l / (l + ref) grows with l, so
-/// comparing the score with a threshold t becomes comparing w·l with (t - rest)·(l + ref);
-/// margins of 1e-12 cover the rounding of both sides.
+/// The margins of [`HybridBounds`].
+const UP: f64 = 1.0 + 1e-12;
+const DOWN: f64 = 1.0 - 1e-12;
+
+/// A lower bound of the latency term for the peak EWMA as read (value, when; `None`: the prior,
+/// whose term is exact), from the tables' lower bound of the decay.
+#[inline(always)]
+fn latency_term_floor(
+    w: &HybridWeights,
+    tables: &DecayTables,
+    peak: Option<(f64, u64)>,
+    now_ms: u64,
+    default_latency: f64,
+) -> f64 {
+    let l = match peak {
+        None => default_latency,
+        Some((v, ts)) => v * decay_bounds(tables, now_ms.saturating_sub(ts)).0,
+    };
+    w.latency * l / (l + w.latency_ref_ms)
+}
+
+/// How far the latency term can be above [`latency_term_floor`]: the term grows with slope at
+/// most w / ref, and the decay's bounds are 2e-9 apart (relative, decay ≤ 1), so the decayed
+/// latency is at most v · 2.02e-9 (and a few subnormals) above its lower bound. 0 for the prior.
+/// An overflow gives `+∞` or NaN: no upper bound then, which is safe.
+#[inline(always)]
+fn latency_term_slack(w: &HybridWeights, peak: Option<(f64, u64)>) -> f64 {
+    match peak {
+        None => 0.0,
+        Some((v, _)) => w.latency / w.latency_ref_ms * (v * 2.2e-9 + 1e-300),
+    }
+}
+
+/// A member's hybrid score known within [`lo`, `hi`] until [`Bounded::exact`] asks for the
+/// decayed peak-EWMA latency (an `exp()`): only winners and members close to the kept ones need
+/// it. Every term is ≥ 0: `lo` is the sum with the latency term's floor, less a relative 1e-12,
+/// `hi` the sum with its floor and slack, more 1e-12; the margins cover the rounding of the
+/// sums and of the terms, far above it.
 struct HybridBounds<'a> {
     w: &'a HybridWeights,
     load_term: f64,
@@ -200,38 +234,35 @@ struct HybridBounds<'a> {
     peak: Option<(f64, u64)>,
     now_ms: u64,
     default_latency: f64,
-    /// The sum of every term but latency, less and more a relative 1e-12.
-    rest_lo: f64,
-    rest_hi: f64,
-    /// w · lo, less 1e-12, and w · hi, more 1e-12, for the latency's bounds lo and hi.
-    w_lo: f64,
-    w_hi: f64,
-    /// lo + ref, more 1e-12, and hi + ref, less 1e-12.
-    lo_ref: f64,
-    hi_ref: f64,
+    lo: f64,
+    hi: f64,
 }
 
-/// The margins of [`HybridBounds`].
-const UP: f64 = 1.0 + 1e-12;
-const DOWN: f64 = 1.0 - 1e-12;
-
 impl<'a> HybridBounds<'a> {
-    /// Bounds for the score with the given terms, `rest` their sum without latency, and the
-    /// latency within [`lo`, `hi`].
+    /// Bounds for the score with the given terms (`fixed`: the cost and region terms summed,
+    /// `fixed = cost + w.region · off_region`). `floor`, when the load and health terms are 0:
+    /// the member's [`score_floor`], which is then the lower bound (the same sum).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn new(
         w: &'a HybridWeights,
-        load_term: f64,
-        health: f64,
-        cost: f64,
-        off_region: f64,
-        rest: f64,
-        (lo, hi): (f64, f64),
+        tables: &DecayTables,
+        (load_term, health, cost, off_region, fixed): (f64, f64, f64, f64, f64),
         peak: Option<(f64, u64)>,
         now_ms: u64,
         default_latency: f64,
+        floor: Option<f64>,
     ) -> Self {
+        let extra = load_term + w.health * (1.0 - health);
+        let slack = latency_term_slack(w, peak);
+        let (lo, hi) = match floor {
+            // The floor's margin is 1e-12, so a relative 3e-12 on the upper side covers both.
+            Some(floor) if extra == 0.0 => (floor, (floor + slack) * (1.0 + 3e-12)),
+            _ => {
+                let sum = extra + fixed + latency_term_floor(w, tables, peak, now_ms, default_latency);
+                (sum * DOWN, (sum + slack) * UP)
+            }
+        };
         HybridBounds {
             w,
             load_term,
@@ -241,27 +272,35 @@ impl<'a> HybridBounds<'a> {
             peak,
             now_ms,
             default_latency,
-            rest_lo: rest * DOWN,
-            rest_hi: rest * UP,
-            w_lo: w.latency * lo * DOWN,
-            w_hi: w.latency * hi * UP,
-            lo_ref: (lo + w.latency_ref_ms) * UP,
-            hi_ref: (hi + w.latency_ref_ms) * DOWN,
+            lo,
+            hi,
         }
     }
+}
+
+/// A floor of the score from the cost and region terms summed (`fixed`) and the latency term's
+/// floor, less a relative 1e-12 (the load and health terms are ≥ 0).
+#[inline(always)]
+fn score_floor(
+    w: &HybridWeights,
+    tables: &DecayTables,
+    fixed: f64,
+    peak: Option<(f64, u64)>,
+    now_ms: u64,
+    default_latency: f64,
+) -> f64 {
+    (fixed + latency_term_floor(w, tables, peak, now_ms, default_latency)) * DOWN
 }
 
 impl Bounded for HybridBounds<'_> {
     #[inline(always)]
     fn exceeds(&self, t: f64) -> bool {
-        let r = t * UP - self.rest_lo;
-        r < 0.0 || self.w_lo > r * self.lo_ref
+        self.lo > t
     }
 
     #[inline(always)]
     fn within(&self, t: f64) -> bool {
-        let r = t * DOWN - self.rest_hi;
-        r >= 0.0 && self.w_hi <= r * self.hi_ref
+        self.hi <= t
     }
 
     #[inline]
@@ -275,74 +314,21 @@ impl Bounded for HybridBounds<'_> {
 
 impl Strategy for Hybrid {
     fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
-        // Copied out, so that the loop keeps them at hand.
-        let weights = c.config.hybrid;
-        let w = &weights;
-        let default_latency = c.config.default_latency_ms;
-        let now_ms = c.now_ms;
-        // Regions compared as indices into the pool's distinct regions, not as strings.
-        let pref = c.preferred_region();
+        let w = &c.config.hybrid;
         let pre = &c.pool.hybrid_costs;
-        let costs = (pre.weight == w.cost && pre.reference == w.cost_ref_per_1k).then_some(&pre.terms);
-        let tables = decay_tables();
-        let cost_of = |i: usize| match costs {
-            Some(t) => t[i],
-            None => hybrid_cost_term(w, c.pool.costs[i]),
-        };
-        let off = |region: u32| match pref {
-            Some(p) if region != p => 1.0,
-            _ => 0.0,
-        };
         // Every term is ≥ 0, so the cost and region terms are a floor of the score: a member
         // whose floor is above the bound is passed over without a look at its state. Not with
         // predicted loads: computing one rolls the endpoint's forecast.
         let floors = !c.config.prediction.predicts_load();
-        let floor = |i: usize, hot: &Hot| {
-            if floors {
-                (cost_of(i) + w.region * off(hot.region)) * DOWN
-            } else {
-                f64::NEG_INFINITY
-            }
+        // The common case (the pool's cost terms, floors) compiled on its own, with no test
+        // of either in the loop.
+        let (i, value, f) = if pre.weight == w.cost && pre.reference == w.cost_ref_per_1k && floors {
+            // The length known equal to the pool's, so that the lookups need no bounds check.
+            let terms = &pre.terms[..c.pool.hot.len()];
+            scan(c, rng, true, |i| terms[i])?
+        } else {
+            scan(c, rng, floors, |i| hybrid_cost_term(w, c.pool.costs[i]))?
         };
-        let (i, value, f) = c.scan_bounded(rng, c.config.near_tie_tolerance, floor, super::no_key, |m, above| {
-            let st = &m.hot.state;
-            let load = c.scanned_load(m);
-            let load_term = if load == 0 {
-                // u = 0: the term is 0 exactly.
-                0.0
-            } else {
-                load_term(w, utilization(load, m.hot.capacity))
-            };
-            let health = c.scanned_health(m);
-            let cost = cost_of(m.i);
-            let off_region = off(m.hot.region);
-            let rest = load_term + w.health * (1.0 - health) + cost + w.region * off_region;
-            // The latency term is ≥ 0: a member whose other terms already exceed the bound
-            // needs no latency (the margins cover the rounding of both sums).
-            if rest * DOWN > above * UP {
-                return None;
-            }
-            let peak = st.peak_ewma_raw();
-            let latency = match peak {
-                None => (default_latency, default_latency),
-                Some((v, ts)) => {
-                    let (a, b) = decay_bounds(tables, now_ms.saturating_sub(ts));
-                    (v * a, v * b)
-                }
-            };
-            Some(HybridBounds::new(
-                w,
-                load_term,
-                health,
-                cost,
-                off_region,
-                rest,
-                latency,
-                peak,
-                now_ms,
-                default_latency,
-            ))
-        })?;
         Some(Pick::new(
             i,
             f,
@@ -352,6 +338,77 @@ impl Strategy for Hybrid {
             },
         ))
     }
+}
+
+/// The hybrid scan, with the members' cost terms from `cost_of` and, with `floors`, floors.
+#[inline(always)]
+fn scan(
+    c: &Candidates<'_>,
+    rng: &mut dyn RngCore,
+    floors: bool,
+    cost_of: impl Fn(usize) -> f64,
+) -> Option<(usize, f64, super::Fallbacks)> {
+    // Copied out, so that the loop keeps them at hand.
+    let weights = c.config.hybrid;
+    let w = &weights;
+    let default_latency = c.config.default_latency_ms;
+    let now_ms = c.now_ms;
+    let tables = decay_tables();
+    // Regions compared as indices into the pool's distinct regions, not as strings: a member
+    // is off the preferred region (`off_region` 1, else 0) when there is a preference and its
+    // region is not it.
+    let (pref, off_pref) = match c.preferred_region() {
+        Some(p) => (p, 1.0),
+        None => (0, 0.0),
+    };
+    // The cost and region terms (exactly as `combine` computes the region's).
+    let fixed = |i: usize, region: u32| {
+        let off_region = if region == pref { 0.0 } else { off_pref };
+        let cost = cost_of(i);
+        (cost, off_region, cost + w.region * off_region)
+    };
+    // A member whose cost and region terms are above the bound is passed over without a look
+    // at its state; else the latency term's floor is added (load and health terms left out),
+    // read from the line of the state the eligibility check reads, so most members are
+    // passed over before that check.
+    //
+    // The floor hands its sum over to the member's score (`last`, NaN when it stopped at the
+    // first test): the scan calls `score` right after the floor of a member it does not pass
+    // over.
+    let last = Cell::new(f64::NAN);
+    let floor = |i: usize, hot: &Hot, above: f64| {
+        if !floors {
+            return f64::NEG_INFINITY;
+        }
+        let (_, _, fixed) = fixed(i, hot.region);
+        if fixed * DOWN > above {
+            last.set(f64::NAN);
+            return fixed * DOWN;
+        }
+        let floor = score_floor(w, tables, fixed, hot.state.peak_ewma_raw(), now_ms, default_latency);
+        last.set(floor);
+        floor
+    };
+    c.scan_bounded(rng, c.config.near_tie_tolerance, floor, super::no_key, |m, _| {
+        let load = c.scanned_load(m);
+        let load_term = if load == 0 {
+            // u = 0: the term is 0 exactly.
+            0.0
+        } else {
+            load_term(w, utilization(load, m.hot.capacity))
+        };
+        let health = c.scanned_health(m);
+        let (cost, off_region, fixed) = fixed(m.i, m.hot.region);
+        Some(HybridBounds::new(
+            w,
+            tables,
+            (load_term, health, cost, off_region, fixed),
+            m.hot.state.peak_ewma_raw(),
+            now_ms,
+            default_latency,
+            Some(last.get()).filter(|f| floors && !f.is_nan()),
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -372,7 +429,7 @@ mod tests {
             health in 0.0..=1.0f64,
             cost in 0.0..1.0f64,
             off in any::<bool>(),
-            v in 0.0..20_000.0f64,
+            v in prop_oneof![0.0..20_000.0f64, 0.0..1e-300f64, Just(0.0)],
             age in prop_oneof![0..200u64, 0..300_000u64, (0..4096u64).prop_map(|k| k * 4096), 16_777_000..16_778_000u64],
             rel in prop_oneof![-1e-6..1e-6f64, -1e-12..1e-12f64, -0.1..0.1f64],
         ) {
@@ -386,27 +443,28 @@ mod tests {
                 cost_ref_per_1k: 0.01,
             };
             let now_ms = 100_000_000;
-            let (a, b) = decay_bounds(decay_tables(), age);
+            let tables = decay_tables();
             let off_region = if off { 1.0 } else { 0.0 };
-            let hb = HybridBounds::new(
-                &w,
-                load_term,
-                health,
-                cost,
-                off_region,
-                load_term + w.health * (1.0 - health) + cost + w.region * off_region,
-                (v * a, v * b),
-                Some((v, now_ms - age)),
-                now_ms,
-                500.0,
-            );
-            let exact = hb.exact();
-            for t in [exact * (1.0 + rel), exact + rel, exact] {
-                if hb.exceeds(t) {
-                    prop_assert!(exact > t, "exceeds({t}) but exact {exact}");
-                }
-                if hb.within(t) {
-                    prop_assert!(exact <= t, "within({t}) but exact {exact}");
+            let fixed = cost + w.region * off_region;
+            // With and without load and health terms, a peak EWMA or the prior, and the scan's
+            // floor handed over or not.
+            for (load_term, health) in [(load_term, health), (0.0, 1.0)] {
+                for peak in [Some((v, now_ms - age)), None] {
+                    let floor = score_floor(&w, tables, fixed, peak, now_ms, 500.0);
+                    for handed in [Some(floor), None] {
+                        let terms = (load_term, health, cost, off_region, fixed);
+                        let hb = HybridBounds::new(&w, tables, terms, peak, now_ms, 500.0, handed);
+                        let exact = hb.exact();
+                        prop_assert!(floor <= exact, "floor {floor} above exact {exact}");
+                        for t in [exact * (1.0 + rel), exact + rel, exact] {
+                            if hb.exceeds(t) {
+                                prop_assert!(exact > t, "exceeds({t}) but exact {exact}");
+                            }
+                            if hb.within(t) {
+                                prop_assert!(exact <= t, "within({t}) but exact {exact}");
+                            }
+                        }
+                    }
                 }
             }
         }

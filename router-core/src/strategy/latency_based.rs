@@ -11,6 +11,7 @@ use rand::RngCore;
 
 use super::{Candidates, Detail, Pick, Strategy};
 use crate::health;
+use crate::registry::snapshot::Hot;
 
 /// The expected latency of member `i`, ms, divided by its health divisor (lower is better).
 pub(crate) fn latency_score(c: &Candidates<'_>, i: usize) -> f64 {
@@ -28,9 +29,15 @@ impl Strategy for LatencyBased {
     fn pick(&self, c: &Candidates<'_>, rng: &mut dyn RngCore) -> Option<Pick> {
         let tol = c.config.near_tie_tolerance;
         let default = c.config.default_latency_ms;
-        let (i, value, f) = c.scan(rng, tol, |m, _| {
-            let latency = m.hot.state.latency_ewma_ms().unwrap_or(default);
-            health::divide(latency, c.scanned_divisor(m))
+        // The latency is a floor of the score (a health divisor is at most 1, latencies are
+        // at least 0), read from the line of the state the eligibility check reads: most
+        // members are passed over on it, before that check. NaN without a sample (not passed
+        // over then: the prior counts).
+        let floor = |_: usize, hot: &Hot, _: f64| hot.state.latency_ewma_or_nan();
+        let (i, value, f) = c.scan_bounded(rng, tol, floor, super::no_key, |m, _| {
+            let latency = m.hot.state.latency_ewma_or_nan();
+            let latency = if latency.is_nan() { default } else { latency };
+            Some(health::divide(latency, c.scanned_divisor(m)))
         })?;
         Some(Pick::new(
             i,

@@ -725,9 +725,12 @@ impl<'a> Candidates<'a> {
     /// [`Candidates::scan`] for scores that are costly to compute exactly: `score` returns
     /// bounds ([`Bounded`]), or `None` when the score is certainly above `above`, and the
     /// exact score is computed only when the bounds cannot tell what the ranking does with the
-    /// member. `floor(i, hot)` is a number the score of member `i` cannot be below, whatever
-    /// its live state (from the pool's arrays: a price, a region); a member whose floor is
-    /// above the bound is passed over before its eligibility is even checked. `key(member)`,
+    /// member. `floor(i, hot, above)` is a number the score of member `i` cannot be below,
+    /// whatever its eligibility (from the pool's arrays: a price, a region; or from the line of
+    /// its live state that the eligibility check reads: a latency), with `above` the bound it
+    /// is compared with; a member whose floor is above the bound is passed over before its
+    /// eligibility is even checked. For a member not passed over, `score` is called next,
+    /// before the floor of the next member. `key(member)`,
     /// when `Some`, is a number that members with the same score share (for instance load and
     /// capacity at full health): a member with the key of the last tie for first place, the
     /// list unchanged since, is a tie too, counted without its score (the long runs of equal
@@ -738,7 +741,7 @@ impl<'a> Candidates<'a> {
         &self,
         rng: &mut dyn RngCore,
         tolerance: f64,
-        floor: impl Fn(usize, &Hot) -> f64,
+        floor: impl Fn(usize, &Hot, f64) -> f64,
         key: impl Fn(&Scanned<'_>) -> Option<u64>,
         mut score: impl FnMut(&Scanned<'_>, f64) -> Option<B>,
     ) -> Option<(usize, f64, Fallbacks)> {
@@ -759,7 +762,7 @@ impl<'a> Candidates<'a> {
         // The key of the last member found to tie for first place with the list as it is now.
         let mut tie_key = None;
         for (i, hot) in self.pool.hot.iter().enumerate() {
-            if floor(i, hot) > view.above {
+            if floor(i, hot, view.above) > view.above {
                 continue;
             }
             let quick = if hot.flags != 0 {
@@ -851,7 +854,7 @@ pub(crate) fn no_key(_: &Scanned<'_>) -> Option<u64> {
 /// The floor of [`Candidates::scan_bounded`] for scores with none known before a member's live
 /// state is read.
 #[inline(always)]
-pub(crate) fn no_floor(_: usize, _: &Hot) -> f64 {
+pub(crate) fn no_floor(_: usize, _: &Hot, _: f64) -> f64 {
     f64::NEG_INFINITY
 }
 
@@ -1676,6 +1679,7 @@ mod scan_equivalence {
             mask_bits in 0..16u8,
             ttl in prop_oneof![Just(0u64), Just(100_000u64)],
             seed in any::<u64>(),
+            other_costs in any::<bool>(),
         ) {
             let mut config = RouterConfig {
                 near_tie_tolerance: tolerance,
@@ -1708,9 +1712,15 @@ mod scan_equivalence {
                 }
             }
             let pool = snap.type_pool(&ModelType::Chat).unwrap();
+            // Hybrid weights other than the snapshot's: its scan computes the cost terms.
+            let mut other = (*snap.config).clone();
+            other.hybrid.cost += 0.25;
             for tier in [Tier::Healthy, Tier::Degraded, Tier::Panic] {
                 for with_mask in [false, true] {
-                    let c = candidates(&snap, pool, &request, tier, with_mask.then_some(&mask));
+                    let c = Candidates {
+                        config: if other_costs { &other } else { &snap.config },
+                        ..candidates(&snap, pool, &request, tier, with_mask.then_some(&mask))
+                    };
                     for kind in SCANS {
                         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
                         let got = kind.pick(&c, &mut rng);
