@@ -93,7 +93,7 @@ impl Ring {
     }
 
     /// The member at position `k` (modulo the ring's length).
-    #[inline]
+    #[cfg(test)]
     fn owner_at(&self, k: usize) -> usize {
         self.owners[k % self.owners.len()] as usize
     }
@@ -186,8 +186,17 @@ impl Strategy for ConsistentHash {
         let start = ring.position(h);
         let mut bound: Option<u32> = None;
         let mut found = None;
+        // Ring positions walked from `start`, wrapping without a division.
+        let at = |k: usize| {
+            let p = start + k;
+            if p >= len {
+                p - len
+            } else {
+                p
+            }
+        };
         for k in 0..len {
-            let i = ring.owner_at(start + k);
+            let i = ring.owners[at(k)] as usize;
             if !c.eligible(i) {
                 continue;
             }
@@ -205,11 +214,16 @@ impl Strategy for ConsistentHash {
             return Some(Pick::new(i, f, Detail::Ring { hops: len as u32 }));
         };
         let mut f = Fallbacks::default();
-        for k in hops + 1..hops + 1 + FALLBACK_WALK.min(len) {
+        let mut p = at(hops);
+        for _ in 0..FALLBACK_WALK.min(len) {
             if f.is_full(c.config.max_fallbacks) {
                 break;
             }
-            let i = ring.owner_at(start + k);
+            p += 1;
+            if p == len {
+                p = 0;
+            }
+            let i = ring.owners[p] as usize;
             if i != chosen && !f.contains(i) && c.eligible(i) {
                 f.push(i);
             }
