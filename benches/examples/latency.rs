@@ -1,5 +1,5 @@
-//! Per-call latency of `route` + `report`: the p50 that issue 2's O(1) target names, with p90,
-//! p99 and the mean, for each strategy at 10, 100 and 1,000 endpoints.
+//! Per-call latency of `route` + `report` (or of `route` alone): the p50 that issue 2's O(1)
+//! target names, with p90, p99 and the mean, for each strategy at 10, 100 and 1,000 endpoints.
 //!
 //! Criterion (`benches/route.rs`) times batches of calls, so its figure is a mean per call. A
 //! median needs each call timed on its own. Here every call is timed with the CPU's time-stamp
@@ -21,7 +21,8 @@
 //! ```text
 //! cargo run --release -p router-benches --example latency                  # everything
 //! cargo run --release -p router-benches --example latency -- power_of_two  # one strategy
-//! #                                                 [strategy|all] [calls] [rounds] [warmup s]
+//! cargo run --release -p router-benches --example latency -- all 300000 5 1 route   # route alone
+//! #                                   [strategy|all] [calls] [rounds] [warm-up s] [route_report|route]
 //! ```
 #![allow(missing_docs)]
 
@@ -96,8 +97,18 @@ fn empty(clock: &quanta::Clock, calls: usize) -> f64 {
     figures(clock, &mut ticks).p50
 }
 
+/// What a timed call covers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Span {
+    /// `route`, then `report` (the `route` bench's `route_report_1t`).
+    RouteReport,
+    /// `route` alone; the decision is still reported, untimed, so the fleet's state moves as
+    /// under `RouteReport`.
+    Route,
+}
+
 /// One round of one strategy at one size: untimed calls for `warmup`, then `calls` timed ones.
-fn run(clock: &quanta::Clock, kind: StrategyKind, n: usize, warmup: Duration, calls: usize) -> Figures {
+fn run(clock: &quanta::Clock, kind: StrategyKind, n: usize, warmup: Duration, calls: usize, span: Span) -> Figures {
     let router = fleet_router(n, true);
     let reqs = fleet_requests(kind);
     let lats = fleet_latencies();
@@ -116,10 +127,22 @@ fn run(clock: &quanta::Clock, kind: StrategyKind, n: usize, warmup: Duration, ca
     }
     let mut ticks = vec![0u64; calls];
     for (j, t) in ticks.iter_mut().enumerate() {
-        let start = clock.raw();
-        step(k + j);
-        let end = clock.raw();
-        *t = end.saturating_sub(start);
+        let k = k + j;
+        match span {
+            Span::RouteReport => {
+                let start = clock.raw();
+                step(k);
+                let end = clock.raw();
+                *t = end.saturating_sub(start);
+            }
+            Span::Route => {
+                let start = clock.raw();
+                let d = router.route(black_box(&reqs[k % KEYS])).expect("route");
+                let end = clock.raw();
+                *t = end.saturating_sub(start);
+                router.report(&d, Outcome::success(lats[k % KEYS])).expect("report");
+            }
+        }
     }
     figures(clock, &mut ticks)
 }
@@ -142,6 +165,11 @@ fn main() {
     let calls: usize = args.get(2).map_or(200_000, |c| c.parse().expect("a call count"));
     let rounds: usize = args.get(3).map_or(3, |r| r.parse().expect("a round count"));
     let warmup = Duration::from_secs_f64(args.get(4).map_or(1.0, |w| w.parse().expect("seconds of warm-up")));
+    let span = match args.get(5).map(String::as_str) {
+        None | Some("route_report") => Span::RouteReport,
+        Some("route") => Span::Route,
+        Some(other) => panic!("the span is `route_report` or `route`, got {other}"),
+    };
     let kinds: Vec<StrategyKind> = if which == "all" {
         StrategyKind::ALL.to_vec()
     } else {
@@ -149,7 +177,8 @@ fn main() {
     };
     let clock = quanta::Clock::new();
     println!(
-        "route + report per call, ns, median of {rounds} rounds of {calls} calls (scans at 1,000: a tenth) after {} s",
+        "{} per call, ns, median of {rounds} rounds of {calls} calls (scans at 1,000: a tenth) after {} s",
+        if span == Span::Route { "route" } else { "route + report" },
         warmup.as_secs_f64()
     );
     println!(
@@ -164,7 +193,7 @@ fn main() {
             let mut over = Vec::with_capacity(rounds);
             for _ in 0..rounds {
                 over.push(empty(&clock, 100_000));
-                runs.push(run(&clock, kind, n, warmup, calls));
+                runs.push(run(&clock, kind, n, warmup, calls, span));
             }
             over.sort_by(f64::total_cmp);
             let f = median_round(runs);
