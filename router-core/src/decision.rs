@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+
+use crate::sync::AtomicBool;
 use std::sync::Arc;
 
 use crate::registry::Slot;
@@ -217,11 +219,9 @@ impl Drop for Decision {
     fn drop(&mut self) {
         // Most decisions are reported, then dropped: the drop only reads the flag. Nothing
         // else can reach the decision now, so neither the flag nor the slot needs the lock.
-        if std::mem::replace(self.released.get_mut(), true) {
-            return;
+        if self.slot.state.release_on_drop(&mut self.released) {
+            self.release_rest();
         }
-        self.slot.state.release();
-        self.release_rest();
     }
 }
 

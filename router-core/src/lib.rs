@@ -67,6 +67,7 @@ pub mod rules;
 pub mod state;
 pub mod stats;
 pub mod strategy;
+mod sync;
 pub mod usage;
 mod watch;
 

@@ -1,7 +1,7 @@
 //! The [`Router`]: registry, decision loop, reports, explain, events and shared state.
 
+use crate::sync::AtomicBool;
 use serde::Serialize;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 
 use crate::accounting::{self, Accounting, Ticket};

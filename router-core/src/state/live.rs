@@ -7,6 +7,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
+use crate::sync::AtomicBool as GuardFlag;
+
 use super::writer_lock::{take_flag, WriterLock};
 use crate::breaker::Breaker;
 use crate::endpoint::HeadStatus;
@@ -74,7 +76,7 @@ pub struct EndpointState {
     // count, the summary of the fields that keep an endpoint off the common case, the
     // latencies the scores read, the heartbeat, and the breaker, whose state and cooldown
     // come first in it (offsets 40 and 56).
-    in_flight: AtomicU32,
+    in_flight: crate::sync::AtomicU32,
     /// [`Summary`] bits: which of the fields below keep the endpoint off the common case, kept
     /// by their writers, so a scan tests them with one load.
     summary: AtomicU32,
@@ -115,7 +117,7 @@ impl EndpointState {
     /// A fresh state: healthy, seen at `now_ms`, no samples.
     pub fn new(now_ms: u64) -> Self {
         EndpointState {
-            in_flight: AtomicU32::new(0),
+            in_flight: crate::sync::AtomicU32::new(0),
             summary: AtomicU32::new(0),
             reported_load: AtomicU32::new(0),
             in_flight_at_report: AtomicU32::new(0),
@@ -486,7 +488,7 @@ impl EndpointState {
     /// A decision's report: give its in-flight slot back and fold its outcome in, under one
     /// hold of the writer lock. `released` is the decision's flag, set here; when it was set
     /// already (reported or released before), nothing changes and this returns false.
-    pub(crate) fn release_and_record(&self, released: &AtomicBool, outcome: &crate::Outcome, now_ms: u64) -> bool {
+    pub(crate) fn release_and_record(&self, released: &GuardFlag, outcome: &crate::Outcome, now_ms: u64) -> bool {
         let w = self.writer.lock();
         if !take_flag(&w, released) {
             return false;
@@ -499,9 +501,23 @@ impl EndpointState {
     /// Give a decision's in-flight slot back unless its flag `released` says it was (the flag
     /// is set under the writer lock, as by [`EndpointState::release_and_record`]). Returns
     /// whether this call gave it back.
-    pub(crate) fn release_once(&self, released: &AtomicBool) -> bool {
+    pub(crate) fn release_once(&self, released: &GuardFlag) -> bool {
         let w = self.writer.lock();
         if !take_flag(&w, released) {
+            return false;
+        }
+        self.release();
+        true
+    }
+
+    /// A dropped decision's release: give its in-flight slot back unless its flag says it was.
+    /// Nothing else can reach a decision being dropped, so the flag is read and set without
+    /// the lock or an atomic operation (the report or release that set it happened before, on
+    /// whatever thread, and the drop's exclusive borrow orders after it). Returns whether
+    /// this call gave the slot back.
+    #[inline]
+    pub(crate) fn release_on_drop(&self, released: &mut GuardFlag) -> bool {
+        if crate::sync::replace_mut(released, true) {
             return false;
         }
         self.release();

@@ -10,6 +10,8 @@
 
 mod cells;
 mod live;
+#[cfg(all(test, loom))]
+mod loom_models;
 pub(crate) mod thread_cache;
 mod writer_lock;
 

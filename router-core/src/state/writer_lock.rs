@@ -8,7 +8,9 @@
 //! spins a little, then yields its time slice (a holder preempted on a busy machine is not
 //! spun on for a whole slice).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+
+use crate::sync::{spin_loop, yield_now, AtomicBool};
 
 /// Spins before a waiter starts yielding.
 const SPINS: u32 = 64;
@@ -50,9 +52,9 @@ impl WriterLock {
             }
             if spins < SPINS {
                 spins += 1;
-                std::hint::spin_loop();
+                spin_loop();
             } else {
-                std::thread::yield_now();
+                yield_now();
             }
         }
     }
@@ -76,7 +78,7 @@ pub(crate) fn take_flag(_held: &WriterGuard<'_>, flag: &AtomicBool) -> bool {
     true
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
