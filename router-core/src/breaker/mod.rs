@@ -25,7 +25,9 @@ mod window;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
+
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicU8};
 
 use crate::error::{Error, Result};
 use window::{Sample, Window};
@@ -174,9 +176,9 @@ pub enum BreakerState {
 impl BreakerState {
     fn from_u8(v: u8) -> Self {
         match v {
-            0 => BreakerState::Closed,
-            1 => BreakerState::Open,
-            _ => BreakerState::HalfOpen,
+            CLOSED => BreakerState::Closed,
+            HALF_OPEN => BreakerState::HalfOpen,
+            _ => BreakerState::Open,
         }
     }
 }
@@ -184,6 +186,12 @@ impl BreakerState {
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
+/// Between states: the caller that won a transition (to open, or to half-open) is setting the
+/// new state's fields, and publishes the state itself last. Everyone else sees the breaker
+/// open, admitting nothing, until then: so no caller reads a new state with the old state's
+/// fields (an open deadline, half-open permits). Loom found both races
+/// (`state::loom_models`).
+const MOVING: u8 = 3;
 
 /// Why a breaker opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,7 +250,7 @@ pub struct Breaker {
     state: AtomicU8,
     reason: AtomicU8,
     /// Whether the window holds neither failures nor slow calls (count windows).
-    clean: std::sync::atomic::AtomicBool,
+    clean: AtomicBool,
     permits: AtomicU32,
     open_until_ms: AtomicU64,
     cooldown_until_ms: AtomicU64,
@@ -271,7 +279,7 @@ impl Default for Breaker {
             probe_ok: AtomicU32::new(0),
             probe_failed: AtomicU32::new(0),
             probe_epoch_ms: AtomicU64::new(0),
-            clean: std::sync::atomic::AtomicBool::new(true),
+            clean: AtomicBool::new(true),
             pending_ok: AtomicU32::new(0),
             window: Mutex::new(None),
         }
@@ -330,8 +338,7 @@ impl Breaker {
         match self.state.load(Ordering::Acquire) {
             CLOSED => Admission::Closed,
             OPEN if now_ms >= self.open_until_ms.load(Ordering::Relaxed) => Admission::Probe,
-            OPEN => Admission::Open,
-            _ if self.permits.load(Ordering::Acquire) > 0 || self.abandoned(now_ms, cfg) => Admission::Probe,
+            HALF_OPEN if self.permits.load(Ordering::Acquire) > 0 || self.abandoned(now_ms, cfg) => Admission::Probe,
             _ => Admission::Open,
         }
     }
@@ -349,16 +356,20 @@ impl Breaker {
             if now_ms < self.open_until_ms.load(Ordering::Relaxed) {
                 return (false, None);
             }
-            self.permits.store(cfg.half_open_permits, Ordering::Release);
-            self.probes_out.store(0, Ordering::Relaxed);
-            self.probe_ok.store(0, Ordering::Relaxed);
-            self.probe_failed.store(0, Ordering::Relaxed);
-            self.probe_epoch_ms.store(now_ms, Ordering::Relaxed);
+            // Only the caller that moves the breaker out of open starts the episode, and it
+            // publishes half-open after the permits: a caller that raced it and reset the
+            // permits after they were taken would admit more probes than permits.
             if self
                 .state
-                .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(OPEN, MOVING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
+                self.permits.store(cfg.half_open_permits, Ordering::Relaxed);
+                self.probes_out.store(0, Ordering::Relaxed);
+                self.probe_ok.store(0, Ordering::Relaxed);
+                self.probe_failed.store(0, Ordering::Relaxed);
+                self.probe_epoch_ms.store(now_ms, Ordering::Relaxed);
+                self.state.store(HALF_OPEN, Ordering::Release);
                 transition = Some(Transition::HalfOpened);
             }
         }
@@ -408,9 +419,11 @@ impl Breaker {
         cfg: &BreakerConfig,
         jitter01: impl FnOnce() -> f64,
     ) -> Option<Transition> {
+        // Open is published after its deadline: a caller that saw open with the last
+        // episode's deadline would start probing at once.
         if self
             .state
-            .compare_exchange(from, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(from, MOVING, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             return None;
@@ -418,9 +431,10 @@ impl Breaker {
         let trips = self.trips.fetch_add(1, Ordering::AcqRel) + 1;
         let base = cfg.open_duration(trips) as f64;
         let open_for = (base * (1.0 + cfg.jitter * (2.0 * jitter01() - 1.0))).max(1.0) as u64;
-        self.open_until_ms.store(now_ms + open_for, Ordering::Release);
+        self.open_until_ms.store(now_ms + open_for, Ordering::Relaxed);
         self.reason.store(reason.to_u8(), Ordering::Relaxed);
         self.reset_window();
+        self.state.store(OPEN, Ordering::Release);
         Some(Transition::Opened {
             reason,
             open_for_ms: open_for,

@@ -7,7 +7,6 @@
 pub(crate) mod snapshot;
 pub(crate) mod targets;
 
-use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -396,22 +395,27 @@ pub(crate) struct Contents {
 #[derive(Debug)]
 pub(crate) struct Registry {
     committed: Mutex<Draft>,
-    snapshot: ArcSwap<Snapshot>,
+    snapshot: crate::sync::Swap<Snapshot>,
     /// Never reused by another registry of the process: the key of the per-thread cache.
     id: u64,
     /// The generation of the snapshot last stored, published after the store.
-    published: AtomicU64,
+    published: crate::sync::AtomicU64,
 }
 
 /// Registries created so far (their ids).
 static REGISTRIES: AtomicU64 = AtomicU64::new(0);
 
+#[cfg(not(loom))]
 thread_local! {
     /// The snapshots this thread decided on last, per registry: reading one costs a load and a
     /// compare, where an arc-swap load costs two atomic read-modify-writes (its debt slot, then
     /// the guard's drop). A thread keeps at most [`CACHED`](crate::state::thread_cache::CACHED) snapshots alive this way, until it
     /// routes on a newer one or on other registries.
     static SNAPSHOTS: RefCell<ThreadCache<Snapshot>> = const { RefCell::new(ThreadCache::new()) };
+}
+#[cfg(loom)]
+loom::thread_local! {
+    static SNAPSHOTS: RefCell<ThreadCache<Snapshot>> = RefCell::new(ThreadCache::new());
 }
 
 impl Registry {
@@ -443,9 +447,9 @@ impl Registry {
         );
         Ok(Registry {
             committed: Mutex::new(draft),
-            snapshot: ArcSwap::from_pointee(snap),
+            snapshot: crate::sync::Swap::from_pointee(snap),
             id: REGISTRIES.fetch_add(1, Ordering::Relaxed),
-            published: AtomicU64::new(0),
+            published: crate::sync::AtomicU64::new(0),
         })
     }
 
@@ -484,7 +488,7 @@ impl Registry {
 
     /// The serving snapshot.
     #[inline]
-    pub(crate) fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+    pub(crate) fn load(&self) -> crate::sync::SwapGuard<Snapshot> {
         self.snapshot.load()
     }
 

@@ -1,11 +1,18 @@
-//! RELIABILITY 20: loom models of the in-flight guard.
+//! RELIABILITY 20: loom models of the in-flight guard and of the snapshot swap.
 //!
-//! Built only with `RUSTFLAGS="--cfg loom"`, where the guard's atomics (an endpoint's in-flight
-//! count and writer lock, a decision's `released` flag) are loom's ([`crate::sync`]), so loom
-//! explores every interleaving of the code the decision path runs: a report
-//! ([`EndpointState::release_and_record`]), a cancel ([`EndpointState::release_once`]) and the
-//! decision's drop ([`EndpointState::release_on_drop`]), against each other and against new
-//! decisions on the same endpoint.
+//! Built only with `RUSTFLAGS="--cfg loom"`, where the protocols' atomics are loom's
+//! ([`crate::sync`]), so loom explores every interleaving of the code the decision path runs:
+//!
+//! - the in-flight guard: an endpoint's in-flight count and writer lock, a decision's
+//!   `released` flag; a report ([`EndpointState::release_and_record`]), a cancel
+//!   ([`EndpointState::release_once`]) and the decision's drop
+//!   ([`EndpointState::release_on_drop`]), against each other and against new decisions on the
+//!   same endpoint;
+//! - the snapshot swap: [`Registry::mutate`] stores a snapshot and publishes its generation;
+//!   [`Registry::with`] runs on the thread's cached snapshot while its generation is the one
+//!   published, and loads the serving one otherwise (`arc-swap` is replaced by a loom mutex
+//!   over the `Arc`: loom cannot see arc-swap's own atomics, and a load or store being one
+//!   step is what arc-swap guarantees).
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
@@ -17,8 +24,11 @@ use loom::thread;
 
 use super::writer_lock::WriterLock;
 use super::EndpointState;
+use crate::breaker::{Breaker, BreakerConfig, BreakerState};
+use crate::registry::Registry;
 use crate::sync::{AtomicBool, AtomicU32};
 use crate::Outcome;
+use crate::RouterConfig;
 use std::sync::atomic::Ordering;
 
 /// A report and a cancel race for one decision, which is dropped after both: exactly one of
@@ -112,5 +122,106 @@ fn the_writer_lock_serialises_writers() {
         }
         assert_eq!(n.load(Ordering::Relaxed), 2);
         drop(lock.lock());
+    });
+}
+
+/// A reader routes while the configuration changes: its snapshots never go back a generation,
+/// and once it has seen the change published (through anything that orders after
+/// `Registry::mutate`, here a flag) it runs on the new snapshot, not on the one its thread
+/// cached before.
+#[test]
+fn readers_follow_the_published_snapshot() {
+    loom::model(|| {
+        let registry = Arc::new(Registry::new(RouterConfig::default()).expect("a valid configuration"));
+        let changed = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (registry, changed) = (registry.clone(), changed.clone());
+            thread::spawn(move || {
+                registry.mutate(1, |_| Ok(())).expect("a change");
+                changed.store(true, Ordering::Release);
+            })
+        };
+        let reader = {
+            let (registry, changed) = (registry.clone(), changed.clone());
+            thread::spawn(move || {
+                let first = registry.with(|s| s.generation);
+                let seen = changed.load(Ordering::Acquire);
+                let second = registry.with(|s| s.generation);
+                assert!(second >= first, "went back from {first} to {second}");
+                if seen {
+                    assert_eq!(second, 1, "the change was seen, its snapshot was not");
+                }
+            })
+        };
+        writer.join().expect("writer");
+        reader.join().expect("reader");
+        assert_eq!(registry.with(|s| s.generation), 1);
+        assert_eq!(registry.load().generation, 1);
+    });
+}
+
+/// RELIABILITY 3 under every interleaving: an expired open breaker with one half-open permit,
+/// two threads trying to probe at once: exactly one probe is admitted.
+#[test]
+fn half_open_admits_exactly_its_permits() {
+    loom::model(|| {
+        let cfg = BreakerConfig {
+            window_size: 2,
+            min_calls: 2,
+            half_open_permits: 1,
+            jitter: 0.0,
+            ..BreakerConfig::default()
+        };
+        let breaker = Arc::new(Breaker::default());
+        for _ in 0..2 {
+            breaker.on_call(true, 10.0, false, 0, 0, &cfg, || true, || 0.5);
+        }
+        assert_eq!(breaker.state(), BreakerState::Open);
+        let now = 10 * cfg.max_open_duration_ms.max(cfg.open_duration_ms);
+        let probes: Vec<_> = (0..2)
+            .map(|_| {
+                let (breaker, cfg) = (breaker.clone(), cfg.clone());
+                thread::spawn(move || breaker.try_probe(now, &cfg).0)
+            })
+            .collect();
+        let admitted: u32 = probes.into_iter().map(|p| u32::from(p.join().expect("probe"))).sum();
+        assert_eq!(admitted, 1, "one permit, {admitted} probes admitted");
+    });
+}
+
+/// A breaker trips while another thread tries to probe it: the prober is never admitted
+/// before the new open duration is over (it must not read the new open state with the old,
+/// expired deadline).
+#[test]
+fn a_breaker_tripping_is_not_probed_before_its_deadline() {
+    loom::model(|| {
+        let cfg = BreakerConfig {
+            window_size: 2,
+            min_calls: 2,
+            half_open_permits: 1,
+            jitter: 0.0,
+            ..BreakerConfig::default()
+        };
+        let breaker = Arc::new(Breaker::default());
+        breaker.on_call(true, 10.0, false, 0, 0, &cfg, || true, || 0.5);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        let now = 1_000;
+        let tripper = {
+            let (breaker, cfg) = (breaker.clone(), cfg.clone());
+            thread::spawn(move || breaker.on_call(true, 10.0, false, 0, now, &cfg, || true, || 0.5))
+        };
+        let prober = {
+            let (breaker, cfg) = (breaker.clone(), cfg.clone());
+            thread::spawn(move || breaker.try_probe(now, &cfg).0)
+        };
+        assert!(
+            tripper.join().expect("tripper").is_some(),
+            "the second failure trips it"
+        );
+        assert!(
+            !prober.join().expect("prober"),
+            "probed before the open duration was over"
+        );
+        assert_eq!(breaker.state(), BreakerState::Open);
     });
 }
