@@ -1,16 +1,16 @@
-//! The atomics of the in-flight guard, the breaker and the snapshot swap, from `std` (and `arc-swap`) or,
+//! The atomics of the in-flight guard, the breaker, the snapshot swap and the counter cells, from `std` (and `arc-swap`) or,
 //! built with `--cfg loom`, from loom, so the loom models (`state::loom_models`) check the
 //! very code the decision path runs.
 //!
 //! Only those protocols' parts go through here: an endpoint's in-flight count, its writer
 //! lock, a decision's `released` flag; the breaker's atomics (its half-open permits); the
-//! registry's serving snapshot and the generation it publishes. Everything else uses `std`
-//! directly.
+//! registry's serving snapshot and the generation it publishes; a counter cell's total and
+//! the deltas a store's flush takes. Everything else uses `std` directly.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8};
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8};
 
 /// The registry's serving snapshot: an `ArcSwap`.
 #[cfg(not(loom))]

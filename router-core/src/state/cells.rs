@@ -3,7 +3,9 @@
 //! inline ([`SmallStr`]).
 
 use std::hash::Hasher;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
+
+use crate::sync::{AtomicBool, AtomicI64};
 use std::sync::Arc;
 
 use parking_lot::Mutex;

@@ -1,4 +1,5 @@
-//! RELIABILITY 20: loom models of the in-flight guard and of the snapshot swap.
+//! RELIABILITY 20: loom models of the in-flight guard, the breaker, the flush queue's counter
+//! cells and the snapshot swap.
 //!
 //! Built only with `RUSTFLAGS="--cfg loom"`, where the protocols' atomics are loom's
 //! ([`crate::sync`]), so loom explores every interleaving of the code the decision path runs:
@@ -8,6 +9,8 @@
 //!   ([`EndpointState::release_once`]) and the decision's drop
 //!   ([`EndpointState::release_on_drop`]), against each other and against new decisions on the
 //!   same endpoint;
+//! - the breaker: callers racing for half-open permits, and a probe racing a trip;
+//! - the flush queue's counter cell: additions racing a store taking their deltas;
 //! - the snapshot swap: [`Registry::mutate`] stores a snapshot and publishes its generation;
 //!   [`Registry::with`] runs on the thread's cached snapshot while its generation is the one
 //!   published, and loads the serving one otherwise (`arc-swap` is replaced by a loom mutex
@@ -23,7 +26,7 @@ use loom::sync::Arc;
 use loom::thread;
 
 use super::writer_lock::WriterLock;
-use super::EndpointState;
+use super::{CounterCell, EndpointState};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::registry::Registry;
 use crate::sync::{AtomicBool, AtomicU32};
@@ -223,5 +226,42 @@ fn a_breaker_tripping_is_not_probed_before_its_deadline() {
             "probed before the open duration was over"
         );
         assert_eq!(breaker.state(), BreakerState::Open);
+    });
+}
+
+/// The flush queue's cell: two instances' worth of additions (a plain add and a limited one)
+/// race a store's flush taking the pending deltas twice, and a rebase from the shared total:
+/// no delta is lost or sent twice, and the view is the start, plus every addition, plus the
+/// rebase.
+#[test]
+fn a_flush_takes_every_delta_once() {
+    loom::model(|| {
+        let cell = Arc::new(CounterCell::tracking(100));
+        let adder = {
+            let cell = cell.clone();
+            thread::spawn(move || {
+                cell.add(3);
+                cell.add(-1);
+            })
+        };
+        let limited = {
+            let cell = cell.clone();
+            thread::spawn(move || u64::from(cell.try_add(5, 1_000).admitted))
+        };
+        let flusher = {
+            let cell = cell.clone();
+            thread::spawn(move || {
+                let first = cell.take_pending();
+                cell.rebase(10);
+                first + cell.take_pending()
+            })
+        };
+        adder.join().expect("adder");
+        let admitted = limited.join().expect("limited") as i64;
+        let flushed = flusher.join().expect("flusher");
+        assert_eq!(admitted, 1, "far below the limit");
+        let added = 3 - 1 + 5;
+        assert_eq!(flushed + cell.take_pending(), added, "every delta flushed once");
+        assert_eq!(cell.value(), 100 + added + 10);
     });
 }
