@@ -404,3 +404,128 @@ mod tests {
         assert!(s.gcra("a", g, 2, false, 1_000_000).unwrap().allowed);
     }
 }
+
+/// RELIABILITY 20: the in-memory store's counters against a `HashMap`, over random sequences
+/// of additions (by key and through held cells), limited additions, reads and sweeps, 10,000
+/// cases.
+#[cfg(all(test, not(loom)))]
+mod counters_state_machine {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add {
+            key: u8,
+            delta: i64,
+            expires: u64,
+        },
+        CellAdd {
+            key: u8,
+            delta: i64,
+            expires: u64,
+        },
+        TryAdd {
+            key: u8,
+            delta: i64,
+            limit: i64,
+            expires: u64,
+        },
+        Get {
+            key: u8,
+        },
+        Sweep {
+            now: u64,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let key = 0..3u8;
+        let delta = -50..100i64;
+        let expires = prop_oneof![Just(0u64), 1..40u64];
+        prop_oneof![
+            3 => (key.clone(), delta.clone(), expires.clone()).prop_map(|(key, delta, expires)| Op::Add { key, delta, expires }),
+            3 => (key.clone(), delta.clone(), expires.clone()).prop_map(|(key, delta, expires)| Op::CellAdd { key, delta, expires }),
+            2 => (key.clone(), delta, 0..300i64, expires).prop_map(|(key, delta, limit, expires)| Op::TryAdd { key, delta, limit, expires }),
+            2 => key.prop_map(|key| Op::Get { key }),
+            1 => (0..50u64).prop_map(|now| Op::Sweep { now }),
+        ]
+    }
+
+    /// The reference: a value and an expiry per key (0: none), as the store documents them.
+    #[derive(Default)]
+    struct Reference(HashMap<String, (i64, u64)>);
+
+    impl Reference {
+        fn counter(&mut self, key: &str, expires: u64) -> &mut i64 {
+            let c = self.0.entry(key.to_owned()).or_insert((0, expires));
+            c.1 = c.1.max(expires);
+            &mut c.0
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn counters_match_a_map(ops in prop::collection::vec(op(), 1..40)) {
+            let store = InMemoryStore::new();
+            let mut reference = Reference::default();
+            // Cells held between operations, as the router holds them: asked for again once
+            // retired.
+            let mut held: HashMap<String, Arc<CounterCell>> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Add { key, delta, expires } => {
+                        let key = format!("k{key}");
+                        let got = store.add(&key, delta, expires).unwrap();
+                        let want = reference.counter(&key, expires);
+                        *want += delta;
+                        prop_assert_eq!(got, *want, "add {} {}", key, delta);
+                    }
+                    Op::CellAdd { key, delta, expires } => {
+                        let key = format!("k{key}");
+                        // Asked for each time (that also extends its expiry, as the router
+                        // does when it renews a window): a live key hands back the cell held.
+                        let cell = store.counter_cell(&key, expires).unwrap();
+                        if let Some(old) = held.get(&key) {
+                            if !old.is_retired() {
+                                prop_assert!(Arc::ptr_eq(old, &cell), "a live key kept its cell");
+                            }
+                        }
+                        held.insert(key.clone(), cell.clone());
+                        let got = cell.add(delta);
+                        let want = reference.counter(&key, expires);
+                        *want += delta;
+                        prop_assert_eq!(got, *want, "cell add {} {}", key, delta);
+                    }
+                    Op::TryAdd { key, delta, limit, expires } => {
+                        let key = format!("k{key}");
+                        let got = store.try_add(&key, delta, limit, expires).unwrap();
+                        let want = reference.counter(&key, expires);
+                        let admitted = want.saturating_add(delta) <= limit;
+                        if admitted {
+                            *want += delta;
+                        }
+                        prop_assert_eq!(got.admitted, admitted, "try_add {} {} {}", key, delta, limit);
+                        prop_assert_eq!(got.total, *want);
+                    }
+                    Op::Get { key } => {
+                        let key = format!("k{key}");
+                        let want = reference.0.get(&key).map_or(0, |c| c.0);
+                        prop_assert_eq!(store.get(&key).unwrap(), want, "get {}", key);
+                    }
+                    Op::Sweep { now } => {
+                        store.sweep(now);
+                        reference.0.retain(|_, c| c.1 == 0 || c.1 > now);
+                        for (key, cell) in &held {
+                            prop_assert_eq!(cell.is_retired(), !reference.0.contains_key(key), "{} retired", key);
+                        }
+                        held.retain(|_, c| !c.is_retired());
+                    }
+                }
+            }
+        }
+    }
+}
