@@ -136,11 +136,16 @@ pub const ACCOUNTING_KEYS: usize = 256;
 /// `ws-0` to `ws-7` (batched, neither ever reached). Two more mixes split `budget_limit`:
 /// `limit` (the rate limit only) and `budget` (the budgets only).
 pub fn accounting_policy(mix: &str) -> Policy {
+    accounting_policy_of(mix, 100)
+}
+
+/// [`accounting_policy`] on [`fleet`]`(n)`.
+pub fn accounting_policy_of(mix: &str, n: usize) -> Policy {
     assert!(
         ACCOUNTING_MIXES.contains(&mix) || mix == "limit" || mix == "budget",
         "unknown mix {mix}"
     );
-    let mut policy = fleet(100);
+    let mut policy = fleet(n);
     policy.settings.usage.enabled = mix != "no_usage";
     if mix == "budget_limit" || mix == "limit" {
         policy.settings.rate_limits = vec![RateLimit {
@@ -175,11 +180,16 @@ pub fn accounting_policy(mix: &str) -> Policy {
 /// The requests of an `accounting` mix: chat, P2C; with a workspace and a user id but for
 /// `no_usage` and `plain`.
 pub fn accounting_requests(mix: &str) -> Vec<RouteRequest> {
+    accounting_requests_of(mix, StrategyKind::PowerOfTwo)
+}
+
+/// [`accounting_requests`] naming the strategy `kind`.
+pub fn accounting_requests_of(mix: &str, kind: StrategyKind) -> Vec<RouteRequest> {
     let tenant = !matches!(mix, "no_usage" | "plain");
     (0..ACCOUNTING_KEYS)
         .map(|k| RouteRequest {
             model_type: Some(ModelType::Chat),
-            strategy: Some(StrategyKind::PowerOfTwo),
+            strategy: Some(kind),
             workspace_id: tenant.then(|| format!("ws-{}", k % 8)),
             user_id: tenant.then(|| format!("user-{k}")),
             ..Default::default()

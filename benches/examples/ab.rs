@@ -22,6 +22,14 @@
 //! ```text
 //! cargo run --release -p router-benches --example ab -- ab route/usage route/budget_limit 4000 250
 //! ```
+//!
+//! `route/<mix>/<strategy>/<endpoints>` names another strategy and fleet size (default
+//! `power_of_two` on 100). `sweep` compares `budget_limit` with `usage` and `plain` for every
+//! strategy at 10, 100 and 1,000 endpoints (scans at 100 and more time chunks a tenth as long):
+//!
+//! ```text
+//! cargo run --release -p router-benches --example ab -- sweep route_report 400 200
+//! ```
 #![allow(missing_docs)]
 
 use router_core::*;
@@ -83,12 +91,21 @@ impl Case {
                 End::Report,
                 0,
             ),
-            "route" | "route_report" => Case(
-                Router::new(router_benches::accounting_policy(arg)).expect("valid policy"),
-                router_benches::accounting_requests(arg),
-                if kind == "route" { End::Drop } else { End::Tokens },
-                0,
-            ),
+            "route" | "route_report" => {
+                // `<mix>`, or `<mix>/<strategy>/<endpoints>` (default P2C on 100).
+                let mut parts = arg.split('/');
+                let mix = parts.next().expect("a mix");
+                let strategy = parts
+                    .next()
+                    .map_or(StrategyKind::PowerOfTwo, |s| s.parse().expect("a strategy"));
+                let n = parts.next().map_or(100, |n| n.parse().expect("an endpoint count"));
+                Case(
+                    Router::new(router_benches::accounting_policy_of(mix, n)).expect("valid policy"),
+                    router_benches::accounting_requests_of(mix, strategy),
+                    if kind == "route" { End::Drop } else { End::Tokens },
+                    0,
+                )
+            }
             _ => panic!("unknown configuration {name}"),
         }
     }
@@ -163,6 +180,50 @@ fn main() {
                 median(&mut tb) / median(&mut ta)
             );
         }
-        _ => eprintln!("usage: ab ab <A> <B> <rounds> <chunk> | ab run <config> <iterations>"),
+        "sweep" => {
+            // `<span>` (route or route_report) with a budget and a limit against the same
+            // requests without them, for every strategy at 10, 100 and 1,000 endpoints.
+            let span = arg(1);
+            let rounds: usize = arg(2).parse().expect("rounds");
+            let chunk: usize = arg(3).parse().expect("chunk");
+            println!("{span}: budget_limit against usage, and against plain (no tenant), per strategy and size");
+            for kind in StrategyKind::ALL {
+                for n in [10, 100, 1_000] {
+                    let name = |mix: &str| format!("{span}/{mix}/{}/{n}", kind.as_str());
+                    let scans = !matches!(
+                        kind,
+                        StrategyKind::RoundRobin
+                            | StrategyKind::WeightedRoundRobin
+                            | StrategyKind::WeightedRandom
+                            | StrategyKind::PowerOfTwo
+                            | StrategyKind::ConsistentHash
+                    );
+                    let chunk = if scans && n >= 100 { (chunk / 10).max(1) } else { chunk };
+                    let mut cases = [Case::new(&name("plain")), Case::new(&name("usage")), Case::new(&name("budget_limit"))];
+                    for c in cases.iter_mut() {
+                        c.run(20 * chunk);
+                    }
+                    let mut t: [Vec<f64>; 3] = Default::default();
+                    for i in 0..rounds {
+                        for j in 0..3 {
+                            let j = (i + j) % 3;
+                            t[j].push(cases[j].time(chunk));
+                        }
+                    }
+                    let [plain, usage, limited] = t.map(|mut v| median(&mut v));
+                    println!(
+                        "{:<22} {:>5}  plain {:>8.0} ns  usage {:>8.0} ns  budget_limit {:>8.0} ns  /usage {:.2}  /plain {:.2}",
+                        kind.as_str(),
+                        n,
+                        plain,
+                        usage,
+                        limited,
+                        limited / usage,
+                        limited / plain
+                    );
+                }
+            }
+        }
+        _ => eprintln!("usage: ab ab <A> <B> <rounds> <chunk> | ab run <config> <iterations> | ab sweep <route|route_report> <rounds> <chunk>"),
     }
 }
