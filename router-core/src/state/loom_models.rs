@@ -10,7 +10,8 @@
 //!   ([`EndpointState::release_on_drop`]), against each other and against new decisions on the
 //!   same endpoint;
 //! - the breaker: callers racing for half-open permits, and a probe racing a trip;
-//! - the flush queue's counter cell: additions racing a store taking their deltas;
+//! - the flush queue's and the budgets' counter cells: additions racing a store taking their
+//!   deltas; reservations racing for a budget's last room;
 //! - the snapshot swap: [`Registry::mutate`] stores a snapshot and publishes its generation;
 //!   [`Registry::with`] runs on the thread's cached snapshot while its generation is the one
 //!   published, and loads the serving one otherwise (`arc-swap` is replaced by a loom mutex
@@ -263,5 +264,38 @@ fn a_flush_takes_every_delta_once() {
         let added = 3 - 1 + 5;
         assert_eq!(flushed + cell.take_pending(), added, "every delta flushed once");
         assert_eq!(cell.value(), 100 + added + 10);
+    });
+}
+
+/// A budget's reservation counter near its limit (RELIABILITY 17 on one instance): two
+/// decisions reserve at once where only one fits, and an earlier decision gives its
+/// reservation back meanwhile. Exactly one is admitted whatever the order, no admission sees a
+/// total above the limit, and the total ends at what is still reserved.
+#[test]
+fn reservations_never_overshoot_the_limit() {
+    loom::model(|| {
+        let cell = Arc::new(CounterCell::new(0));
+        assert!(cell.try_add(30, 100).admitted);
+        let reservers: Vec<_> = (0..2)
+            .map(|_| {
+                let cell = cell.clone();
+                thread::spawn(move || {
+                    let t = cell.try_add(60, 100);
+                    assert!(!t.admitted || t.total <= 100, "admitted at {}", t.total);
+                    t.admitted
+                })
+            })
+            .collect();
+        let releaser = {
+            let cell = cell.clone();
+            thread::spawn(move || cell.add(-30))
+        };
+        let mut admitted = 0;
+        for r in reservers {
+            admitted += i64::from(r.join().expect("reserver"));
+        }
+        releaser.join().expect("releaser");
+        assert_eq!(admitted, 1);
+        assert_eq!(cell.value(), 60);
     });
 }
