@@ -29,10 +29,10 @@
 //! a decision among 20 models cost 4.8 times one without adaptive choice, so the decision
 //! samples Thompson sampling's choice distribution instead: each candidate's probability of
 //! drawing the highest value, `P(i best) = ∫ f_i Π_{j≠i} F_j`, computed by quadrature
-//! ([`best`]) and cached per context and candidate set, then one uniform number and a scan of
+//! (`best.rs`) and cached per context and candidate set, then one uniform number and a scan of
 //! the cumulative probabilities. The choice has the same distribution as a fresh draw from
 //! the posteriors the probabilities were computed from; they are recomputed once the context
-//! has made [`REFRESH_SHARE`] (1/16) of its candidates' evidence in new decisions, so the
+//! has made `REFRESH_SHARE` (1/16) of its candidates' evidence in new decisions, so the
 //! posteriors they use miss at most about 1/16 of the outcomes they rest on (a few outcomes
 //! per model), and at once when the candidates or the configuration change. The fallbacks
 //! are the other candidates by probability of best.

@@ -12,7 +12,7 @@
 //! strategies (least loaded, latency, cost, geo, hybrid) make one pass and break ties and
 //! near-ties at random.
 //!
-//! A scan ([`Candidates::scan`]) reads the pool's struct of arrays (one pointer per member to
+//! A scan (`Candidates::scan`) reads the pool's struct of arrays (one pointer per member to
 //! its live state, not two), checks the common case of eligibility in one go, and ranks with a
 //! bound above which a score changes nothing, so that a strategy can pass a member over without
 //! its exact score (a price above the bound, a region term, a latency bounded from a table). It
