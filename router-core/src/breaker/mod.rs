@@ -323,6 +323,15 @@ impl Breaker {
         &self.state as *const AtomicU8 as *const u8
     }
 
+    /// Half-open permits left and probes out (for the loom models).
+    #[cfg(all(test, loom))]
+    pub(crate) fn probe_counts(&self) -> (u32, u32) {
+        (
+            self.permits.load(Ordering::Acquire),
+            self.probes_out.load(Ordering::Acquire),
+        )
+    }
+
     /// Where the cooldown's end sits.
     #[cfg(test)]
     pub(crate) fn cooldown_ptr(&self) -> *const u8 {

@@ -299,3 +299,44 @@ fn reservations_never_overshoot_the_limit() {
         assert_eq!(cell.value(), 60);
     });
 }
+
+/// RELIABILITY 5 under every interleaving: a half-open breaker with one permit; a probe is
+/// dropped without a report (its permit goes back) while another caller tries to probe. The
+/// permit is never lost or doubled: at the end it is either free or held by the second
+/// caller, and no more probes are out than were taken.
+#[test]
+fn a_dropped_probe_gives_its_permit_back() {
+    loom::model(|| {
+        let cfg = BreakerConfig {
+            window_size: 2,
+            min_calls: 2,
+            half_open_permits: 1,
+            jitter: 0.0,
+            ..BreakerConfig::default()
+        };
+        let breaker = Arc::new(Breaker::default());
+        for _ in 0..2 {
+            breaker.on_call(true, 10.0, false, 0, 0, &cfg, || true, || 0.5);
+        }
+        let now = 10 * cfg.max_open_duration_ms.max(cfg.open_duration_ms);
+        assert!(breaker.try_probe(now, &cfg).0, "the first probe");
+        let dropper = {
+            let breaker = breaker.clone();
+            thread::spawn(move || breaker.release_probe())
+        };
+        let second = {
+            let (breaker, cfg) = (breaker.clone(), cfg.clone());
+            thread::spawn(move || breaker.try_probe(now, &cfg).0)
+        };
+        dropper.join().expect("dropper");
+        let took = second.join().expect("second");
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        let (permits, out) = breaker.probe_counts();
+        assert_eq!(
+            permits + out,
+            1,
+            "permits {permits}, probes out {out}, second took {took}"
+        );
+        assert_eq!(out, u32::from(took));
+    });
+}
