@@ -164,24 +164,39 @@ fn readers_follow_the_published_snapshot() {
     });
 }
 
+/// A breaker configuration that opens on two failures out of two calls and admits one probe.
+fn one_permit() -> BreakerConfig {
+    BreakerConfig {
+        window_size: 2,
+        min_calls: 2,
+        half_open_permits: 1,
+        jitter: 0.0,
+        ..BreakerConfig::default()
+    }
+}
+
+/// Record `n` failed calls at `now_ms`.
+fn fail(breaker: &Breaker, cfg: &BreakerConfig, n: usize, now_ms: u64) {
+    for _ in 0..n {
+        breaker.on_call(true, 10.0, false, 0, now_ms, cfg, || true, || 0.5);
+    }
+}
+
+/// A time after any open duration of `cfg` has run out.
+fn past_any_open_duration(cfg: &BreakerConfig) -> u64 {
+    10 * cfg.max_open_duration_ms.max(cfg.open_duration_ms)
+}
+
 /// RELIABILITY 3 under every interleaving: an expired open breaker with one half-open permit,
 /// two threads trying to probe at once: exactly one probe is admitted.
 #[test]
 fn half_open_admits_exactly_its_permits() {
     loom::model(|| {
-        let cfg = BreakerConfig {
-            window_size: 2,
-            min_calls: 2,
-            half_open_permits: 1,
-            jitter: 0.0,
-            ..BreakerConfig::default()
-        };
+        let cfg = one_permit();
         let breaker = Arc::new(Breaker::default());
-        for _ in 0..2 {
-            breaker.on_call(true, 10.0, false, 0, 0, &cfg, || true, || 0.5);
-        }
+        fail(&breaker, &cfg, 2, 0);
         assert_eq!(breaker.state(), BreakerState::Open);
-        let now = 10 * cfg.max_open_duration_ms.max(cfg.open_duration_ms);
+        let now = past_any_open_duration(&cfg);
         let probes: Vec<_> = (0..2)
             .map(|_| {
                 let (breaker, cfg) = (breaker.clone(), cfg.clone());
@@ -199,15 +214,9 @@ fn half_open_admits_exactly_its_permits() {
 #[test]
 fn a_breaker_tripping_is_not_probed_before_its_deadline() {
     loom::model(|| {
-        let cfg = BreakerConfig {
-            window_size: 2,
-            min_calls: 2,
-            half_open_permits: 1,
-            jitter: 0.0,
-            ..BreakerConfig::default()
-        };
+        let cfg = one_permit();
         let breaker = Arc::new(Breaker::default());
-        breaker.on_call(true, 10.0, false, 0, 0, &cfg, || true, || 0.5);
+        fail(&breaker, &cfg, 1, 0);
         assert_eq!(breaker.state(), BreakerState::Closed);
         let now = 1_000;
         let tripper = {
@@ -307,18 +316,10 @@ fn reservations_never_overshoot_the_limit() {
 #[test]
 fn a_dropped_probe_gives_its_permit_back() {
     loom::model(|| {
-        let cfg = BreakerConfig {
-            window_size: 2,
-            min_calls: 2,
-            half_open_permits: 1,
-            jitter: 0.0,
-            ..BreakerConfig::default()
-        };
+        let cfg = one_permit();
         let breaker = Arc::new(Breaker::default());
-        for _ in 0..2 {
-            breaker.on_call(true, 10.0, false, 0, 0, &cfg, || true, || 0.5);
-        }
-        let now = 10 * cfg.max_open_duration_ms.max(cfg.open_duration_ms);
+        fail(&breaker, &cfg, 2, 0);
+        let now = past_any_open_duration(&cfg);
         assert!(breaker.try_probe(now, &cfg).0, "the first probe");
         let dropper = {
             let breaker = breaker.clone();
