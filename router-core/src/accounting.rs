@@ -447,7 +447,46 @@ pub(crate) struct Ticket {
     pub(crate) adaptive: Option<Box<crate::adaptive::AdaptivePick>>,
 }
 
+thread_local! {
+    /// A dropped decision's ticket box, emptied, for this thread's next accounted decision:
+    /// most decisions are routed and dropped on one thread, so nearly every accounted
+    /// decision reuses a box instead of a `malloc` and a `free` (a sixth of what a tenant's
+    /// route + report otherwise spends outside its strategy).
+    static SPARE_TICKET: std::cell::Cell<Option<Box<Ticket>>> = const { std::cell::Cell::new(None) };
+}
+
 impl Ticket {
+    /// [`Ticket::new`], in this thread's spare box when it has one.
+    #[inline]
+    pub(crate) fn boxed(req: &RouteRequest, est_in: u64, est_out: u64) -> Box<Ticket> {
+        let ticket = Ticket::new(req, est_in, est_out);
+        match SPARE_TICKET.try_with(std::cell::Cell::take).ok().flatten() {
+            Some(mut spare) => {
+                // Emptied when stashed: overwriting it drops nothing.
+                *spare = ticket;
+                spare
+            }
+            None => Box::new(ticket),
+        }
+    }
+
+    /// Keep `ticket`'s box for this thread's next [`Ticket::boxed`] (emptied first: what it
+    /// owns is dropped now).
+    #[inline]
+    pub(crate) fn recycle(mut ticket: Box<Ticket>) {
+        ticket.reservations.clear();
+        ticket.token_charges = Vec::new();
+        ticket.experiment = None;
+        ticket.forced = None;
+        ticket.adaptive = None;
+        // A thread without its locals (it is ending) or with a box already kept frees this one.
+        let _ = SPARE_TICKET.try_with(|s| {
+            if let Some(other) = s.replace(Some(ticket)) {
+                s.set(Some(other));
+            }
+        });
+    }
+
     /// The ticket of an accounted request.
     pub(crate) fn new(req: &RouteRequest, est_in: u64, est_out: u64) -> Ticket {
         let id = |s: &Option<String>| s.as_deref().map(Id::new);
@@ -925,6 +964,35 @@ pub(crate) fn charge_tokens(ticket: &Ticket, extra: u64, store: &dyn StateStore,
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A dropped decision's ticket box is reused by the next accounted decision on its thread,
+    /// and nothing of the old ticket carries over.
+    #[test]
+    fn a_recycled_ticket_box_carries_nothing_over() {
+        let req = |ws: &str| RouteRequest {
+            workspace_id: Some(ws.into()),
+            user_id: Some("a-user-id-longer-than-twenty-two-bytes".into()),
+            ..Default::default()
+        };
+        let mut t = Ticket::boxed(&req("ws-a"), 1, 2);
+        t.experiment = Some(("x".into(), 1));
+        t.forced = Some("override".into());
+        t.downgraded = true;
+        let first: *const Ticket = &*t;
+        Ticket::recycle(t);
+        let mut second = req("ws-b");
+        second.user_id = None;
+        let t = Ticket::boxed(&second, 3, 4);
+        assert!(std::ptr::eq(&*t, first), "the box is reused");
+        assert_eq!(t.workspace_id.as_deref(), Some("ws-b"));
+        assert!(t.user_id.is_none());
+        assert_eq!((t.est_in, t.est_out), (3, 4));
+        assert!(t.experiment.is_none() && t.forced.is_none() && !t.downgraded);
+        assert!(t.reservations.is_empty() && t.token_charges.is_empty() && t.adaptive.is_none());
+        // The stash holds one box: with it taken, the next ticket gets a new one.
+        let other = Ticket::boxed(&second, 0, 0);
+        assert!(!std::ptr::eq(&*other, first));
+    }
 
     #[test]
     fn micros_round_as_to_micros_does() {

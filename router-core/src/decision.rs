@@ -222,6 +222,9 @@ impl Drop for Decision {
         if self.slot.state.release_on_drop(&mut self.released) {
             self.release_rest();
         }
+        if let Some(t) = self.ticket.take() {
+            crate::accounting::Ticket::recycle(t);
+        }
     }
 }
 

@@ -701,7 +701,7 @@ impl Router {
                 }
             };
             let model = &snap.models[slot.model_idx as usize].model;
-            let mut t = Box::new(Ticket::new(req, est_in, est_out));
+            let mut t = Ticket::boxed(req, est_in, est_out);
             t.token_charges = charges;
             acc.model_limits(&model.id, est_in.saturating_add(est_out), &mut t.token_charges)
                 .and_then(|()| acc.reserve(model, slot, &mut t))
@@ -1578,11 +1578,11 @@ impl Inner {
         }
         let sample = Sample {
             keys: [
-                Some(&slot.model_id),
-                Some(&slot.id),
-                ticket.and_then(|t| t.workspace_id.as_deref()),
-                ticket.and_then(|t| t.agent_type.as_deref()),
-                ticket.and_then(|t| t.user_id.as_deref()),
+                Some(slot.model_id.as_bytes()),
+                Some(slot.id.as_bytes()),
+                ticket.and_then(|t| Some(t.workspace_id.as_ref()?.as_bytes())),
+                ticket.and_then(|t| Some(t.agent_type.as_ref()?.as_bytes())),
+                ticket.and_then(|t| Some(t.user_id.as_ref()?.as_bytes())),
             ],
             cells: Some(&slot.usage),
             decision_id: decision.id().0,

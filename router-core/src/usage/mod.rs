@@ -251,8 +251,9 @@ pub fn parse_time_range(s: &str) -> Result<u64> {
 /// One finished request, as recorded.
 #[derive(Debug, Clone)]
 pub(crate) struct Sample<'a> {
-    /// Model, endpoint, workspace, agent type, user.
-    pub(crate) keys: [Option<&'a str>; 5],
+    /// Model, endpoint, workspace, agent type, user: the ids' UTF-8 bytes (a decision keeps
+    /// its ids inline as bytes, and a `&str` of them would cost a UTF-8 check per id).
+    pub(crate) keys: [Option<&'a [u8]>; 5],
     /// The decision's slot's cached cells for the model and endpoint keys.
     pub(crate) cells: Option<&'a SlotCells>,
     pub(crate) decision_id: u64,
@@ -412,7 +413,7 @@ mod tests {
 
     fn sample(at_ms: u64, ok: bool, latency: f64, cost: i64) -> Sample<'static> {
         Sample {
-            keys: [Some("m"), Some("e"), Some("ws"), None, None],
+            keys: [Some(b"m"), Some(b"e"), Some(b"ws"), None, None],
             cells: None,
             decision_id: 1,
             request_id: None,
@@ -507,7 +508,7 @@ mod tests {
         };
         for k in ["a", "b", "c", "d"] {
             let mut s = sample(0, true, 1.0, 1);
-            s.keys = [Some(k), None, None, None, None];
+            s.keys = [Some(k.as_bytes()), None, None, None, None];
             u.record(&s, &cfg);
         }
         assert_eq!(u.keys(Dimension::Model), ["_other", "a", "b"]);

@@ -56,10 +56,12 @@ impl Reference {
     fn record(&mut self, s: &Sample<'_>, cfg: &UsageConfig) {
         let bin = histogram::bin_of(s.latency_ms);
         for (i, key) in s.keys.iter().enumerate() {
-            let Some(key) = key else { continue };
+            let Some(key) = key.map(|k| std::str::from_utf8(k).expect("UTF-8")) else {
+                continue;
+            };
             let dim = &mut self.dims[i];
-            let key = if dim.contains_key(*key) || dim.len() < cfg.max_keys {
-                *key
+            let key = if dim.contains_key(key) || dim.len() < cfg.max_keys {
+                key
             } else {
                 OTHER
             };
@@ -76,7 +78,7 @@ impl Reference {
             while self.recent.len() >= cfg.recent_requests {
                 self.recent.pop_front();
             }
-            let name = |i: usize| s.keys[i].map(str::to_owned);
+            let name = |i: usize| s.keys[i].map(|k| String::from_utf8(k.to_vec()).expect("UTF-8"));
             self.recent.push_back(RequestRecord {
                 decision_id: crate::decision::DecisionId(s.decision_id).to_string(),
                 request_id: s.request_id.map(str::to_owned),
@@ -216,11 +218,11 @@ proptest! {
                     t += dt;
                     let s = Sample {
                         keys: [
-                            Some(MODELS[endpoint % 3]),
-                            Some(ENDPOINTS[endpoint]),
-                            workspace.map(|w| WORKSPACES[w]),
-                            agent.map(|a| AGENTS[a]),
-                            user.map(|x| USERS[x]),
+                            Some(MODELS[endpoint % 3].as_bytes()),
+                            Some(ENDPOINTS[endpoint].as_bytes()),
+                            workspace.map(|w| WORKSPACES[w].as_bytes()),
+                            agent.map(|a| AGENTS[a].as_bytes()),
+                            user.map(|x| USERS[x].as_bytes()),
                         ],
                         cells: slot_cells.then(|| &cells[endpoint]),
                         decision_id: i as u64,
@@ -252,7 +254,7 @@ fn a_held_back_batch_lands_in_its_own_minute() {
     let u = Usage::default();
     let t0 = 1_795_392_000_000;
     let sample = |at_ms| Sample {
-        keys: [Some("m"), None, None, None, None],
+        keys: [Some(b"m"), None, None, None, None],
         cells: None,
         decision_id: 0,
         request_id: None,

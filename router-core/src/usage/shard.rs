@@ -92,7 +92,9 @@ pub(crate) struct Keys {
 
 impl Keys {
     /// The cell of `key`: its own while the dimension has room (`max_keys`), else `_other`.
-    fn resolve(&mut self, dim: usize, key: &str, cfg: &UsageConfig) -> Arc<Cell> {
+    fn resolve(&mut self, dim: usize, key: &[u8], cfg: &UsageConfig) -> Arc<Cell> {
+        // Copied from a `&str`, so never lossy.
+        let key = &*String::from_utf8_lossy(key);
         if let Some(c) = self.dims[dim].get(key) {
             return c.clone();
         }
@@ -402,7 +404,7 @@ impl Batches {
 pub(crate) struct Shard {
     /// Cells of keys this shard has met, per dimension (own-key cells only: at most
     /// `max_keys` per dimension).
-    names: [FxHashMap<Arc<str>, Arc<Cell>>; 5],
+    names: [FxHashMap<Box<[u8]>, Arc<Cell>>; 5],
     batches: Batches,
     /// Recent requests, oldest first, at most `recent_cap`.
     pub(crate) recent: VecDeque<Recent>,
@@ -430,7 +432,7 @@ impl Shard {
                 continue;
             }
             let cell = keys.lock().resolve(d, key, cfg);
-            if &*cell.key == key {
+            if cell.key.as_bytes() == key {
                 rec[d] = cell.id;
                 let cached = || Cached {
                     cell: cell.clone(),
@@ -439,10 +441,10 @@ impl Shard {
                 match (d, s.cells) {
                     (0, Some(c)) => drop(c.model.set(cached())),
                     (1, Some(c)) => drop(c.endpoint.set(cached())),
-                    _ => drop(self.names[d].insert(cell.key.clone(), cell.clone())),
+                    _ => drop(self.names[d].insert(key.into(), cell.clone())),
                 }
             } else {
-                extra.get_or_insert_with(Default::default).names[d] = Some(Arc::from(key));
+                extra.get_or_insert_with(Default::default).names[d] = Some(Arc::from(String::from_utf8_lossy(key)));
             }
             self.batches.add(&cell, cell.id, s, bin, minute);
         }
