@@ -30,7 +30,54 @@ pub(crate) fn peak_decayed(v: f64, ts_ms: u64, now_ms: u64) -> f64 {
     if elapsed == 0 {
         return v;
     }
-    v * (-(elapsed as f64) / PEAK_EWMA_DECAY_MS).exp()
+    v * peak_decay(elapsed)
+}
+
+/// Entries of each of the two [`DecayTables`].
+pub(crate) const DECAY_STEPS: usize = 4096;
+/// Elapsed times covered by the tables (4096² ms, 4.7 hours, 1,677 decay time constants);
+/// beyond, the decay is 0, as `exp()` has it from 745 time constants on.
+pub(crate) const DECAY_SPAN_MS: u64 = (DECAY_STEPS * DECAY_STEPS) as u64;
+
+/// e^(-t/τ) for whole milliseconds t, τ = [`PEAK_EWMA_DECAY_MS`], as a product of two
+/// lookups: t = 4096·a + b gives e^(-4096·a/τ) · e^(-b/τ).
+pub(crate) struct DecayTables {
+    pub(crate) coarse: [f64; DECAY_STEPS],
+    pub(crate) fine: [f64; DECAY_STEPS],
+}
+
+/// The tables of [`peak_decay`], built on first use (64 KiB).
+#[inline]
+pub(crate) fn decay_tables() -> &'static DecayTables {
+    static TABLES: std::sync::OnceLock<Box<DecayTables>> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let mut t = Box::new(DecayTables {
+            coarse: [0.0; DECAY_STEPS],
+            fine: [0.0; DECAY_STEPS],
+        });
+        for k in 0..DECAY_STEPS {
+            t.coarse[k] = (-((k * DECAY_STEPS) as f64) / PEAK_EWMA_DECAY_MS).exp();
+            t.fine[k] = (-(k as f64) / PEAK_EWMA_DECAY_MS).exp();
+        }
+        t
+    })
+}
+
+/// The peak EWMA's decay after `elapsed_ms`: e^(-elapsed/τ), **defined** as the product of
+/// [`DecayTables`]' two entries (within a few units in the last place of `exp()`, plus the
+/// relative (t/τ)·ε by which the rounding of `exp()`'s argument moves it; exactly `exp()` for
+/// 0 and 1 ms). Two loads and a multiplication instead of an `exp()` call: the hybrid
+/// scan computes it for every near-tie that may take a place in its list, P2C for each of its
+/// two samples, a report for its endpoint. One definition for all of them, so that a scan's
+/// bounds and the exact score they stand for agree.
+#[inline]
+pub(crate) fn peak_decay(elapsed_ms: u64) -> f64 {
+    if elapsed_ms < DECAY_SPAN_MS {
+        let t = decay_tables();
+        t.coarse[(elapsed_ms / DECAY_STEPS as u64) as usize] * t.fine[(elapsed_ms % DECAY_STEPS as u64) as usize]
+    } else {
+        0.0
+    }
 }
 
 /// e^(−1 ms / [`PEAK_EWMA_DECAY_MS`]): the peak-EWMA weight of samples at most a millisecond
@@ -238,7 +285,7 @@ impl EndpointState {
                 let w = if elapsed <= 1 {
                     PEAK_EWMA_ONE_MS
                 } else {
-                    (-(elapsed as f64) / PEAK_EWMA_DECAY_MS).exp()
+                    peak_decay(elapsed)
                 };
                 let decayed = if elapsed == 0 { v } else { v * w };
                 if rtt <= decayed {
@@ -642,6 +689,27 @@ mod tests {
     #[test]
     fn the_one_millisecond_weight_is_exp() {
         assert_eq!(PEAK_EWMA_ONE_MS, (-1.0 / PEAK_EWMA_DECAY_MS).exp());
+        assert_eq!(peak_decay(1), PEAK_EWMA_ONE_MS);
+        assert_eq!(peak_decay(0), 1.0);
+    }
+
+    /// The tables' product is `exp()` to within a few units in the last place plus what the
+    /// rounding of `exp()`'s own argument x = -t/τ moves it by (a relative |x|·ε), at every
+    /// elapsed time, and 0 where `exp()` is.
+    #[test]
+    fn the_peak_decay_is_exp_within_a_few_ulps() {
+        let mut e = 0u64;
+        while e < 2 * DECAY_SPAN_MS {
+            let x = e as f64 / PEAK_EWMA_DECAY_MS;
+            let exact = (-x).exp();
+            let d = peak_decay(e);
+            assert!(
+                (d - exact).abs() <= exact * (4.0 + x) * f64::EPSILON,
+                "{e}: {d} against {exact}"
+            );
+            e += 1 + e / 97;
+        }
+        assert_eq!((-(DECAY_SPAN_MS as f64) / PEAK_EWMA_DECAY_MS).exp(), 0.0);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use cells::CounterCell;
 #[cfg(test)]
 pub(crate) use cells::OwnSettled;
 pub(crate) use cells::{hash_id, same_bytes, IdMap, Keyed, Settled, SettledSlot, SmallStr};
-pub(crate) use live::{peak_decayed, Summary};
+pub(crate) use live::{decay_tables, peak_decayed, DecayTables, Summary, DECAY_SPAN_MS, DECAY_STEPS};
 pub use live::{EndpointState, LATENCY_EWMA_ALPHA, PEAK_EWMA_DECAY_MS, SUCCESS_EWMA_ALPHA};
 
 use parking_lot::Mutex;

@@ -11,20 +11,20 @@
 //! - region: 1 when the endpoint is outside the preferred region, else 0.
 //!
 //! A scan ranks most endpoints without their exact score: the cost and region terms come from
-//! the pool's arrays, and the decayed peak-EWMA latency is bounded from two tables; the `exp()`
-//! of the decay runs only for the endpoints whose rank the bounds cannot settle. The choice is
-//! the same as with every score computed exactly.
+//! the pool's arrays, and the decayed peak-EWMA latency is bounded from the decay's tables
+//! (`state::peak_decay`) before the member's load and health are read; the exact score is
+//! computed only for the endpoints whose rank the bounds cannot settle. The choice is the same
+//! as with every score computed exactly.
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use std::cell::Cell;
-use std::sync::OnceLock;
 
 use super::{utilization, Bounded, Candidates, Detail, Pick, Strategy};
 use crate::health;
 use crate::registry::snapshot::Hot;
-use crate::state::{peak_decayed, PEAK_EWMA_DECAY_MS};
+use crate::state::{decay_tables, peak_decayed, DecayTables, DECAY_SPAN_MS, DECAY_STEPS};
 
 /// Weights and reference points of the hybrid score.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -143,38 +143,10 @@ fn combine(w: &HybridWeights, load_term: f64, l: f64, health: f64, cost_term: f6
     load_term + w.latency * l / (l + w.latency_ref_ms) + w.health * (1.0 - health) + cost_term + w.region * off_region
 }
 
-/// Entries of each of the two [`DecayTables`].
-const DECAY_STEPS: usize = 4096;
-/// Elapsed times below this (4096² ms, 4.7 hours, 1,677 decay time constants) are bounded
-/// closely; beyond, the decay is bounded by 0 and e^(-1677).
-const DECAY_SPAN_MS: u64 = (DECAY_STEPS * DECAY_STEPS) as u64;
-
-/// e^(-t/τ), τ the peak-EWMA decay time constant, as a product of two lookups: t = 4096·a + b
-/// gives e^(-4096·a/τ) · e^(-b/τ). The product is within a few units in the last place of the
-/// `exp()` that [`peak_decayed`] computes, so a scan bounds a member's decayed latency within
-/// a relative 1e-9 with two lookups instead of an `exp()`.
-struct DecayTables {
-    coarse: [f64; DECAY_STEPS],
-    fine: [f64; DECAY_STEPS],
-}
-
-fn decay_tables() -> &'static DecayTables {
-    static TABLES: OnceLock<Box<DecayTables>> = OnceLock::new();
-    TABLES.get_or_init(|| {
-        let mut t = Box::new(DecayTables {
-            coarse: [0.0; DECAY_STEPS],
-            fine: [0.0; DECAY_STEPS],
-        });
-        for k in 0..DECAY_STEPS {
-            t.coarse[k] = (-((k * DECAY_STEPS) as f64) / PEAK_EWMA_DECAY_MS).exp();
-            t.fine[k] = (-(k as f64) / PEAK_EWMA_DECAY_MS).exp();
-        }
-        t
-    })
-}
-
-/// Bounds of the decay e^(-t/τ) after `elapsed_ms`, widened by a relative 1e-9, far above the
-/// rounding of the tables, of their product and of `exp()`'s argument and result.
+/// Bounds of the decay e^(-t/τ) after `elapsed_ms` (`state::live::peak_decay`, from the same
+/// tables), widened by a relative 1e-9. The decay is that product, so the bounds hold it
+/// whatever the margin; the margin keeps [`latency_term_slack`]'s account of them, written
+/// when the exact decay was `exp()`'s.
 #[inline(always)]
 fn decay_bounds(tables: &DecayTables, elapsed_ms: u64) -> (f64, f64) {
     if elapsed_ms < DECAY_SPAN_MS {
@@ -182,7 +154,7 @@ fn decay_bounds(tables: &DecayTables, elapsed_ms: u64) -> (f64, f64) {
             * tables.fine[(elapsed_ms % DECAY_STEPS as u64) as usize];
         (d * (1.0 - 1e-9), d * (1.0 + 1e-9))
     } else {
-        (0.0, tables.coarse[DECAY_STEPS - 1] * (1.0 + 1e-9))
+        (0.0, 0.0)
     }
 }
 
@@ -220,7 +192,7 @@ fn latency_term_slack(w: &HybridWeights, peak: Option<(f64, u64)>) -> f64 {
 }
 
 /// A member's hybrid score known within [`lo`, `hi`] until [`Bounded::exact`] asks for the
-/// decayed peak-EWMA latency (an `exp()`): only winners and members close to the kept ones need
+/// decayed peak-EWMA latency: only winners and members close to the kept ones need
 /// it. Every term is ≥ 0: `lo` is the sum with the latency term's floor, less a relative 1e-12,
 /// `hi` the sum with its floor and slack, more 1e-12; the margins cover the rounding of the
 /// sums and of the terms, far above it.
