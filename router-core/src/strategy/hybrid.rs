@@ -149,7 +149,12 @@ fn combine(w: &HybridWeights, load_term: f64, l: f64, health: f64, cost_term: f6
 /// when the exact decay was `exp()`'s.
 #[inline(always)]
 fn decay_bounds(tables: &DecayTables, elapsed_ms: u64) -> (f64, f64) {
-    if elapsed_ms < DECAY_SPAN_MS {
+    // Under 4.1 s (the common case by far) the coarse entry is e^0 = 1: the fine one alone
+    // is the same product.
+    if elapsed_ms < DECAY_STEPS as u64 {
+        let d = tables.fine[elapsed_ms as usize];
+        (d * (1.0 - 1e-9), d * (1.0 + 1e-9))
+    } else if elapsed_ms < DECAY_SPAN_MS {
         let d = tables.coarse[(elapsed_ms / DECAY_STEPS as u64) as usize]
             * tables.fine[(elapsed_ms % DECAY_STEPS as u64) as usize];
         (d * (1.0 - 1e-9), d * (1.0 + 1e-9))
