@@ -911,7 +911,13 @@ pub(crate) fn settle_budgets(ticket: &Ticket, cost_micros: i64, events: &EventBu
             };
             let before = total - cost_micros;
             let limit = limit_micros as f64;
-            for &a in b.limits.alert_at.iter() {
+            // Below the lowest threshold no alert fires (the common case: no loop).
+            let alerts: &[f64] = if total as f64 >= b.first_alert[window as usize] {
+                &b.limits.alert_at
+            } else {
+                &[]
+            };
+            for &a in alerts {
                 let t = a * limit;
                 if (before as f64) < t && total as f64 >= t {
                     events.emit(&Event::BudgetThresholdCrossed {

@@ -305,6 +305,9 @@ pub(crate) struct PlannedBudget {
     pub(crate) limits: BudgetLimits,
     /// Each window's limit in micro-units (`None`: no limit for that window).
     pub(crate) limit_micros: [Option<i64>; 3],
+    /// Each window's lowest alert threshold in micro-units, as the settlement computes them
+    /// (`alert_at · limit`; `+∞` without a limit or alerts): below it, no alert can fire.
+    pub(crate) first_alert: [f64; 3],
     /// The budget's position in its plan (workspace budgets, then the others).
     pub(crate) index: usize,
     windows: Arc<Windows>,
@@ -385,11 +388,21 @@ impl BudgetPlan {
         let mut index = 0;
         let mut planned = |scope: BudgetScope, id: &str, limits: &BudgetLimits| {
             index += 1;
+            let limit_micros = BudgetWindow::ALL.map(|w| limits.limit(w).map(to_micros));
             Arc::new(PlannedBudget {
                 scope,
                 id: id.into(),
                 limits: limits.clone(),
-                limit_micros: BudgetWindow::ALL.map(|w| limits.limit(w).map(to_micros)),
+                limit_micros,
+                first_alert: limit_micros.map(|l| {
+                    l.map_or(f64::INFINITY, |l| {
+                        limits
+                            .alert_at
+                            .iter()
+                            .map(|a| a * l as f64)
+                            .fold(f64::INFINITY, f64::min)
+                    })
+                }),
                 index: index - 1,
                 windows: Arc::clone(&windows),
                 counters: Default::default(),

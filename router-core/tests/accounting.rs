@@ -312,6 +312,31 @@ fn shadow_counts_and_tells_only() {
     );
 }
 
+/// Each alert threshold fires once, in order, also when one report crosses two of them.
+#[test]
+fn alert_thresholds_fire_once_each_in_order() {
+    let r = common::router(policy(json!({})), at(MON));
+    let stream = r.events().subscribe(64, false);
+    r.set_workspace_config(
+        "ws",
+        workspace(json!({"daily": 0.10, "mode": "shadow", "alert_at": [0.9, 0.2, 0.3]})),
+    )
+    .unwrap();
+    let mut fired = Vec::new();
+    for _ in 0..4 {
+        spend_4_cents(&r, "ws").unwrap();
+        let thresholds: Vec<f64> = std::iter::from_fn(|| stream.try_recv())
+            .filter_map(|e| match e {
+                Event::BudgetThresholdCrossed { threshold, .. } => Some(threshold),
+                _ => None,
+            })
+            .collect();
+        fired.push(thresholds);
+    }
+    // Spent 0.04 (past 0.02 and 0.03), 0.08, 0.12 (past 0.09), 0.16.
+    assert_eq!(fired, [vec![0.2, 0.3], vec![], vec![0.9], vec![]]);
+}
+
 #[test]
 fn spent_model_budgets_remove_their_models() {
     let r = common::router(
