@@ -36,7 +36,8 @@
 //! (4 per CPU, at least 4, at most 256 shards): up to 1,024 batches (about 130 bytes each plus a
 //! window of at most 512 latency counts, 2 KB: 2.2 MB at most, a few hundred KB in practice),
 //! 4 bytes per key of any dimension (the batch index), its cache of cells (a map entry of about
-//! 32 bytes per key it has met, at most `max_keys` per dimension) and up to
+//! 32 bytes per key it has met plus a copy of the key's bytes, at most `max_keys` per
+//! dimension) and up to
 //! `usage.recent_requests` recent requests of 88 bytes (plus the request id, if any);
 //! [`crate::Router::recent_requests`] returns at most `recent_requests` of them.
 
