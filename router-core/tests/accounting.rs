@@ -287,15 +287,17 @@ fn downgrade_prefers_the_cheapest_fitting_model_and_says_so() {
     assert_eq!(r.route(&by_type).unwrap().model_id(), "small");
 }
 
-#[test]
-fn shadow_counts_and_tells_only() {
+/// A router whose workspace `ws` has the budget `limits`, and a stream of its events.
+fn with_budget(limits: serde_json::Value) -> (Router, EventStream) {
     let r = common::router(policy(json!({})), at(MON));
     let stream = r.events().subscribe(64, false);
-    r.set_workspace_config(
-        "ws",
-        workspace(json!({"daily": 0.05, "mode": "shadow", "alert_at": [0.5]})),
-    )
-    .unwrap();
+    r.set_workspace_config("ws", workspace(limits)).unwrap();
+    (r, stream)
+}
+
+#[test]
+fn shadow_counts_and_tells_only() {
+    let (r, stream) = with_budget(json!({"daily": 0.05, "mode": "shadow", "alert_at": [0.5]}));
     for _ in 0..3 {
         spend_4_cents(&r, "ws").unwrap();
     }
@@ -315,13 +317,7 @@ fn shadow_counts_and_tells_only() {
 /// Each alert threshold fires once, in order, also when one report crosses two of them.
 #[test]
 fn alert_thresholds_fire_once_each_in_order() {
-    let r = common::router(policy(json!({})), at(MON));
-    let stream = r.events().subscribe(64, false);
-    r.set_workspace_config(
-        "ws",
-        workspace(json!({"daily": 0.10, "mode": "shadow", "alert_at": [0.9, 0.2, 0.3]})),
-    )
-    .unwrap();
+    let (r, stream) = with_budget(json!({"daily": 0.10, "mode": "shadow", "alert_at": [0.9, 0.2, 0.3]}));
     let mut fired = Vec::new();
     for _ in 0..4 {
         spend_4_cents(&r, "ws").unwrap();
