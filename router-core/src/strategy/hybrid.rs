@@ -24,7 +24,7 @@ use std::cell::Cell;
 use super::{utilization, Bounded, Candidates, Detail, Pick, Strategy};
 use crate::health;
 use crate::registry::snapshot::Hot;
-use crate::state::{decay_tables, peak_decayed, DecayTables, DECAY_SPAN_MS, DECAY_STEPS};
+use crate::state::{decay_from, decay_tables, peak_decayed, DecayTables};
 
 /// Weights and reference points of the hybrid score.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -149,18 +149,8 @@ fn combine(w: &HybridWeights, load_term: f64, l: f64, health: f64, cost_term: f6
 /// when the exact decay was `exp()`'s.
 #[inline(always)]
 fn decay_bounds(tables: &DecayTables, elapsed_ms: u64) -> (f64, f64) {
-    // Under 4.1 s (the common case by far) the coarse entry is e^0 = 1: the fine one alone
-    // is the same product.
-    if elapsed_ms < DECAY_STEPS as u64 {
-        let d = tables.fine[elapsed_ms as usize];
-        (d * (1.0 - 1e-9), d * (1.0 + 1e-9))
-    } else if elapsed_ms < DECAY_SPAN_MS {
-        let d = tables.coarse[(elapsed_ms / DECAY_STEPS as u64) as usize]
-            * tables.fine[(elapsed_ms % DECAY_STEPS as u64) as usize];
-        (d * (1.0 - 1e-9), d * (1.0 + 1e-9))
-    } else {
-        (0.0, 0.0)
-    }
+    let d = decay_from(tables, elapsed_ms);
+    (d * (1.0 - 1e-9), d * (1.0 + 1e-9))
 }
 
 /// The margins of [`HybridBounds`].
@@ -391,6 +381,7 @@ fn scan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::DECAY_SPAN_MS;
 
     use proptest::prelude::*;
     use proptest::strategy::Strategy as _;
