@@ -27,6 +27,11 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 /// milliseconds to hours long. Latencies are reported by the host and never measured with this
 /// clock. Inject a clock of your own ([`RouterBuilder::clock`](crate::RouterBuilder::clock))
 /// for a finer one.
+///
+/// A read does not update `coarsetime`'s process-wide cached instant (its `Instant::now`
+/// stores every reading into one global atomic, which the router never reads): with that
+/// store, every thread deciding would write the same cache line twice per request, and the
+/// line would move between cores on every decision.
 #[derive(Debug)]
 pub struct SystemClock {
     base_unix_ms: u64,
@@ -42,7 +47,7 @@ impl SystemClock {
             .unwrap_or(0);
         SystemClock {
             base_unix_ms,
-            base: coarsetime::Instant::now(),
+            base: coarsetime::Instant::now_without_cache_update(),
         }
     }
 }
@@ -56,7 +61,8 @@ impl Default for SystemClock {
 impl Clock for SystemClock {
     #[inline]
     fn now_ms(&self) -> u64 {
-        self.base_unix_ms + coarsetime::Instant::now().duration_since(self.base).as_millis()
+        let now = coarsetime::Instant::now_without_cache_update();
+        self.base_unix_ms + now.duration_since(self.base).as_millis()
     }
 }
 
@@ -94,6 +100,21 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Readings leave `coarsetime`'s process-wide cached instant alone: a decision writes no
+    /// line that every deciding thread shares.
+    #[test]
+    fn readings_leave_the_shared_cached_instant_alone() {
+        let clock = SystemClock::new();
+        // (Sets the cached instant when nothing has yet.)
+        let before = coarsetime::Instant::recent();
+        let start = clock.now_ms();
+        // Until the coarse clock has moved (its tick is a few ms).
+        while clock.now_ms() == start {
+            std::hint::spin_loop();
+        }
+        assert_eq!(coarsetime::Instant::recent(), before);
+    }
 
     #[test]
     fn manual_clock_moves_only_when_told() {
