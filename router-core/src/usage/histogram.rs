@@ -17,12 +17,69 @@ pub struct LatencyHistogram {
     count: u64,
 }
 
-/// The bin of a latency, ms.
+/// Octaves of `ms / MIN_MS` (from 1) that [`bin_of`] finds by table: up to 2^40 × 10 µs, 127
+/// days. Beyond, it computes the logarithm.
+const TABLE_OCTAVES: usize = 40;
+/// Cells per octave of [`BinTables::start`]: the top 6 bits of the mantissa. A cell spans a
+/// factor of at most 1 + 1/64 < γ, so it meets at most two bins.
+const CELL_BITS: u32 = 6;
+/// The bins the table covers: ⌈log_γ 2^40⌉ = 1,401, and the one above.
+const TABLE_BINS: usize = 1_402;
+
+/// [`bin_of`]'s tables (16 KiB, built on first use).
+struct BinTables {
+    /// `bound[i]` = γ^i: the upper end of bin `i`, in units of `MIN_MS`.
+    bound: [f64; TABLE_BINS],
+    /// For each cell (octave · 64 + the mantissa's top 6 bits), the bin of its lower end.
+    start: [u16; TABLE_OCTAVES << CELL_BITS],
+}
+
+fn bin_tables() -> &'static BinTables {
+    static TABLES: std::sync::OnceLock<Box<BinTables>> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let mut t = Box::new(BinTables {
+            bound: [0.0; TABLE_BINS],
+            start: [0; TABLE_OCTAVES << CELL_BITS],
+        });
+        for (i, b) in t.bound.iter_mut().enumerate() {
+            *b = (i as f64 * GAMMA.ln()).exp();
+        }
+        for (j, s) in t.start.iter_mut().enumerate() {
+            // The cell's lower end, 2^octave · (1 + m/64), exactly.
+            let lo = f64::from_bits(((1023 << CELL_BITS) + j as u64) << (52 - CELL_BITS));
+            let i = t.bound.partition_point(|&b| b < lo);
+            *s = i as u16;
+        }
+        t
+    })
+}
+
+/// The bin of a latency, ms: the `i` with γ^(i-1) < `ms / MIN_MS` ≤ γ^i (0 for `MIN_MS` and
+/// below, and for NaN).
+///
+/// Up to 127 days it is found without a logarithm (one call to `ln` is about a third of
+/// what recording a sample costs): the float's exponent and top mantissa bits name a cell of
+/// the table, whose lower end's bin is the answer or one below it; one comparison with that
+/// bin's upper bound tells which. The bounds are γ^i as `exp` computes them, so a value
+/// within a rounding error of a bound may fall in the bin next to the one `ln` would give.
+#[inline]
 pub(crate) fn bin_of(ms: f64) -> u16 {
-    if ms.is_nan() || ms <= MIN_MS {
+    let x = ms * (1.0 / MIN_MS);
+    if x.is_nan() || x <= 1.0 {
         return 0;
     }
-    let i = crate::num::ceil((ms / MIN_MS).ln() / GAMMA.ln());
+    let t = bin_tables();
+    let cell = ((x.to_bits() >> (52 - CELL_BITS)) as usize).wrapping_sub(1023 << CELL_BITS);
+    match t.start.get(cell) {
+        Some(&i) => i + u16::from(x > t.bound[usize::from(i)]),
+        None => bin_by_log(x),
+    }
+}
+
+/// [`bin_of`] of `x` = `ms / MIN_MS` > 1 by the logarithm.
+#[cold]
+fn bin_by_log(x: f64) -> u16 {
+    let i = crate::num::ceil(x.ln() / GAMMA.ln());
     i.min(f64::from(u16::MAX)) as u16
 }
 
@@ -108,6 +165,52 @@ mod tests {
         }
         assert_eq!(h.count(), 10_000);
         assert!(h.bins.len() < 600);
+    }
+
+    /// The table's bins are the logarithm's, but for values within a rounding error of a
+    /// bound; the table's bounds are monotone and each cell meets at most two bins.
+    #[test]
+    fn table_bins_match_the_logarithm() {
+        let by_log = |ms: f64| {
+            if ms.is_nan() || ms <= MIN_MS {
+                0
+            } else {
+                bin_by_log(ms / MIN_MS)
+            }
+        };
+        let t = bin_tables();
+        assert!(t.bound.windows(2).all(|w| w[0] < w[1]));
+        assert!(t.bound[TABLE_BINS - 1] >= 2f64.powi(TABLE_OCTAVES as i32));
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut checked = 0;
+        for k in 0..400_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            // Log-uniform from 1 µs to 10^10 ms, then every bound and its neighbours.
+            let ms = if k < 200_000 {
+                10f64.powf(-3.0 + 13.0 * (rng >> 11) as f64 / (1u64 << 53) as f64)
+            } else {
+                let b = t.bound[(k - 200_000) % TABLE_BINS] * MIN_MS;
+                [b, f64::from_bits(b.to_bits() + 1), f64::from_bits(b.to_bits() - 1)][k % 3]
+            };
+            let (fast, slow) = (bin_of(ms), by_log(ms));
+            if fast != slow {
+                // Only where a bound lies within rounding error of the value.
+                let bound = t.bound[usize::from(fast.min(slow))] * MIN_MS;
+                assert!(
+                    (ms / bound - 1.0).abs() < 1e-12,
+                    "{ms} ms: table bin {fast}, logarithm {slow}"
+                );
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 400_000);
+        for ms in [f64::NAN, -1.0, 0.0, MIN_MS, 0.010_000_000_1] {
+            assert_eq!(bin_of(ms), by_log(ms), "{ms}");
+        }
+        assert_eq!(bin_of(1e300), by_log(1e300));
+        assert_eq!(bin_of(f64::INFINITY), u16::MAX);
     }
 
     #[test]
