@@ -1,12 +1,17 @@
 //! Policy versions: every accepted configuration change makes version n+1, kept with its time
 //! and a comment; the last `versions_kept` documents can be read back and rolled back to.
+//!
+//! A version keeps the registry's contents as they were, not a document: its models, endpoints
+//! and rules are shared with the registry and with the other versions, so that keeping 20
+//! versions of 10,000 endpoints costs 20 lists of pointers, not 20 copies of every endpoint.
+//! The document is made when it is asked for.
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::policy::Policy;
+use crate::registry::Contents;
 
 /// One accepted configuration change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,12 +32,12 @@ pub(crate) struct History {
 #[derive(Debug, Default)]
 struct Inner {
     last: u64,
-    kept: VecDeque<(PolicyVersion, Arc<Policy>)>,
+    kept: VecDeque<(PolicyVersion, Arc<Contents>)>,
 }
 
 impl History {
-    /// Record `policy` as the next version; keep at most `keep` versions.
-    pub(crate) fn record(&self, policy: Policy, at_ms: u64, comment: String, keep: usize) -> u64 {
+    /// Record `contents` as the next version; keep at most `keep` versions.
+    pub(crate) fn record(&self, contents: Contents, at_ms: u64, comment: String, keep: usize) -> u64 {
         let mut h = self.inner.lock();
         h.last += 1;
         let version = h.last;
@@ -42,7 +47,7 @@ impl History {
                 at_ms,
                 comment,
             },
-            Arc::new(policy),
+            Arc::new(contents),
         ));
         while h.kept.len() > keep.max(1) {
             h.kept.pop_front();
@@ -58,7 +63,7 @@ impl History {
         self.inner.lock().kept.iter().map(|(v, _)| v.clone()).collect()
     }
 
-    pub(crate) fn get(&self, version: u64) -> Option<Arc<Policy>> {
+    pub(crate) fn get(&self, version: u64) -> Option<Arc<Contents>> {
         self.inner
             .lock()
             .kept

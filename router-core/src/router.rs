@@ -1127,7 +1127,7 @@ impl Router {
         self.inner
             .history
             .get(version)
-            .map(|p| (*p).clone())
+            .map(|c| c.to_policy())
             .ok_or_else(|| Error::not_found("policy version", version.to_string()))
     }
 
@@ -1629,22 +1629,7 @@ impl Inner {
 
     /// The current configuration as a policy document.
     fn export_policy(&self) -> Policy {
-        let crate::registry::Contents {
-            models,
-            endpoints,
-            rules,
-            agents,
-            workspaces,
-            config,
-        } = self.registry.contents();
-        Policy {
-            models: models.iter().map(|m| (**m).clone()).collect(),
-            endpoints: endpoints.iter().map(|e| (**e).clone()).collect(),
-            rules: rules.iter().map(|r| (**r).clone()).collect(),
-            agents: (*agents).clone(),
-            workspaces: workspaces.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            settings: (*config).clone(),
-        }
+        self.registry.contents().to_policy()
     }
 
     fn commit<T>(&self, f: impl FnOnce(&mut crate::registry::Draft) -> Result<T>, publish: bool) -> Result<T> {
@@ -1668,7 +1653,9 @@ impl Inner {
     fn record_version(&self, comment: String) -> u64 {
         let at_ms = self.clock.now_ms();
         let keep = self.registry.load().config.versions_kept;
-        let version = self.history.record(self.export_policy(), at_ms, comment.clone(), keep);
+        let version = self
+            .history
+            .record(self.registry.contents(), at_ms, comment.clone(), keep);
         self.events.emit(&Event::PolicyChanged {
             version,
             comment,

@@ -144,6 +144,30 @@ fn every_accepted_change_is_a_version_and_rollback_restores_it() {
     assert_eq!(r.policy_at(99).unwrap_err().kind(), "not_found");
 }
 
+/// A kept version is the document as it was, whatever changed after it (versions share the
+/// items that did not change, so the later changes must not reach into an older one).
+#[test]
+fn a_kept_version_is_unchanged_by_later_updates_of_its_items() {
+    let r = router(Policy::from_json(&doc().to_string()).unwrap(), clock());
+    let v1 = r.policy();
+    let first = v1.endpoints[0].clone();
+    let mut changed = first.clone();
+    changed.weight = first.weight + 5.0;
+    changed.url = "http://moved".into();
+    r.update_endpoint(changed.clone()).unwrap();
+    r.deregister_endpoint(&v1.endpoints[1].id).unwrap();
+    let mut p = r.policy();
+    p.settings.default_strategy = StrategyKind::Hybrid;
+    r.load_policy(p).unwrap();
+    assert_eq!(r.policy_at(1).unwrap(), v1);
+    let v2 = r.policy_at(2).unwrap();
+    assert_eq!(v2.endpoints.iter().find(|e| e.id == first.id), Some(&changed));
+    assert_eq!(v2.endpoints.len(), v1.endpoints.len());
+    assert_eq!(r.policy_at(3).unwrap().endpoints.len(), v1.endpoints.len() - 1);
+    assert_eq!(r.policy_at(4).unwrap().settings.default_strategy, StrategyKind::Hybrid);
+    assert_ne!(v1.settings.default_strategy, StrategyKind::Hybrid);
+}
+
 #[test]
 fn only_the_last_versions_are_kept() {
     let mut p = Policy::from_json(&doc().to_string()).unwrap();

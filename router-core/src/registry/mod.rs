@@ -21,7 +21,7 @@ use crate::model::{Model, ModelStatus, ModelType};
 use crate::policy::{AgentPreferences, WorkspaceConfig, WorkspaceMap};
 use crate::rules::{CompiledCondition, Rule};
 use crate::state::thread_cache::ThreadCache;
-use crate::state::{EndpointState, StateChange};
+use crate::state::{hash_id, EndpointState, StateChange};
 use crate::RouterConfig;
 pub use snapshot::Slot;
 pub(crate) use snapshot::Snapshot;
@@ -82,11 +82,89 @@ pub(crate) enum Upsert {
     Any,
 }
 
+/// Lookups by id in a list that a change makes by linear scan before [`Positions`] builds an
+/// index (a change that registers one endpoint scans once; a policy of thousands indexes).
+const SCANS_BEFORE_INDEX: u32 = 8;
+
+/// Positions by id in a [`Draft`]'s models or endpoints, for a change that looks many up: a
+/// policy of n endpoints checks each id against those before it, n²/2 comparisons by scan.
+/// Built by the lookup after the first [`SCANS_BEFORE_INDEX`] of a change, kept up to date by
+/// its additions, dropped by removals (which shift positions), and not carried over to the
+/// next change's draft (a change of one item would pay for it and not use it).
+///
+/// Keyed by the id's hash (no allocation per item); a position is confirmed against the id.
+/// Two ids of one hash make the list unindexed for the rest of the change.
+#[derive(Debug, Default)]
+struct Positions(RefCell<PositionIndex>);
+
+#[derive(Debug, Default)]
+struct PositionIndex {
+    scans: u32,
+    map: Option<FxHashMap<u64, u32>>,
+    /// Two ids of the list share a hash: scan.
+    collided: bool,
+}
+
+impl Clone for Positions {
+    fn clone(&self) -> Self {
+        Positions::default()
+    }
+}
+
+impl Positions {
+    /// The position of `id` in `items` (whose ids `id_of` gives).
+    fn find<T>(&self, items: &[Arc<T>], id: &str, id_of: impl Fn(&T) -> &str) -> Option<usize> {
+        let scan = || items.iter().position(|x| id_of(x) == id);
+        let mut ix = self.0.borrow_mut();
+        if ix.map.is_none() && !ix.collided {
+            ix.scans += 1;
+            if ix.scans > SCANS_BEFORE_INDEX && items.len() > 2 * SCANS_BEFORE_INDEX as usize {
+                let mut map = FxHashMap::with_capacity_and_hasher(items.len(), Default::default());
+                for (p, x) in items.iter().enumerate() {
+                    if map.insert(hash_id(id_of(x).as_bytes()), p as u32).is_some() {
+                        ix.collided = true;
+                        return scan();
+                    }
+                }
+                ix.map = Some(map);
+            }
+        }
+        match &ix.map {
+            Some(map) => {
+                let p = *map.get(&hash_id(id.as_bytes()))? as usize;
+                (id_of(&items[p]) == id).then_some(p)
+            }
+            None => scan(),
+        }
+    }
+
+    /// `id` was added at position `p` (the end of the list).
+    fn added(&self, id: &str, p: usize) {
+        let mut ix = self.0.borrow_mut();
+        if let Some(map) = &mut ix.map {
+            if map.insert(hash_id(id.as_bytes()), p as u32).is_some() {
+                ix.map = None;
+                ix.collided = true;
+            }
+        }
+    }
+
+    /// An item was removed: positions after it moved.
+    fn removed(&self) {
+        let mut ix = self.0.borrow_mut();
+        ix.map = None;
+        ix.scans = 0;
+    }
+}
+
 /// The committed configuration, and the copy a change works on.
 #[derive(Debug, Clone)]
 pub(crate) struct Draft {
     pub(crate) models: Vec<Arc<Model>>,
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    /// Indexes of `models` and `endpoints` by id, for this change ([`Positions`]).
+    model_positions: Positions,
+    endpoint_positions: Positions,
     pub(crate) rules: Vec<(Arc<Rule>, Arc<CompiledCondition>)>,
     pub(crate) agents: Arc<BTreeMap<String, AgentPreferences>>,
     pub(crate) workspaces: Arc<WorkspaceMap>,
@@ -101,11 +179,11 @@ pub(crate) struct Draft {
 
 impl Draft {
     fn model_pos(&self, id: &str) -> Option<usize> {
-        self.models.iter().position(|m| m.id == id)
+        self.model_positions.find(&self.models, id, |m| &m.id)
     }
 
     fn endpoint_pos(&self, id: &str) -> Option<usize> {
-        self.endpoints.iter().position(|e| e.id == id)
+        self.endpoint_positions.find(&self.endpoints, id, |e| &e.id)
     }
 
     /// Register or update a model.
@@ -132,6 +210,7 @@ impl Draft {
                     model_id: id.clone(),
                     at_ms: self.now_ms,
                 });
+                self.model_positions.added(&model.id, self.models.len());
                 self.models.push(Arc::new(model.clone()));
             }
         }
@@ -142,16 +221,28 @@ impl Draft {
     /// Remove a model and its endpoints.
     pub(crate) fn remove_model(&mut self, id: &str) -> Result<()> {
         let p = self.model_pos(id).ok_or_else(|| Error::not_found("model", id))?;
-        let doomed: Vec<String> = self
-            .endpoints
-            .iter()
-            .filter(|e| e.model_id == id)
-            .map(|e| e.id.clone())
-            .collect();
-        for e in doomed {
-            self.remove_endpoint(&e)?;
+        // Its endpoints in one pass (one by one, a policy's replacement would take n²/2).
+        let (events, changes, now_ms) = (&mut self.events, &mut self.changes, self.now_ms);
+        let before = self.endpoints.len();
+        self.endpoints.retain(|e| {
+            if e.model_id != id {
+                return true;
+            }
+            events.push(Event::HeadDeregistered {
+                endpoint_id: e.id.clone(),
+                model_id: e.model_id.clone(),
+                at_ms: now_ms,
+            });
+            changes.push(StateChange::EndpointRemoved {
+                endpoint_id: e.id.clone(),
+            });
+            false
+        });
+        if self.endpoints.len() != before {
+            self.endpoint_positions.removed();
         }
         self.models.remove(p);
+        self.model_positions.removed();
         self.events.push(Event::ModelDeregistered {
             model_id: id.to_owned(),
             at_ms: self.now_ms,
@@ -197,6 +288,7 @@ impl Draft {
                     url: endpoint.url.clone(),
                     at_ms: self.now_ms,
                 });
+                self.endpoint_positions.added(&id, self.endpoints.len());
                 self.endpoints.push(Arc::new(endpoint.clone()));
             }
         }
@@ -208,6 +300,7 @@ impl Draft {
     pub(crate) fn remove_endpoint(&mut self, id: &str) -> Result<()> {
         let p = self.endpoint_pos(id).ok_or_else(|| Error::not_found("endpoint", id))?;
         let e = self.endpoints.remove(p);
+        self.endpoint_positions.removed();
         self.events.push(Event::HeadDeregistered {
             endpoint_id: e.id.clone(),
             model_id: e.model_id.clone(),
@@ -380,7 +473,9 @@ impl Draft {
     }
 }
 
-/// A copy of the committed configuration.
+/// A copy of the committed configuration: its models, endpoints and rules shared with the
+/// registry (a copy costs a pointer per item, and the policy versions kept share every item
+/// that did not change between them).
 #[derive(Debug)]
 pub(crate) struct Contents {
     pub(crate) models: Vec<Arc<Model>>,
@@ -389,6 +484,20 @@ pub(crate) struct Contents {
     pub(crate) agents: Arc<BTreeMap<String, AgentPreferences>>,
     pub(crate) workspaces: Arc<WorkspaceMap>,
     pub(crate) config: Arc<RouterConfig>,
+}
+
+impl Contents {
+    /// The configuration as a policy document.
+    pub(crate) fn to_policy(&self) -> crate::policy::Policy {
+        crate::policy::Policy {
+            models: self.models.iter().map(|m| (**m).clone()).collect(),
+            endpoints: self.endpoints.iter().map(|e| (**e).clone()).collect(),
+            rules: self.rules.iter().map(|r| (**r).clone()).collect(),
+            agents: (*self.agents).clone(),
+            workspaces: self.workspaces.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            settings: (*self.config).clone(),
+        }
+    }
 }
 
 /// The registry.
@@ -424,6 +533,8 @@ impl Registry {
         let draft = Draft {
             models: Vec::new(),
             endpoints: Vec::new(),
+            model_positions: Positions::default(),
+            endpoint_positions: Positions::default(),
             rules: Vec::new(),
             agents: Arc::default(),
             workspaces: Arc::default(),
@@ -562,6 +673,127 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A list as a draft keeps it, with its [`Positions`].
+    struct Listed {
+        items: Vec<Arc<String>>,
+        positions: Positions,
+    }
+
+    impl Listed {
+        fn find(&self, id: &str) -> Option<usize> {
+            self.positions.find(&self.items, id, |s| s.as_str())
+        }
+        fn add(&mut self, id: &str) {
+            self.positions.added(id, self.items.len());
+            self.items.push(Arc::new(id.to_owned()));
+        }
+        fn remove(&mut self, p: usize) {
+            self.items.remove(p);
+            self.positions.removed();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Lookups with the index (built, kept up to date, dropped by removals, rebuilt) find
+        /// what a scan finds.
+        #[test]
+        fn positions_find_what_a_scan_finds(
+            start in 0usize..200,
+            ops in prop::collection::vec((0u8..4, 0usize..400), 1..300),
+        ) {
+            let mut l = Listed { items: Vec::new(), positions: Positions::default() };
+            for k in 0..start {
+                l.add(&format!("ep-{k}"));
+            }
+            for (op, k) in ops {
+                let id = format!("ep-{k}");
+                let scan = l.items.iter().position(|s| **s == id);
+                prop_assert_eq!(l.find(&id), scan, "{}", id);
+                match (op, scan) {
+                    (0, None) => l.add(&id),
+                    (1, Some(p)) => l.remove(p),
+                    _ => {}
+                }
+            }
+            for (p, s) in l.items.iter().enumerate() {
+                prop_assert_eq!(l.find(s), Some(p));
+            }
+        }
+    }
+
+    #[test]
+    fn positions_index_a_list_after_a_few_scans_and_not_across_changes() {
+        let mut l = Listed {
+            items: Vec::new(),
+            positions: Positions::default(),
+        };
+        for k in 0..100 {
+            assert_eq!(l.find(&format!("ep-{k}")), None);
+            l.add(&format!("ep-{k}"));
+        }
+        assert!(l.positions.0.borrow().map.is_some(), "indexed");
+        assert_eq!(l.find("ep-42"), Some(42));
+        l.remove(0);
+        assert!(l.positions.0.borrow().map.is_none(), "a removal drops the index");
+        assert_eq!(l.find("ep-42"), Some(41));
+        let next = l.positions.clone();
+        assert!(next.0.borrow().map.is_none() && next.0.borrow().scans == 0);
+        // Two ids of one hash: the list is scanned from then on.
+        l.positions.0.borrow_mut().map = Some(FxHashMap::default());
+        l.positions.added("ep-x", l.items.len());
+        l.items.push(Arc::new("ep-x".to_owned()));
+        l.positions
+            .0
+            .borrow_mut()
+            .map
+            .as_mut()
+            .expect("kept")
+            .insert(hash_id(b"ep-y"), 0);
+        l.positions.added("ep-y", l.items.len());
+        l.items.push(Arc::new("ep-y".to_owned()));
+        assert!(l.positions.0.borrow().collided && l.positions.0.borrow().map.is_none());
+        assert_eq!(l.find("ep-y"), Some(l.items.len() - 1));
+        assert_eq!(l.find("ep-x"), Some(l.items.len() - 2));
+    }
+
+    /// A policy of thousands of endpoints: duplicates are still caught, and an update and a
+    /// removal of one of them find it.
+    #[test]
+    fn a_large_change_finds_duplicates_and_existing_ids() {
+        let r = Registry::new(RouterConfig::default()).expect("valid");
+        let err = r
+            .mutate(0, |d| {
+                d.put_model(Model::new("m", "p"), Upsert::Insert)?;
+                for k in 0..5_000 {
+                    d.put_endpoint(Endpoint::new(format!("ep-{k}"), "m", "http://e"), Upsert::Insert)?;
+                }
+                d.put_endpoint(Endpoint::new("ep-4321", "m", "http://e"), Upsert::Insert)
+            })
+            .expect_err("a duplicate");
+        assert_eq!(err.kind(), "already_exists");
+        assert_eq!(r.load().generation, 0, "nothing changed");
+        r.mutate(0, |d| {
+            d.put_model(Model::new("m", "p"), Upsert::Insert)?;
+            for k in 0..5_000 {
+                d.put_endpoint(Endpoint::new(format!("ep-{k}"), "m", "http://e"), Upsert::Insert)?;
+            }
+            d.put_endpoint(Endpoint::new("ep-4321", "m", "http://new"), Upsert::Update)?;
+            d.remove_endpoint("ep-17")?;
+            d.put_endpoint(Endpoint::new("ep-4999", "m", "http://new2"), Upsert::Update)
+        })
+        .expect("valid");
+        let c = r.contents();
+        assert_eq!(c.endpoints.len(), 4_999);
+        assert!(c.endpoints.iter().all(|e| e.id != "ep-17"));
+        let url = |id: &str| c.endpoints.iter().find(|e| e.id == id).map(|e| e.url.clone());
+        assert_eq!(url("ep-4321").as_deref(), Some("http://new"));
+        assert_eq!(url("ep-4999").as_deref(), Some("http://new2"));
+        assert_eq!(url("ep-18").as_deref(), Some("http://e"));
+    }
 
     fn bump(r: &Registry) -> u64 {
         r.mutate(0, |_| Ok(())).expect("no-op change");
