@@ -547,6 +547,7 @@ impl Registry {
             now_ms: 0,
         };
         let snap = Snapshot::build(
+            None,
             0,
             draft.config.clone(),
             &[],
@@ -621,8 +622,6 @@ impl Registry {
         let out = f(&mut draft)?;
         draft.check_rules()?;
         draft.generation += 1;
-        let live: rustc_hash::FxHashSet<&str> = draft.endpoints.iter().map(|e| e.id.as_str()).collect();
-        draft.states.retain(|id, _| live.contains(&**id));
         let models: rustc_hash::FxHashSet<&str> = draft.models.iter().map(|m| m.id.as_str()).collect();
         draft.model_loads.retain(|id, _| models.contains(&**id));
         for m in &draft.models {
@@ -637,7 +636,14 @@ impl Registry {
                     .insert(Arc::from(e.id.as_str()), Arc::new(EndpointState::new(now_ms)));
             }
         }
+        // Every endpoint has its state now, and ids are unique: more states than endpoints
+        // means some belong to removed endpoints (a registration skips this pass).
+        if draft.states.len() > draft.endpoints.len() {
+            let live: rustc_hash::FxHashSet<&str> = draft.endpoints.iter().map(|e| e.id.as_str()).collect();
+            draft.states.retain(|id, _| live.contains(&**id));
+        }
         let snap = Snapshot::build(
+            Some(&self.snapshot.load_full()),
             draft.generation,
             draft.config.clone(),
             &draft.models,
@@ -793,6 +799,80 @@ mod tests {
         assert_eq!(url("ep-4321").as_deref(), Some("http://new"));
         assert_eq!(url("ep-4999").as_deref(), Some("http://new2"));
         assert_eq!(url("ep-18").as_deref(), Some("http://e"));
+    }
+
+    /// A change compiles new slots only for the endpoints it touched (their configuration,
+    /// their model, or their model's position); the others keep theirs, state and all.
+    #[test]
+    fn a_change_keeps_the_slots_it_did_not_touch() {
+        let r = Registry::new(RouterConfig::default()).expect("valid");
+        let priced = |input: f64| {
+            let mut m = Model::new("m2", "p");
+            m.pricing.input_per_1k = input;
+            m
+        };
+        r.mutate(0, |d| {
+            d.put_model(Model::new("m1", "p"), Upsert::Insert)?;
+            d.put_model(priced(0.5), Upsert::Insert)?;
+            d.put_endpoint(Endpoint::new("a", "m1", "http://a"), Upsert::Insert)?;
+            d.put_endpoint(Endpoint::new("b", "m1", "http://b"), Upsert::Insert)?;
+            d.put_endpoint(Endpoint::new("c", "m2", "http://c"), Upsert::Insert)
+        })
+        .expect("valid");
+        let same = |before: &Snapshot, after: &Snapshot, id: &str| {
+            Arc::ptr_eq(before.slot(id).expect("before"), after.slot(id).expect("after"))
+        };
+        let step = |f: &dyn Fn(&mut Draft) -> Result<()>| {
+            let before = r.load_full();
+            r.mutate(0, f).expect("valid");
+            (before, r.load_full())
+        };
+
+        let (s0, s1) = step(&|d| {
+            d.put_endpoint(Endpoint::new("d", "m2", "http://d"), Upsert::Insert)
+                .map(drop)
+        });
+        assert!(["a", "b", "c"].iter().all(|id| same(&s0, &s1, id)));
+
+        let (s1, s2) = step(&|d| {
+            d.put_endpoint(Endpoint::new("b", "m1", "http://b2"), Upsert::Update)
+                .map(drop)
+        });
+        assert!(!same(&s1, &s2, "b"), "an updated endpoint gets a new slot");
+        assert_eq!(s2.slot("b").expect("b").url(), "http://b2");
+        assert!(
+            Arc::ptr_eq(&s1.slot("b").expect("b").state, &s2.slot("b").expect("b").state),
+            "and keeps its live state"
+        );
+        assert!(["a", "c", "d"].iter().all(|id| same(&s1, &s2, id)));
+
+        let (s2, s3) = step(&|d| d.put_model(priced(2.0), Upsert::Update).map(drop));
+        assert!(
+            !same(&s2, &s3, "c") && !same(&s2, &s3, "d"),
+            "a model's change renews its endpoints"
+        );
+        assert!(s3.slot("c").expect("c").cost_per_1k() > s2.slot("c").expect("c").cost_per_1k());
+        assert!(same(&s2, &s3, "a") && same(&s2, &s3, "b"));
+
+        let (s3, s4) = step(&|d| d.remove_model("m1"));
+        let (m2, _) = s4.model("m2").expect("m2");
+        assert_eq!(m2, 0, "m2 moved to the front");
+        for id in ["c", "d"] {
+            assert!(!same(&s3, &s4, id), "{id}: its model moved");
+            assert_eq!(s4.slot(id).expect("slot").model_idx, m2);
+        }
+
+        let (s4, _) = step(&|d| d.remove_endpoint("c"));
+        let (s5, s6) = step(&|d| {
+            d.put_endpoint(Endpoint::new("c", "m2", "http://c"), Upsert::Insert)
+                .map(drop)
+        });
+        assert!(same(&s4, &s6, "d") && s5.slot("c").is_none());
+        let (old, new) = (s4.slot("c").expect("c"), s6.slot("c").expect("c"));
+        assert!(
+            !Arc::ptr_eq(old, new) && !Arc::ptr_eq(&old.state, &new.state),
+            "removed, then new"
+        );
     }
 
     fn bump(r: &Registry) -> u64 {

@@ -1568,6 +1568,7 @@ mod scan_equivalence {
             endpoints.push(Arc::new(e));
         }
         Snapshot::build(
+            None,
             1,
             Arc::new(config),
             &models,

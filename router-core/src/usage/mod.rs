@@ -14,9 +14,10 @@
 //! touch the cells: it goes to its thread's *shard* (several per CPU; threads take consecutive
 //! shards, so threads running at once rarely share one), which it locks uncontended. There it
 //! finds its cells without hashing for the model and endpoint (the endpoint's
-//! [`Slot`](crate::Slot) caches both for its snapshot's life) and through the
-//! shard's own map for a workspace, agent type or user, and adds the sample to the shard's
-//! *batch* for each cell and minute (counts, sums, latency bins). A batch reaches its cell's
+//! [`Slot`](crate::Slot) caches both for its life, which spans snapshots while its endpoint
+//! is unchanged) and through the shard's own map for a workspace, agent type or user, and
+//! adds the sample to the shard's *batch* for each cell and minute (counts, sums, latency
+//! bins). A batch reaches its cell's
 //! rings when that key's next minute starts in the shard, when the shard holds 1,024 batches,
 //! or when a query runs (queries first flush every shard), and it lands exactly where its
 //! samples would have gone one by one: its minute, hour and day; a late sample (clock stepped

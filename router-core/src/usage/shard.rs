@@ -4,8 +4,9 @@
 //! A **cell** is one key of one dimension (a model, an endpoint, a workspace, ...): its
 //! aggregates behind their own lock, created once (when the key is first recorded) and never
 //! removed, so a cell can be cached wherever its key is known: the endpoint's
-//! [`Slot`](crate::Slot) caches its model's and its own cell for the snapshot's life,
-//! a shard caches the cells of the workspaces, agent types and users it has seen.
+//! [`Slot`](crate::Slot) caches its model's and its own cell for its life (which spans
+//! snapshots while its endpoint is unchanged), a shard caches the cells of the workspaces,
+//! agent types and users it has seen.
 //!
 //! A **shard** belongs to the threads whose index maps to it (threads get consecutive
 //! indices, so threads running at once have shards of their own; there are several shards per
@@ -58,7 +59,7 @@ impl Cell {
     }
 }
 
-/// The model's and the endpoint's cell, cached in the endpoint's slot for the snapshot's life
+/// The model's and the endpoint's cell, cached in the endpoint's slot for the slot's life
 /// (only cells of their own key: a key counted under `_other` is looked up every time, so it
 /// gets its own cell as soon as `max_keys` allows).
 #[derive(Default)]
