@@ -112,16 +112,19 @@ fn run(outage: Duration) {
         .unwrap();
     let mut degraded_after = Vec::new();
     for (s, _, events) in &fleet {
-        let evs: Vec<Event> = std::iter::from_fn(|| events.try_recv()).collect();
+        // A flush needs only the writer back; the recovery (writer and subscriber) can come
+        // later on a loaded machine, so its event is waited for.
+        let mut evs: Vec<Event> = Vec::new();
+        let recovered = eventually(Duration::from_secs(10), || {
+            evs.extend(std::iter::from_fn(|| events.try_recv()));
+            evs.iter().any(|e| matches!(e, Event::StoreRecovered { .. }))
+        });
         let degraded = evs.iter().find_map(|e| match e {
             Event::StoreDegraded { at_ms, .. } => Some(*at_ms),
             _ => None,
         });
         let at = degraded.expect("a store_degraded event");
-        assert!(
-            evs.iter().any(|e| matches!(e, Event::StoreRecovered { .. })),
-            "a store_recovered event"
-        );
+        assert!(recovered.is_some(), "a store_recovered event: {:?}", s.health());
         degraded_after.push(at.saturating_sub(killed_at));
         assert_eq!(s.status(), StoreStatus::Healthy);
         assert_eq!(s.health().overflow, 0);
