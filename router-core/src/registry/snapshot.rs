@@ -480,14 +480,14 @@ impl Snapshot {
         rules: &[(Arc<Rule>, Arc<CompiledCondition>)],
         tenancy: Tenancy,
     ) -> Snapshot {
-        let mut model_index = FxHashMap::default();
+        let mut model_index = FxHashMap::with_capacity_and_hasher(models.len(), Default::default());
         let model_ids: Vec<Arc<str>> = models.iter().map(|m| Arc::from(m.id.as_str())).collect();
         for (i, id) in model_ids.iter().enumerate() {
             model_index.insert(id.clone(), i as u32);
         }
         let mut region_ids: FxHashMap<&str, Arc<str>> = FxHashMap::default();
         let mut slots = Vec::with_capacity(endpoints.len());
-        let mut endpoint_index = FxHashMap::default();
+        let mut endpoint_index = FxHashMap::with_capacity_and_hasher(endpoints.len(), Default::default());
         let mut by_model: Vec<Vec<Arc<Slot>>> = vec![Vec::new(); models.len()];
         // Where `prev`'s slot for the next endpoint should be: a change keeps the order of the
         // endpoints it does not touch, so most are found by one pointer comparison.
