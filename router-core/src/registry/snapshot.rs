@@ -464,10 +464,11 @@ impl Snapshot {
     /// Compile a snapshot. The caller guarantees ids are unique and every endpoint's model
     /// exists; `states` holds a live state for every endpoint.
     ///
-    /// `prev`, the snapshot this one replaces, lends its slots: an endpoint whose configuration,
-    /// model (and its position) and live state are the very ones `prev` compiled keeps its
-    /// slot, so a change costs a new slot only for what it changed (at 10,000 endpoints the
-    /// slots, their strings and their targets were most of a registration's time).
+    /// `prev`, the snapshot this one replaces, lends its slots: an endpoint whose configuration
+    /// and model (at the same position) are the very ones `prev` compiled keeps its slot, and
+    /// with it its live state (which the registry keeps for every endpoint that stays), so a
+    /// change costs a new slot only for what it changed (at 10,000 endpoints the slots, their
+    /// strings and their targets were most of a registration's time).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn build(
         prev: Option<&Snapshot>,
