@@ -228,14 +228,7 @@ impl Draft {
             if e.model_id != id {
                 return true;
             }
-            events.push(Event::HeadDeregistered {
-                endpoint_id: e.id.clone(),
-                model_id: e.model_id.clone(),
-                at_ms: now_ms,
-            });
-            changes.push(StateChange::EndpointRemoved {
-                endpoint_id: e.id.clone(),
-            });
+            endpoint_removed(events, changes, e, now_ms);
             false
         });
         if self.endpoints.len() != before {
@@ -301,14 +294,7 @@ impl Draft {
         let p = self.endpoint_pos(id).ok_or_else(|| Error::not_found("endpoint", id))?;
         let e = self.endpoints.remove(p);
         self.endpoint_positions.removed();
-        self.events.push(Event::HeadDeregistered {
-            endpoint_id: e.id.clone(),
-            model_id: e.model_id.clone(),
-            at_ms: self.now_ms,
-        });
-        self.changes.push(StateChange::EndpointRemoved {
-            endpoint_id: e.id.clone(),
-        });
+        endpoint_removed(&mut self.events, &mut self.changes, &e, self.now_ms);
         Ok(())
     }
 
@@ -471,6 +457,18 @@ impl Draft {
         self.config = Arc::new(config);
         Ok(())
     }
+}
+
+/// What removing endpoint `e` tells: its `head_deregistered` event and its shareable change.
+fn endpoint_removed(events: &mut Vec<Event>, changes: &mut Vec<StateChange>, e: &Endpoint, at_ms: u64) {
+    events.push(Event::HeadDeregistered {
+        endpoint_id: e.id.clone(),
+        model_id: e.model_id.clone(),
+        at_ms,
+    });
+    changes.push(StateChange::EndpointRemoved {
+        endpoint_id: e.id.clone(),
+    });
 }
 
 /// A copy of the committed configuration: its models, endpoints and rules shared with the
