@@ -17,6 +17,7 @@ use crate::endpoint::{Endpoint, EndpointKind};
 use crate::model::{Model, ModelStatus, ModelType};
 use crate::policy::{AgentPreferences, WorkspaceMap};
 use crate::rules::{CompiledCondition, Rule};
+use crate::strategy::HybridWeights;
 use std::collections::BTreeMap;
 
 /// Agent preferences and workspace configs, shared between snapshots.
@@ -220,16 +221,33 @@ impl Hot {
     pub(crate) const CAPS: u8 = 2;
 }
 
-/// The members' hybrid cost terms, `cost · p / (p + cost_ref_per_1k)`, for the hybrid weights
-/// of the snapshot's configuration (a scan with other weights computes them itself).
+/// The members' hybrid cost terms, `cost · p / (p + cost_ref_per_1k)`, and their cost and
+/// region terms summed, for the hybrid weights of the snapshot's configuration (a scan with
+/// other weights computes them itself).
 #[derive(Debug)]
 pub(crate) struct HybridCosts {
-    /// The `cost` weight the terms were computed with.
-    pub(crate) weight: f64,
-    /// The `cost_ref_per_1k` they were computed with.
-    pub(crate) reference: f64,
-    /// One term per member.
+    /// The weights the terms are computed with.
+    pub(crate) weights: HybridWeights,
+    /// One cost term per member (also its cost and region terms summed when no region is
+    /// preferred: the region term is then 0).
     pub(crate) terms: Box<[f64]>,
+    /// Per preferred region (an index into [`Pool::regions`], then one more for a preference
+    /// that no member is in): each member's cost and region terms summed
+    /// ([`crate::strategy::fixed_term`]). Each built on first use.
+    fixed: Box<[OnceLock<Box<[f64]>>]>,
+}
+
+impl HybridCosts {
+    fn new(h: &HybridWeights, members: &[Arc<Slot>], regions: usize) -> Self {
+        HybridCosts {
+            weights: *h,
+            terms: members
+                .iter()
+                .map(|m| crate::strategy::hybrid_cost_term(h, m.cost_per_1k))
+                .collect(),
+            fixed: (0..=regions).map(|_| OnceLock::new()).collect(),
+        }
+    }
 }
 
 /// A candidate set and what strategies precompute over it.
@@ -305,15 +323,7 @@ impl Pool {
             .collect();
         let costs = members.iter().map(|m| m.cost_per_1k).collect();
         let targets = members.iter().map(|m| m.target).collect();
-        let h = &config.hybrid;
-        let hybrid_costs = HybridCosts {
-            weight: h.cost,
-            reference: h.cost_ref_per_1k,
-            terms: members
-                .iter()
-                .map(|m| crate::strategy::hybrid_cost_term(h, m.cost_per_1k))
-                .collect(),
-        };
+        let hybrid_costs = HybridCosts::new(&config.hybrid, &members, regions.len());
         let total = weights.iter().sum();
         Pool {
             members: members.into_boxed_slice(),
@@ -332,6 +342,23 @@ impl Pool {
             alias: OnceLock::new(),
             ring_loads: Default::default(),
         }
+    }
+
+    /// [`HybridCosts::fixed`] for a preferred region `pref` ([`Hot::region`]'s index, or any
+    /// other number for a preference that no member is in).
+    pub(crate) fn hybrid_fixed(&self, pref: u32) -> &[f64] {
+        let h = &self.hybrid_costs;
+        let k = (pref as usize).min(self.regions.len());
+        h.fixed[k].get_or_init(|| {
+            h.terms
+                .iter()
+                .zip(&self.hot)
+                .map(|(&cost, hot)| {
+                    let off_region = if hot.region == pref { 0.0 } else { 1.0 };
+                    crate::strategy::fixed_term(&h.weights, cost, off_region)
+                })
+                .collect()
+        })
     }
 
     /// One period of smooth WRR, computed on first use.

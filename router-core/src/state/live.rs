@@ -44,9 +44,11 @@ pub(crate) const DECAY_SPAN_MS: u64 = (DECAY_STEPS * DECAY_STEPS) as u64;
 pub(crate) struct DecayTables {
     pub(crate) coarse: [f64; DECAY_STEPS],
     pub(crate) fine: [f64; DECAY_STEPS],
+    /// `fine[k] · (1 - 1e-9)`: the hybrid scan's lower bound of the decay, ready.
+    pub(crate) fine_lo: [f64; DECAY_STEPS],
 }
 
-/// The tables of [`peak_decay`], built on first use (64 KiB).
+/// The tables of [`peak_decay`], built on first use (96 KiB).
 #[inline]
 pub(crate) fn decay_tables() -> &'static DecayTables {
     static TABLES: std::sync::OnceLock<Box<DecayTables>> = std::sync::OnceLock::new();
@@ -54,10 +56,12 @@ pub(crate) fn decay_tables() -> &'static DecayTables {
         let mut t = Box::new(DecayTables {
             coarse: [0.0; DECAY_STEPS],
             fine: [0.0; DECAY_STEPS],
+            fine_lo: [0.0; DECAY_STEPS],
         });
         for k in 0..DECAY_STEPS {
             t.coarse[k] = (-((k * DECAY_STEPS) as f64) / PEAK_EWMA_DECAY_MS).exp();
             t.fine[k] = (-(k as f64) / PEAK_EWMA_DECAY_MS).exp();
+            t.fine_lo[k] = t.fine[k] * (1.0 - 1e-9);
         }
         t
     })

@@ -21,7 +21,7 @@ pub(crate) use cells::OwnSettled;
 pub(crate) use cells::{hash_id, same_bytes, IdMap, Keyed, Settled, SettledSlot, SmallStr};
 #[cfg(test)]
 pub(crate) use live::DECAY_SPAN_MS;
-pub(crate) use live::{decay_from, decay_tables, peak_decayed, DecayTables, Summary};
+pub(crate) use live::{decay_from, decay_tables, peak_decayed, DecayTables, Summary, DECAY_STEPS};
 pub use live::{EndpointState, LATENCY_EWMA_ALPHA, PEAK_EWMA_DECAY_MS, SUCCESS_EWMA_ALPHA};
 
 use parking_lot::Mutex;

@@ -24,7 +24,7 @@ use std::cell::Cell;
 use super::{utilization, Bounded, Candidates, Detail, Pick, Strategy};
 use crate::health;
 use crate::registry::snapshot::Hot;
-use crate::state::{decay_from, decay_tables, peak_decayed, DecayTables};
+use crate::state::{decay_from, decay_tables, peak_decayed, DecayTables, DECAY_STEPS};
 
 /// Weights and reference points of the hybrid score.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -119,8 +119,7 @@ pub(crate) fn hybrid_score(c: &Candidates<'_>, i: usize) -> f64 {
         load_term(w, c.utilization(i)),
         m.state.peak_ewma_ms(c.now_ms).unwrap_or(c.config.default_latency_ms),
         health::score_at(&m.state, c.now_ms, &c.config.health),
-        hybrid_cost_term(w, m.cost_per_1k),
-        off_region,
+        fixed_term(w, hybrid_cost_term(w, m.cost_per_1k), off_region),
     )
 }
 
@@ -130,17 +129,25 @@ pub(crate) fn hybrid_cost_term(w: &HybridWeights, p: f64) -> f64 {
     w.cost * p / (p + w.cost_ref_per_1k)
 }
 
+/// The cost and region terms summed, for a cost term `cost_term` and `off_region` (1 outside
+/// the preferred region, else 0): they depend on the configuration and the preference only,
+/// so pools precompute them ([`Pool::hybrid_fixed`](crate::registry::snapshot::Pool::hybrid_fixed)).
+#[inline(always)]
+pub(crate) fn fixed_term(w: &HybridWeights, cost_term: f64, off_region: f64) -> f64 {
+    cost_term + w.region * off_region
+}
+
 /// The load term of the hybrid score for a utilisation `u`.
 #[inline(always)]
 fn load_term(w: &HybridWeights, u: f64) -> f64 {
     w.load * u / (1.0 + u)
 }
 
-/// The weighted sum, from the load term, latency `l`, health score `health`, the cost term and
-/// `off_region` (1 outside the preferred region, else 0).
+/// The weighted sum, from the load term, latency `l`, health score `health` and the cost and
+/// region terms summed ([`fixed_term`]).
 #[inline(always)]
-fn combine(w: &HybridWeights, load_term: f64, l: f64, health: f64, cost_term: f64, off_region: f64) -> f64 {
-    load_term + w.latency * l / (l + w.latency_ref_ms) + w.health * (1.0 - health) + cost_term + w.region * off_region
+fn combine(w: &HybridWeights, load_term: f64, l: f64, health: f64, fixed: f64) -> f64 {
+    load_term + w.latency * l / (l + w.latency_ref_ms) + w.health * (1.0 - health) + fixed
 }
 
 /// Bounds of the decay e^(-t/τ) after `elapsed_ms` (`state::live::peak_decay`, from the same
@@ -151,6 +158,16 @@ fn combine(w: &HybridWeights, load_term: f64, l: f64, health: f64, cost_term: f6
 fn decay_bounds(tables: &DecayTables, elapsed_ms: u64) -> (f64, f64) {
     let d = decay_from(tables, elapsed_ms);
     (d * (1.0 - 1e-9), d * (1.0 + 1e-9))
+}
+
+/// The lower bound of [`decay_bounds`] for a peak EWMA updated at `ts` and read at `now_ms`;
+/// under [`DECAY_STEPS`] ms (the common case by far) one load from the table of those bounds.
+#[inline(always)]
+fn decay_floor(tables: &DecayTables, ts: u64, now_ms: u64) -> f64 {
+    match now_ms.checked_sub(ts) {
+        Some(elapsed) if elapsed < DECAY_STEPS as u64 => tables.fine_lo[elapsed as usize],
+        _ => decay_bounds(tables, now_ms.saturating_sub(ts)).0,
+    }
 }
 
 /// The margins of [`HybridBounds`].
@@ -169,7 +186,7 @@ fn latency_term_floor(
 ) -> f64 {
     let l = match peak {
         None => default_latency,
-        Some((v, ts)) => v * decay_bounds(tables, now_ms.saturating_sub(ts)).0,
+        Some((v, ts)) => v * decay_floor(tables, ts, now_ms),
     };
     w.latency * l / (l + w.latency_ref_ms)
 }
@@ -195,8 +212,8 @@ struct HybridBounds<'a> {
     w: &'a HybridWeights,
     load_term: f64,
     health: f64,
-    cost: f64,
-    off_region: f64,
+    /// The cost and region terms summed.
+    fixed: f64,
     /// The peak EWMA as read (value, when), or `None` (the prior `default_latency` then).
     peak: Option<(f64, u64)>,
     now_ms: u64,
@@ -207,14 +224,14 @@ struct HybridBounds<'a> {
 
 impl<'a> HybridBounds<'a> {
     /// Bounds for the score with the given terms (`fixed`: the cost and region terms summed,
-    /// `fixed = cost + w.region · off_region`). `floor`, when the load and health terms are 0:
+    /// [`fixed_term`]). `floor`, when the load and health terms are 0:
     /// the member's [`score_floor`], which is then the lower bound (the same sum).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn new(
         w: &'a HybridWeights,
         tables: &DecayTables,
-        (load_term, health, cost, off_region, fixed): (f64, f64, f64, f64, f64),
+        (load_term, health, fixed): (f64, f64, f64),
         peak: Option<(f64, u64)>,
         now_ms: u64,
         default_latency: f64,
@@ -234,8 +251,7 @@ impl<'a> HybridBounds<'a> {
             w,
             load_term,
             health,
-            cost,
-            off_region,
+            fixed,
             peak,
             now_ms,
             default_latency,
@@ -275,7 +291,7 @@ impl Bounded for HybridBounds<'_> {
         let l = self
             .peak
             .map_or(self.default_latency, |(v, ts)| peak_decayed(v, ts, self.now_ms));
-        combine(self.w, self.load_term, l, self.health, self.cost, self.off_region)
+        combine(self.w, self.load_term, l, self.health, self.fixed)
     }
 }
 
@@ -287,14 +303,21 @@ impl Strategy for Hybrid {
         // whose floor is above the bound is passed over without a look at its state. Not with
         // predicted loads: computing one rolls the endpoint's forecast.
         let floors = !c.config.prediction.predicts_load();
+        let pref = c.preferred_region();
         // The common case (the pool's cost terms, floors) compiled on its own, with no test
         // of either in the loop.
-        let (i, value, f) = if pre.weight == w.cost && pre.reference == w.cost_ref_per_1k && floors {
-            // The length known equal to the pool's, so that the lookups need no bounds check.
-            let terms = &pre.terms[..c.pool.hot.len()];
-            scan(c, rng, true, |i| terms[i])?
+        let (i, value, f) = if pre.weights == *w && floors {
+            let n = c.pool.hot.len();
+            let fixed = match pref {
+                Some(p) => &c.pool.hybrid_fixed(p)[..n],
+                None => &pre.terms[..n],
+            };
+            // The cost and region terms summed, from the pool: one load a member.
+            scan(c, rng, true, |i, _| fixed[i])?
         } else {
-            scan(c, rng, floors, |i| hybrid_cost_term(w, c.pool.costs[i]))?
+            scan(c, rng, floors, |i, region| {
+                fixed_term(w, hybrid_cost_term(w, c.pool.costs[i]), off_region(pref, region))
+            })?
         };
         Some(Pick::new(
             i,
@@ -307,13 +330,25 @@ impl Strategy for Hybrid {
     }
 }
 
-/// The hybrid scan, with the members' cost terms from `cost_of` and, with `floors`, floors.
+/// Whether a member in `region` is off the preferred region `pref`
+/// ([`Candidates::preferred_region`]): 1 when there is a preference and it is elsewhere, else
+/// 0 (regions compared as indices into the pool's distinct regions, not as strings).
+#[inline(always)]
+fn off_region(pref: Option<u32>, region: u32) -> f64 {
+    match pref {
+        Some(p) if p != region => 1.0,
+        _ => 0.0,
+    }
+}
+
+/// The hybrid scan, with the members' cost and region terms summed from `fixed_of(i, region)`
+/// and, with `floors`, floors.
 #[inline(always)]
 fn scan(
     c: &Candidates<'_>,
     rng: &mut dyn RngCore,
     floors: bool,
-    cost_of: impl Fn(usize) -> f64,
+    fixed_of: impl Fn(usize, u32) -> f64,
 ) -> Option<(usize, f64, super::Fallbacks)> {
     // Copied out, so that the loop keeps them at hand.
     let weights = c.config.hybrid;
@@ -321,19 +356,6 @@ fn scan(
     let default_latency = c.config.default_latency_ms;
     let now_ms = c.now_ms;
     let tables = decay_tables();
-    // Regions compared as indices into the pool's distinct regions, not as strings: a member
-    // is off the preferred region (`off_region` 1, else 0) when there is a preference and its
-    // region is not it.
-    let (pref, off_pref) = match c.preferred_region() {
-        Some(p) => (p, 1.0),
-        None => (0, 0.0),
-    };
-    // The cost and region terms (exactly as `combine` computes the region's).
-    let fixed = |i: usize, region: u32| {
-        let off_region = if region == pref { 0.0 } else { off_pref };
-        let cost = cost_of(i);
-        (cost, off_region, cost + w.region * off_region)
-    };
     // A member whose cost and region terms are above the bound is passed over without a look
     // at its state; else the latency term's floor is added (load and health terms left out),
     // read from the line of the state the eligibility check reads, so most members are
@@ -347,7 +369,7 @@ fn scan(
         if !floors {
             return f64::NEG_INFINITY;
         }
-        let (_, _, fixed) = fixed(i, hot.region);
+        let fixed = fixed_of(i, hot.region);
         if fixed * DOWN > above {
             last.set(f64::NAN);
             return fixed * DOWN;
@@ -365,11 +387,10 @@ fn scan(
             load_term(w, utilization(load, m.hot.capacity))
         };
         let health = c.scanned_health(m);
-        let (cost, off_region, fixed) = fixed(m.i, m.hot.region);
         Some(HybridBounds::new(
             w,
             tables,
-            (load_term, health, cost, off_region, fixed),
+            (load_term, health, fixed_of(m.i, m.hot.region)),
             m.hot.state.peak_ewma_raw(),
             now_ms,
             default_latency,
@@ -413,14 +434,14 @@ mod tests {
             let now_ms = 100_000_000;
             let tables = decay_tables();
             let off_region = if off { 1.0 } else { 0.0 };
-            let fixed = cost + w.region * off_region;
+            let fixed = fixed_term(&w, cost, off_region);
             // With and without load and health terms, a peak EWMA or the prior, and the scan's
             // floor handed over or not.
             for (load_term, health) in [(load_term, health), (0.0, 1.0)] {
                 for peak in [Some((v, now_ms - age)), None] {
                     let floor = score_floor(&w, tables, fixed, peak, now_ms, 500.0);
                     for handed in [Some(floor), None] {
-                        let terms = (load_term, health, cost, off_region, fixed);
+                        let terms = (load_term, health, fixed);
                         let hb = HybridBounds::new(&w, tables, terms, peak, now_ms, 500.0, handed);
                         let exact = hb.exact();
                         prop_assert!(floor <= exact, "floor {floor} above exact {exact}");
@@ -436,6 +457,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The scan's floor of the decay is the lower bound of `decay_bounds`, bit for bit,
+    /// whether the update is older than the reading (below and above the table's span) or
+    /// newer (a clock that went back: no decay).
+    #[test]
+    fn decay_floor_is_the_lower_bound() {
+        let tables = decay_tables();
+        let now = 50_000_000u64;
+        let mut e = 0u64;
+        while e < now + 10 {
+            let ts = now - e.min(now);
+            let want = decay_bounds(tables, now.saturating_sub(ts)).0;
+            assert_eq!(decay_floor(tables, ts, now).to_bits(), want.to_bits(), "{e}");
+            e += 1 + e / 61;
+        }
+        for ahead in [1, 4_095, 4_096, u64::MAX - now] {
+            assert_eq!(decay_floor(tables, now + ahead, now), decay_bounds(tables, 0).0);
+        }
+        // Early readings: an update far ahead is not mistaken for a recent one.
+        assert_eq!(decay_floor(tables, u64::MAX - 10, 100), decay_bounds(tables, 0).0);
     }
 
     /// The tables' bounds hold the decay `peak_decayed` computes, closely, at every elapsed

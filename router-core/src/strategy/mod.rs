@@ -55,7 +55,7 @@ pub use weighted_random::WeightedRandom;
 pub use weighted_round_robin::WeightedRoundRobin;
 
 pub(crate) use consistent_hash::Ring;
-pub(crate) use hybrid::hybrid_cost_term;
+pub(crate) use hybrid::{fixed_term, hybrid_cost_term};
 pub(crate) use weighted_round_robin::smooth_sequence;
 
 /// A region index no member has: neither a pool's region (a pool has fewer regions than
