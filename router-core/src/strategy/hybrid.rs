@@ -237,12 +237,14 @@ impl<'a> HybridBounds<'a> {
         default_latency: f64,
         floor: Option<f64>,
     ) -> Self {
-        let extra = load_term + w.health * (1.0 - health);
         let slack = latency_term_slack(w, peak);
         let (lo, hi) = match floor {
-            // The floor's margin is 1e-12, so a relative 3e-12 on the upper side covers both.
-            Some(floor) if extra == 0.0 => (floor, (floor + slack) * (1.0 + 3e-12)),
+            // No load and full health: the load and health terms are 0 (`1 - 1` and `0 / 1`
+            // exactly). The floor's margin is 1e-12, so a relative 3e-12 on the upper side
+            // covers both.
+            Some(floor) if load_term == 0.0 && health == 1.0 => (floor, (floor + slack) * (1.0 + 3e-12)),
             _ => {
+                let extra = load_term + w.health * (1.0 - health);
                 let sum = extra + fixed + latency_term_floor(w, tables, peak, now_ms, default_latency);
                 (sum * DOWN, (sum + slack) * UP)
             }
@@ -379,7 +381,8 @@ fn scan(
         floor
     };
     c.scan_bounded(rng, c.config.near_tie_tolerance, floor, super::no_key, |m, _| {
-        let load = c.scanned_load(m);
+        // Floors are off with predicted loads, so with floors the load is the one seen.
+        let load = if floors { m.seen.load } else { c.scanned_load(m) };
         let load_term = if load == 0 {
             // u = 0: the term is 0 exactly.
             0.0
