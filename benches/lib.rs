@@ -10,18 +10,24 @@ use router_core::{
 pub const KEYS: usize = 256;
 
 /// A router on [`fleet`]`(n)` (usage aggregation as `usage` says), each endpoint with a
-/// latency sample (50-450 ms) so latency-aware strategies have something to compare.
+/// latency sample ([`seed_latencies`]).
 pub fn fleet_router(n: usize, usage: bool) -> Router {
     let mut policy = fleet(n);
     policy.settings.usage.enabled = usage;
     let router = Router::new(policy).expect("valid bench policy");
+    seed_latencies(&router, n);
+    router
+}
+
+/// Report one latency sample (50-450 ms, distinct in turn) for each of [`fleet`]`(n)`'s
+/// endpoints, so latency-aware strategies have something to compare.
+pub fn seed_latencies(router: &Router, n: usize) {
     for i in 0..n {
         let ms = 50.0 + ((i * 37) % 400) as f64;
         router
             .report_endpoint(&format!("ep-{i}"), Outcome::success(ms))
             .expect("endpoint exists");
     }
-    router
 }
 
 /// The [`KEYS`] requests cycled through for one strategy: model type chat, prefer `eu-west`,
