@@ -226,8 +226,12 @@ impl Hot {
 /// other weights computes them itself).
 #[derive(Debug)]
 pub(crate) struct HybridCosts {
-    /// The weights the terms are computed with.
-    pub(crate) weights: HybridWeights,
+    /// The `cost` weight the terms are computed with.
+    pub(crate) weight: f64,
+    /// The `cost_ref_per_1k` they are computed with.
+    pub(crate) reference: f64,
+    /// The `region` weight of the sums.
+    pub(crate) region_weight: f64,
     /// One cost term per member (also its cost and region terms summed when no region is
     /// preferred: the region term is then 0).
     pub(crate) terms: Box<[f64]>,
@@ -240,7 +244,9 @@ pub(crate) struct HybridCosts {
 impl HybridCosts {
     fn new(h: &HybridWeights, members: &[Arc<Slot>], regions: usize) -> Self {
         HybridCosts {
-            weights: *h,
+            weight: h.cost,
+            reference: h.cost_ref_per_1k,
+            region_weight: h.region,
             terms: members
                 .iter()
                 .map(|m| crate::strategy::hybrid_cost_term(h, m.cost_per_1k))
@@ -355,7 +361,7 @@ impl Pool {
                 .zip(&self.hot)
                 .map(|(&cost, hot)| {
                     let off_region = if hot.region == pref { 0.0 } else { 1.0 };
-                    crate::strategy::fixed_term(&h.weights, cost, off_region)
+                    crate::strategy::fixed_term(h.region_weight, cost, off_region)
                 })
                 .collect()
         })

@@ -119,7 +119,7 @@ pub(crate) fn hybrid_score(c: &Candidates<'_>, i: usize) -> f64 {
         load_term(w, c.utilization(i)),
         m.state.peak_ewma_ms(c.now_ms).unwrap_or(c.config.default_latency_ms),
         health::score_at(&m.state, c.now_ms, &c.config.health),
-        fixed_term(w, hybrid_cost_term(w, m.cost_per_1k), off_region),
+        fixed_term(w.region, hybrid_cost_term(w, m.cost_per_1k), off_region),
     )
 }
 
@@ -129,12 +129,12 @@ pub(crate) fn hybrid_cost_term(w: &HybridWeights, p: f64) -> f64 {
     w.cost * p / (p + w.cost_ref_per_1k)
 }
 
-/// The cost and region terms summed, for a cost term `cost_term` and `off_region` (1 outside
-/// the preferred region, else 0): they depend on the configuration and the preference only,
+/// The cost and region terms summed, for a cost term `cost_term`, the `region` weight and
+/// `off_region` (1 outside the preferred region, else 0): they depend on the configuration and the preference only,
 /// so pools precompute them ([`Pool::hybrid_fixed`](crate::registry::snapshot::Pool::hybrid_fixed)).
 #[inline(always)]
-pub(crate) fn fixed_term(w: &HybridWeights, cost_term: f64, off_region: f64) -> f64 {
-    cost_term + w.region * off_region
+pub(crate) fn fixed_term(region_weight: f64, cost_term: f64, off_region: f64) -> f64 {
+    cost_term + region_weight * off_region
 }
 
 /// The load term of the hybrid score for a utilisation `u`.
@@ -308,19 +308,20 @@ impl Strategy for Hybrid {
         let pref = c.preferred_region();
         // The common case (the pool's cost terms, floors) compiled on its own, with no test
         // of either in the loop.
-        let (i, value, f) = if pre.weights == *w && floors {
-            let n = c.pool.hot.len();
-            let fixed = match pref {
-                Some(p) => &c.pool.hybrid_fixed(p)[..n],
-                None => &pre.terms[..n],
+        let (i, value, f) =
+            if pre.weight == w.cost && pre.reference == w.cost_ref_per_1k && pre.region_weight == w.region && floors {
+                let n = c.pool.hot.len();
+                let fixed = match pref {
+                    Some(p) => &c.pool.hybrid_fixed(p)[..n],
+                    None => &pre.terms[..n],
+                };
+                // The cost and region terms summed, from the pool: one load a member.
+                scan(c, rng, true, |i, _| fixed[i])?
+            } else {
+                scan(c, rng, floors, |i, region| {
+                    fixed_term(w.region, hybrid_cost_term(w, c.pool.costs[i]), off_region(pref, region))
+                })?
             };
-            // The cost and region terms summed, from the pool: one load a member.
-            scan(c, rng, true, |i, _| fixed[i])?
-        } else {
-            scan(c, rng, floors, |i, region| {
-                fixed_term(w, hybrid_cost_term(w, c.pool.costs[i]), off_region(pref, region))
-            })?
-        };
         Some(Pick::new(
             i,
             f,
@@ -437,7 +438,7 @@ mod tests {
             let now_ms = 100_000_000;
             let tables = decay_tables();
             let off_region = if off { 1.0 } else { 0.0 };
-            let fixed = fixed_term(&w, cost, off_region);
+            let fixed = fixed_term(w.region, cost, off_region);
             // With and without load and health terms, a peak EWMA or the prior, and the scan's
             // floor handed over or not.
             for (load_term, health) in [(load_term, health), (0.0, 1.0)] {
