@@ -351,7 +351,8 @@ impl Pool {
     }
 
     /// [`HybridCosts::fixed`] for a preferred region `pref` ([`Hot::region`]'s index, or any
-    /// other number for a preference that no member is in).
+    /// other number for a preference that no member is in). The first hybrid decision with
+    /// that preference after a change builds it: one pass over the members, 8 bytes each.
     pub(crate) fn hybrid_fixed(&self, pref: u32) -> &[f64] {
         let h = &self.hybrid_costs;
         let k = (pref as usize).min(self.regions.len());
@@ -360,7 +361,11 @@ impl Pool {
                 .iter()
                 .zip(&self.hot)
                 .map(|(&cost, hot)| {
-                    let off_region = if hot.region == pref { 0.0 } else { 1.0 };
+                    let off_region = if hot.region as usize == k && k < self.regions.len() {
+                        0.0
+                    } else {
+                        1.0
+                    };
                     crate::strategy::fixed_term(h.region_weight, cost, off_region)
                 })
                 .collect()
