@@ -19,6 +19,8 @@
 //! every pick, never reached), each with a latency EWMA seeded from a distinct sample. Requests
 //! ask for model type chat, prefer `eu-west`, name the strategy, and carry an affinity key from
 //! a pre-built set of 256 (no allocation in the timed loop apart from what `route` itself does).
+//! Every benchmark has a router of its own, so its figure does not depend on which benchmarks
+//! ran before it.
 //!
 //! ```text
 //! cargo bench -p router-benches --bench route                      # everything, ~5-6 min
@@ -40,6 +42,9 @@ use router_core::{Outcome, RouteRequest, Router, StrategyKind};
 const SIZES: [usize; 3] = [10, 100, 1_000];
 
 /// A router with `n` endpoints over four chat models, each endpoint with a latency sample.
+/// Each benchmark builds its own: on a router shared with the benchmarks before it, a scan's
+/// figure would depend on which of them ran (what they reported to which endpoints), so a
+/// filter would change it.
 fn router(n: usize) -> Router {
     router_benches::fleet_router(n, true)
 }
@@ -56,8 +61,8 @@ fn one_thread(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let lats = latencies();
     for n in SIZES {
-        let router = router(n);
         for kind in StrategyKind::ALL {
+            let router = router(n);
             let reqs = requests(kind);
             g.bench_with_input(BenchmarkId::new(kind.as_str(), n), &n, |b, _| {
                 let mut k = 0usize;
@@ -75,8 +80,8 @@ fn route_only(c: &mut Criterion) {
     let mut g = c.benchmark_group("route_1t");
     g.throughput(Throughput::Elements(1));
     for n in SIZES {
-        let router = router(n);
         for kind in StrategyKind::ALL {
+            let router = router(n);
             let reqs = requests(kind);
             g.bench_with_input(BenchmarkId::new(kind.as_str(), n), &n, |b, _| {
                 let mut k = 0usize;
@@ -157,12 +162,12 @@ fn two_threads_group(c: &mut Criterion, group: &str, shared: bool) {
     g.throughput(Throughput::Elements(1));
     let lats = latencies();
     for n in SIZES {
-        let routers = if shared {
-            vec![router(n)]
-        } else {
-            vec![router(n), router(n)]
-        };
         for kind in StrategyKind::ALL {
+            let routers = if shared {
+                vec![router(n)]
+            } else {
+                vec![router(n), router(n)]
+            };
             let reqs = requests(kind);
             let pair = Pair::new();
             std::thread::scope(|s| {
