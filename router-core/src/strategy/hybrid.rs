@@ -226,7 +226,6 @@ impl<'a> HybridBounds<'a> {
     /// Bounds for the score with the given terms (`fixed`: the cost and region terms summed,
     /// [`fixed_term`]). `floor`, when the load and health terms are 0:
     /// the member's [`score_floor`], which is then the lower bound (the same sum).
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn new(
         w: &'a HybridWeights,
