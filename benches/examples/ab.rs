@@ -23,6 +23,15 @@
 //! cargo run --release -p router-benches --example ab -- ab route/usage route/budget_limit 4000 250
 //! ```
 //!
+//! The `floor` mix is `usage` plus the least a budget and a limit can add, done beside the
+//! router in the example itself ([`Floor`]): against `usage`, it shows how far any
+//! implementation of those semantics must stay above it, and so how much of `budget_limit`'s
+//! extra time is the router's own:
+//!
+//! ```text
+//! cargo run --release -p router-benches --example ab -- ab route/usage/round_robin/10 route/floor/round_robin/10 2000 250
+//! ```
+//!
 //! `route/<mix>/<strategy>/<endpoints>` names another strategy and fleet size (default
 //! `power_of_two` on 100). `sweep` compares `budget_limit` with `usage` and `plain` for every
 //! strategy at 10, 100 and 1,000 endpoints (scans at 100 and more time chunks a tenth as long):
@@ -33,7 +42,10 @@
 #![allow(missing_docs)]
 
 use router_core::*;
+use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 fn predict_router(prediction: bool) -> Router {
     let mut settings = RouterConfig::default();
@@ -47,7 +59,98 @@ fn predict_router(prediction: bool) -> Router {
 }
 
 /// A router, its requests (taken in turn), how the decisions end, and the iteration count.
-struct Case(Router, Vec<RouteRequest>, End, usize);
+struct Case(Router, Vec<RouteRequest>, End, usize, Option<Floor>);
+
+/// A short id (up to 16 bytes) as one number, read as two overlapping words (no `memcpy`).
+fn packed(id: &str) -> u128 {
+    let b = id.as_bytes();
+    let n = b.len();
+    assert!(
+        (8..=16).contains(&n) || (4..8).contains(&n),
+        "a bench id of 4 to 16 bytes"
+    );
+    let (head, tail) = if n >= 8 {
+        let w = |s: &[u8]| u64::from_le_bytes(s.try_into().expect("8 bytes"));
+        (w(&b[..8]), w(&b[n - 8..]))
+    } else {
+        let w = |s: &[u8]| u64::from(u32::from_le_bytes(s.try_into().expect("4 bytes")));
+        (w(&b[..4]), w(&b[n - 4..]))
+    };
+    (u128::from(head) | u128::from(tail) << 64) ^ (n as u128) << 120
+}
+
+/// One multiply-rotate round per word (FxHash's), for [`packed`] ids.
+#[derive(Default, Clone, Copy)]
+struct FxBuild;
+impl std::hash::BuildHasher for FxBuild {
+    type Hasher = FxHasher;
+    fn build_hasher(&self) -> FxHasher {
+        FxHasher(0)
+    }
+}
+struct FxHasher(u64);
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("ids are hashed as packed numbers")
+    }
+    fn write_u128(&mut self, v: u128) {
+        for w in [v as u64, (v >> 64) as u64] {
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0xf135_7aea_2e62_a9c5);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0.rotate_left(26)
+    }
+}
+
+/// The least a budget and a limit can add to `usage`, with none of the router's generality:
+/// the user's GCRA found by its id (hash lookup) and moved by a compare-and-swap, the
+/// workspace's counter found by its id, an estimate added to it at route time and taken back
+/// (dropped) or corrected (reported) after. Ids are packed into numbers ([`packed`]), so a
+/// lookup neither calls `memcpy` nor `memcmp`. The `floor` mix runs it beside `usage`'s
+/// requests on `usage`'s router.
+struct Floor {
+    users: HashMap<u128, Arc<AtomicU64>, FxBuild>,
+    workspaces: HashMap<u128, Arc<AtomicI64>, FxBuild>,
+    now_us: u64,
+}
+
+/// A workspace counter and the reservation on it.
+type Held<'a> = (&'a AtomicI64, i64);
+
+impl Floor {
+    fn new() -> Floor {
+        Floor {
+            users: (0..router_benches::ACCOUNTING_KEYS)
+                .map(|k| (packed(&format!("user-{k}")), Arc::default()))
+                .collect(),
+            workspaces: (0..8).map(|w| (packed(&format!("ws-{w}")), Arc::default())).collect(),
+            now_us: 1,
+        }
+    }
+
+    /// The limit (one request per 60 µs, a second's burst) and the reservation.
+    fn admit(&mut self, req: &RouteRequest) -> Held<'_> {
+        self.now_us += 1;
+        let now = self.now_us;
+        let cell = &self.users[&packed(req.user_id.as_deref().expect("a user"))];
+        let (t, tau) = (60, 1_000_000);
+        let mut cur = cell.load(Ordering::Acquire);
+        loop {
+            let tat = cur.max(now) + t;
+            assert!(tat - now <= tau + t, "within the limit");
+            match cell.compare_exchange_weak(cur, tat, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(c) => cur = c,
+            }
+        }
+        let ws = &self.workspaces[&packed(req.workspace_id.as_deref().expect("a workspace"))];
+        let micros = (black_box(0.001f64) * 700.0 * 1e3) as i64;
+        let total = ws.fetch_add(micros, Ordering::Relaxed) + micros;
+        assert!(total < i64::MAX / 2, "within the budget");
+        (ws, micros)
+    }
+}
 
 /// What becomes of a decision.
 #[derive(Clone, Copy, PartialEq)]
@@ -76,6 +179,7 @@ impl Case {
                 }],
                 End::Failing,
                 0,
+                None,
             ),
             "p2c" | "ll" => Case(
                 predict_router(arg == "on"),
@@ -90,6 +194,7 @@ impl Case {
                 }],
                 End::Report,
                 0,
+                None,
             ),
             "route" | "route_report" => {
                 // `<mix>`, or `<mix>/<strategy>/<endpoints>` (default P2C on 100).
@@ -99,11 +204,14 @@ impl Case {
                     .next()
                     .map_or(StrategyKind::PowerOfTwo, |s| s.parse().expect("a strategy"));
                 let n = parts.next().map_or(100, |n| n.parse().expect("an endpoint count"));
+                let floor = (mix == "floor").then(Floor::new);
+                let mix = if mix == "floor" { "usage" } else { mix };
                 Case(
                     Router::new(router_benches::accounting_policy_of(mix, n)).expect("valid policy"),
                     router_benches::accounting_requests_of(mix, strategy),
                     if kind == "route" { End::Drop } else { End::Tokens },
                     0,
+                    floor,
                 )
             }
             _ => panic!("unknown configuration {name}"),
@@ -112,14 +220,19 @@ impl Case {
 
     /// Route (and report) `n` requests.
     fn run(&mut self, n: usize) {
-        let Case(r, reqs, end, k) = self;
+        let Case(r, reqs, end, k, floor) = self;
         for _ in 0..n {
             *k = k.wrapping_add(1);
-            let d = r.route(black_box(&reqs[*k % reqs.len()])).expect("route");
+            let req = black_box(&reqs[*k % reqs.len()]);
+            let held = floor.as_mut().map(|f| f.admit(req));
+            let d = r.route(req).expect("route");
             let latency = 50.0 + (*k % 400) as f64;
             let o = match *end {
                 End::Drop => {
                     drop(black_box(d));
+                    if let Some((ws, micros)) = held {
+                        ws.fetch_sub(micros, Ordering::Relaxed);
+                    }
                     continue;
                 }
                 End::Tokens => Outcome::success(latency).with_tokens(500, 200),
@@ -129,6 +242,9 @@ impl Case {
                 _ => Outcome::success(latency),
             };
             r.report(&d, o).expect("report");
+            if let Some((ws, micros)) = held {
+                ws.fetch_add(black_box(1_200) - micros, Ordering::Relaxed);
+            }
         }
     }
 
