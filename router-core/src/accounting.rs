@@ -383,25 +383,16 @@ impl Drop for Handle {
 }
 
 impl Reservation {
-    /// The windows reserved on, with their limits (micro-units).
-    fn windows(&self) -> impl Iterator<Item = (BudgetWindow, i64)> + '_ {
-        BudgetWindow::ALL
-            .into_iter()
-            .filter_map(|w| Some((w, self.budget.limit_micros[w as usize]?)))
-    }
-
     /// Give the reservation back.
     fn release(&self) {
-        release_windows(&self.budget, self.micros, BudgetWindow::ALL.len());
+        release_windows(&self.budget, self.micros, self.budget.armed.len());
     }
 }
 
 /// Take `micros` back from the first `n` windows of `budget` that have a limit.
 fn release_windows(budget: &PlannedBudget, micros: i64, n: usize) {
-    for w in BudgetWindow::ALL.into_iter().take(n) {
-        if budget.limit_micros[w as usize].is_some() {
-            let _ = budget.counter(w).add(-micros);
-        }
+    for &(w, _) in budget.armed.iter().take(n) {
+        let _ = budget.counter(w).add(-micros);
     }
 }
 
@@ -674,10 +665,49 @@ impl<'a> Accounting<'a> {
             return Ok(());
         }
         let Some(state) = self.state() else { return Ok(()) };
+        let now_us = self.now_ms.saturating_mul(1000);
+        let units = &state.plan().limits[i];
+        if rl.consistency != Consistency::Strict && units.iter().all(|(u, _)| !u.counts_tokens()) {
+            // The common case: request counts on limiters this router keeps, found in the
+            // view's settled maps (the id hashed once for all of them).
+            let hash = crate::state::hash_id(value.as_bytes());
+            for &(unit, gcra) in units {
+                let key = LimiterKey {
+                    scope: rl.scope,
+                    unit,
+                    id: value,
+                };
+                let verdict = match Limiters::check_settled(&state.view.limiters, key, hash, &gcra, now_us) {
+                    Some(v) => v,
+                    None => {
+                        let maps = self.local.local.maps(&state.view);
+                        self.local.local.limiters.check(maps, key, &gcra, 1, now_us, false).0
+                    }
+                };
+                if let Err(wait_us) = verdict {
+                    return Err(self.rate_limited(rl.scope, value, unit, wait_us));
+                }
+            }
+            return Ok(());
+        }
+        self.limit_general(rl, units, value, est_tokens, charges, now_us)
+    }
+
+    /// [`limit`](Self::limit) for a strict limit or one that counts tokens.
+    #[inline(never)]
+    fn limit_general(
+        &self,
+        rl: &crate::limits::RateLimit,
+        units: &[(Unit, Gcra)],
+        value: &str,
+        est_tokens: u64,
+        charges: &mut Vec<TokenCharge>,
+        now_us: u64,
+    ) -> Result<()> {
+        let Some(state) = self.state() else { return Ok(()) };
         let local = self.local.local;
         let maps = local.maps(&state.view);
-        let now_us = self.now_ms.saturating_mul(1000);
-        for &(unit, gcra) in &state.plan().limits[i] {
+        for &(unit, gcra) in units {
             let tokens = unit.counts_tokens();
             let n = if tokens { est_tokens.max(1) } else { 1 };
             let key = LimiterKey {
@@ -711,17 +741,24 @@ impl<'a> Accounting<'a> {
                 verdict
             };
             if let Err(wait_us) = verdict {
-                let retry_after_ms = wait_us.div_ceil(1000);
-                let key = format!("{}:{value}:{}", rl.scope.as_str(), unit.as_str());
-                self.events.emit(&Event::RateLimited {
-                    key: key.clone(),
-                    retry_after_ms,
-                    at_ms: self.now_ms,
-                });
-                return Err(Error::RateLimited { key, retry_after_ms });
+                return Err(self.rate_limited(rl.scope, value, unit, wait_us));
             }
         }
         Ok(())
+    }
+
+    /// The `RateLimited` error of a limiter that denied a request (its event emitted).
+    #[cold]
+    #[inline(never)]
+    fn rate_limited(&self, scope: LimitScope, value: &str, unit: Unit, wait_us: u64) -> Error {
+        let retry_after_ms = wait_us.div_ceil(1000);
+        let key = format!("{}:{value}:{}", scope.as_str(), unit.as_str());
+        self.events.emit(&Event::RateLimited {
+            key: key.clone(),
+            retry_after_ms,
+            at_ms: self.now_ms,
+        });
+        Error::RateLimited { key, retry_after_ms }
     }
 
     /// Budget checks before the pick: past its downgrade share a workspace budget in downgrade
@@ -793,62 +830,73 @@ impl<'a> Accounting<'a> {
     /// the ticket. On failure, what was reserved is given back.
     pub(crate) fn reserve(&self, model: &Model, slot: &Slot, ticket: &mut Ticket) -> Result<()> {
         let Some(plan) = self.plan() else { return Ok(()) };
+        let ws = self.workspace_budget();
+        if plan.budgets.scoped.is_empty() {
+            // The common case: at most the workspace's budget.
+            let Some(b) = ws else { return Ok(()) };
+            let micros = estimate_micros(model, slot, ticket.est_in, ticket.est_out);
+            return self.reserve_on(b, micros, &mut ticket.reservations);
+        }
         let scoped = plan.budgets.scoped.iter().filter(|sb| match sb.scope {
             BudgetScope::Model => *model.id == *sb.id,
             BudgetScope::Provider => *model.provider == *sb.id,
             BudgetScope::Workspace => false,
         });
-        let mut budgets = self.workspace_budget().into_iter().chain(scoped).peekable();
+        let mut budgets = ws.into_iter().chain(scoped).peekable();
         if budgets.peek().is_none() {
             return Ok(());
         }
-        let out = &mut ticket.reservations;
         let micros = estimate_micros(model, slot, ticket.est_in, ticket.est_out);
         for b in budgets {
-            for (k, w) in BudgetWindow::ALL.into_iter().enumerate() {
-                let Some(limit_micros) = b.limit_micros[w as usize] else {
-                    continue;
-                };
-                let counter = b.counter(w);
-                let enforce = b.limits.mode == BudgetMode::Reject;
-                let admitted = match (b.limits.consistency, enforce) {
-                    (Consistency::Strict, true) => match counter.try_add(micros, limit_micros) {
-                        Ok(t) if t.admitted && t.total - micros >= limit_micros => {
-                            let _ = counter.add(-micros);
-                            Err(t.total - micros)
-                        }
-                        Ok(t) => t.admitted.then_some(()).ok_or(t.total),
-                        Err(e) if b.limits.on_store_error == OnStoreError::FailClosed => {
-                            release_windows(b, micros, k);
-                            release(out);
-                            return Err(e);
-                        }
-                        Err(_) => counter.add(micros).map(|_| ()).or(Ok(())),
-                    },
-                    // Batched: add, and take it back when it went over (one addition when it fits).
-                    (_, true) => match counter.add(micros) {
-                        Ok(total) if total > limit_micros || total - micros >= limit_micros => {
-                            let _ = counter.add(-micros);
-                            Err(total - micros)
-                        }
-                        _ => Ok(()),
-                    },
-                    (_, false) => {
-                        let _ = counter.add(micros);
-                        Ok(())
-                    }
-                };
-                if let Err(spent) = admitted {
-                    release_windows(b, micros, k);
-                    release(out);
-                    return Err(exceeded(b.scope, &b.id, w, limit_micros, spent, self.now_ms));
-                }
-            }
-            out.push(Reservation {
-                budget: Handle::new(b),
-                micros,
-            });
+            self.reserve_on(b, micros, &mut ticket.reservations)?;
         }
+        Ok(())
+    }
+
+    /// Reserve `micros` on every window of `b` that has a limit, into `out`. On failure, what
+    /// `out` holds is given back (and emptied).
+    #[inline]
+    fn reserve_on(&self, b: &Arc<PlannedBudget>, micros: i64, out: &mut Reservations) -> Result<()> {
+        let enforce = b.limits.mode == BudgetMode::Reject;
+        for (k, &(w, limit_micros)) in b.armed.iter().enumerate() {
+            let counter = b.counter(w);
+            let admitted = match (b.limits.consistency, enforce) {
+                (Consistency::Strict, true) => match counter.try_add(micros, limit_micros) {
+                    Ok(t) if t.admitted && t.total - micros >= limit_micros => {
+                        let _ = counter.add(-micros);
+                        Err(t.total - micros)
+                    }
+                    Ok(t) => t.admitted.then_some(()).ok_or(t.total),
+                    Err(e) if b.limits.on_store_error == OnStoreError::FailClosed => {
+                        release_windows(b, micros, k);
+                        release(out);
+                        return Err(e);
+                    }
+                    Err(_) => counter.add(micros).map(|_| ()).or(Ok(())),
+                },
+                // Batched: add, and take it back when it went over (one addition when it fits).
+                (_, true) => match counter.add(micros) {
+                    Ok(total) if total > limit_micros || total - micros >= limit_micros => {
+                        let _ = counter.add(-micros);
+                        Err(total - micros)
+                    }
+                    _ => Ok(()),
+                },
+                (_, false) => {
+                    let _ = counter.add(micros);
+                    Ok(())
+                }
+            };
+            if let Err(spent) = admitted {
+                release_windows(b, micros, k);
+                release(out);
+                return Err(exceeded(b.scope, &b.id, w, limit_micros, spent, self.now_ms));
+            }
+        }
+        out.push(Reservation {
+            budget: Handle::new(b),
+            micros,
+        });
         Ok(())
     }
 }
@@ -905,7 +953,7 @@ pub(crate) fn without(snap: &Snapshot, pool: &Pool, mask: Option<&ModelMask>, mo
 pub(crate) fn settle_budgets(ticket: &Ticket, cost_micros: i64, events: &EventBus, now_ms: u64) {
     for r in &ticket.reservations {
         let b = &r.budget;
-        for (window, limit_micros) in r.windows() {
+        for &(window, limit_micros) in &b.armed {
             let Ok(total) = b.counter(window).add(cost_micros - r.micros) else {
                 continue;
             };

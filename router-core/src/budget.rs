@@ -24,6 +24,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 use crate::policy::WorkspaceConfig;
@@ -305,6 +306,9 @@ pub(crate) struct PlannedBudget {
     pub(crate) limits: BudgetLimits,
     /// Each window's limit in micro-units (`None`: no limit for that window).
     pub(crate) limit_micros: [Option<i64>; 3],
+    /// The windows that have a limit, with it (micro-units), in [`BudgetWindow::ALL`]'s order:
+    /// what a reservation, its release and its settlement walk.
+    pub(crate) armed: SmallVec<[(BudgetWindow, i64); 3]>,
     /// Each window's lowest alert threshold in micro-units, as the settlement computes them
     /// (`alert_at · limit`; `+∞` without a limit or alerts): below it, no alert can fire.
     pub(crate) first_alert: [f64; 3],
@@ -394,6 +398,10 @@ impl BudgetPlan {
                 id: id.into(),
                 limits: limits.clone(),
                 limit_micros,
+                armed: BudgetWindow::ALL
+                    .into_iter()
+                    .filter_map(|w| Some((w, limit_micros[w as usize]?)))
+                    .collect(),
                 first_alert: limit_micros.map(|l| {
                     l.map_or(f64::INFINITY, |l| {
                         limits

@@ -206,6 +206,23 @@ impl Limiters {
         }
     }
 
+    /// [`check`](Self::check) of one request (`n` = 1) on a limiter of the settled maps, the
+    /// id's [`hash_id`] computed by the caller (once for all of its limiters): `None` when the
+    /// settled maps do not hold a live limiter of the key, and [`check`](Self::check) must look
+    /// among the young ones. The decision path's common case: no closure, no young map.
+    #[inline]
+    pub(crate) fn check_settled(
+        settled: &LimiterMaps,
+        key: LimiterKey<'_>,
+        hash: u64,
+        gcra: &Gcra,
+        now_us: u64,
+    ) -> Option<Result<(), u64>> {
+        settled[key.map(hash)]
+            .get(hash, key.id.as_bytes())?
+            .check(gcra, now_us, 1)
+    }
+
     /// Count `n` units on a cell handed out by [`check`](Self::check) (a cell retired since
     /// idled out: its state, like the retired one, lies behind `now_us`, so a new cell takes
     /// the charge).
