@@ -9,9 +9,10 @@
 //! other see the same one too (up to the router's random draws).
 //!
 //! `pre` names strategies to run first, `pre_calls` decisions each (the clock moving 1 ms
-//! every 5,000), on the same router: `cargo bench --bench route` shares one router per fleet
-//! size between all ten strategies, in [`StrategyKind::ALL`]'s order, so a scan there decides
-//! on a fleet the strategies before it have reported to.
+//! every 5,000), on the same router: the fleet a scan decides on when other strategies keep
+//! reporting to every endpoint (until session 11, `cargo bench --bench route` shared one
+//! router per fleet size between all ten strategies, in [`StrategyKind::ALL`]'s order, so a
+//! scan there decided on such a fleet; now every benchmark has a router of its own).
 //!
 //! ```text
 //! cargo build --release -p router-benches --example icount
