@@ -33,7 +33,8 @@
 //! ```
 //!
 //! `route/<mix>/<strategy>/<endpoints>` names another strategy and fleet size (default
-//! `power_of_two` on 100). `sweep` compares `budget_limit` with `usage` and `plain` for every
+//! `power_of_two` on 100). `sweep` compares `budget_limit` and `floor` with `usage`, and
+//! `budget_limit` with `plain`, for every
 //! strategy at 10, 100 and 1,000 endpoints (scans at 100 and more time chunks a tenth as long):
 //!
 //! ```text
@@ -302,7 +303,7 @@ fn main() {
             let span = arg(1);
             let rounds: usize = arg(2).parse().expect("rounds");
             let chunk: usize = arg(3).parse().expect("chunk");
-            println!("{span}: budget_limit against usage, and against plain (no tenant), per strategy and size");
+            println!("{span}: budget_limit and floor against usage, and budget_limit against plain (no tenant), per strategy and size");
             for kind in StrategyKind::ALL {
                 for n in [10, 100, 1_000] {
                     let name = |mix: &str| format!("{span}/{mix}/{}/{n}", kind.as_str());
@@ -315,26 +316,28 @@ fn main() {
                             | StrategyKind::ConsistentHash
                     );
                     let chunk = if scans && n >= 100 { (chunk / 10).max(1) } else { chunk };
-                    let mut cases = [Case::new(&name("plain")), Case::new(&name("usage")), Case::new(&name("budget_limit"))];
+                    let mut cases = ["plain", "usage", "budget_limit", "floor"].map(|mix| Case::new(&name(mix)));
                     for c in cases.iter_mut() {
                         c.run(20 * chunk);
                     }
-                    let mut t: [Vec<f64>; 3] = Default::default();
+                    let mut t: [Vec<f64>; 4] = Default::default();
                     for i in 0..rounds {
-                        for j in 0..3 {
-                            let j = (i + j) % 3;
+                        for j in 0..4 {
+                            let j = (i + j) % 4;
                             t[j].push(cases[j].time(chunk));
                         }
                     }
-                    let [plain, usage, limited] = t.map(|mut v| median(&mut v));
+                    let [plain, usage, limited, floor] = t.map(|mut v| median(&mut v));
                     println!(
-                        "{:<22} {:>5}  plain {:>8.0} ns  usage {:>8.0} ns  budget_limit {:>8.0} ns  /usage {:.2}  /plain {:.2}",
+                        "{:<22} {:>5}  plain {:>8.0} ns  usage {:>8.0} ns  budget_limit {:>8.0} ns  floor {:>8.0} ns  /usage {:.2}  floor/usage {:.2}  /plain {:.2}",
                         kind.as_str(),
                         n,
                         plain,
                         usage,
                         limited,
+                        floor,
                         limited / usage,
+                        floor / usage,
                         limited / plain
                     );
                 }
