@@ -280,7 +280,7 @@ pub(crate) struct Plan {
     generation: u64,
     budgets: BudgetPlan,
     /// The limiters of each of the settings' `rate_limits`, in order.
-    limits: Vec<SmallVec<[(Unit, Gcra); 3]>>,
+    limits: Vec<PlannedLimit>,
 }
 
 impl Plan {
@@ -294,7 +294,14 @@ impl Plan {
                 .config
                 .rate_limits
                 .iter()
-                .map(|rl| rl.limiters().collect())
+                .map(|rl| {
+                    let units: SmallVec<[(Unit, Gcra); 3]> = rl.limiters().collect();
+                    PlannedLimit {
+                        local_requests: rl.consistency != Consistency::Strict
+                            && units.iter().all(|(u, _)| !u.counts_tokens()),
+                        units,
+                    }
+                })
                 .collect(),
         }
     }
@@ -302,6 +309,13 @@ impl Plan {
     fn made_for(&self, snap: &Snapshot) -> bool {
         Arc::ptr_eq(&self.workspaces_src, &snap.workspaces) && Arc::ptr_eq(&self.config_src, &snap.config)
     }
+}
+
+/// One rate limit of a [`Plan`]: its limiters, and whether they all count requests on limiters
+/// this router keeps (a batched limit without tokens: [`Accounting::limit`]'s common case).
+struct PlannedLimit {
+    units: SmallVec<[(Unit, Gcra); 3]>,
+    local_requests: bool,
 }
 
 /// An id a ticket keeps (workspace, user, agent type, request): inline, without allocating, up
@@ -666,8 +680,9 @@ impl<'a> Accounting<'a> {
         }
         let Some(state) = self.state() else { return Ok(()) };
         let now_us = self.now_ms.saturating_mul(1000);
-        let units = &state.plan().limits[i];
-        if rl.consistency != Consistency::Strict && units.iter().all(|(u, _)| !u.counts_tokens()) {
+        let planned = &state.plan().limits[i];
+        let units = &planned.units;
+        if planned.local_requests {
             // The common case: request counts on limiters this router keeps, found in the
             // view's settled maps (the id hashed once for all of them).
             let hash = crate::state::hash_id(value.as_bytes());
@@ -830,7 +845,7 @@ impl<'a> Accounting<'a> {
     /// the ticket. On failure, what was reserved is given back.
     pub(crate) fn reserve(&self, model: &Model, slot: &Slot, ticket: &mut Ticket) -> Result<()> {
         let Some(plan) = self.plan() else { return Ok(()) };
-        let ws = self.workspace_budget();
+        let ws = self.workspace.and_then(|w| plan.budgets.workspace(w));
         if plan.budgets.scoped.is_empty() {
             // The common case: at most the workspace's budget.
             let Some(b) = ws else { return Ok(()) };
