@@ -349,7 +349,7 @@ const SPARES: usize = 16;
 thread_local! {
     /// Handles of dropped reservations, for the next reservations of this thread (see
     /// [`Handle`]).
-    static SPARE: RefCell<[Option<Arc<PlannedBudget>>; SPARES]> = const { RefCell::new([const { None }; SPARES]) };
+    static SPARE: [std::cell::Cell<Option<Arc<PlannedBudget>>>; SPARES] = const { [const { std::cell::Cell::new(None) }; SPARES] };
 }
 
 /// The stash entry of `b`.
@@ -365,8 +365,13 @@ impl Handle {
         let i = spare_index(b);
         let spare = SPARE
             .try_with(|s| {
-                let mut s = s.try_borrow_mut().ok()?;
-                s[i].take_if(|h| Arc::ptr_eq(h, b))
+                let h = s[i].take()?;
+                if Arc::ptr_eq(&h, b) {
+                    return Some(h);
+                }
+                // Another budget's: back where it was (a swap of two pointers, nothing dropped).
+                s[i].set(Some(h));
+                None
             })
             .ok()
             .flatten();
@@ -388,11 +393,9 @@ impl Drop for Handle {
     fn drop(&mut self) {
         let Some(b) = self.0.take() else { return };
         let i = spare_index(&b);
-        // The handle this one evicts is dropped after the stash is released.
-        let _evicted = SPARE
-            .try_with(|s| s.try_borrow_mut().ok().map(|mut s| s[i].replace(b)))
-            .ok()
-            .flatten();
+        // The handle this one evicts is dropped after the stash is written (its drop may end
+        // a plan, whose budgets' handles are not in the stash).
+        let _evicted = SPARE.try_with(|s| s[i].replace(Some(b))).ok().flatten();
     }
 }
 
@@ -404,6 +407,7 @@ impl Reservation {
 }
 
 /// Take `micros` back from the first `n` windows of `budget` that have a limit.
+#[inline]
 fn release_windows(budget: &PlannedBudget, micros: i64, n: usize) {
     for &(w, _) in budget.armed.iter().take(n) {
         let _ = budget.counter(w).add(-micros);
