@@ -177,23 +177,24 @@ impl Local {
     /// any load that races a store.
     #[inline]
     pub(crate) fn with<R>(&self, snap: &Snapshot, f: impl FnOnce(LocalRef<'_>) -> R) -> R {
-        let mut f = Some(f);
-        if has_plan(snap) {
-            let out = VIEWS.try_with(|cell| {
-                f.take().map(|f| {
-                    f(LocalRef {
-                        local: self,
-                        cache: Some(cell),
-                    })
-                })
-            });
-            if let Ok(Some(r)) = out {
-                return r;
-            }
+        if !has_plan(snap) {
+            return f(self.uncached());
         }
-        // No plan to read, or this thread's cache is gone (the thread is ending).
-        let f = f.expect("`f` has not run");
-        f(self.uncached())
+        let mut f = Some(f);
+        // The result comes back as `Result<R, AccessError>` only (no `Option` around it): a
+        // decision is large, and each wrapper copied it.
+        let out = VIEWS.try_with(|cell| {
+            let f = f.take().expect("`f` runs once");
+            f(LocalRef {
+                local: self,
+                cache: Some(cell),
+            })
+        });
+        match out {
+            Ok(r) => r,
+            // This thread's cache is gone (the thread is ending): `f` did not run.
+            Err(_) => f.take().expect("`f` has not run")(self.uncached()),
+        }
     }
 
     /// Without the per-thread cache (each decision loads the view).
