@@ -394,8 +394,7 @@ impl Drop for Handle {
     fn drop(&mut self) {
         let Some(b) = self.0.take() else { return };
         let i = spare_index(&b);
-        // The handle this one evicts is dropped after the stash is written (its drop may end
-        // a plan, whose budgets' handles are not in the stash).
+        // The handle this one evicts (another budget's, if any) is dropped on return.
         let _evicted = SPARE.try_with(|s| s[i].replace(Some(b))).ok().flatten();
     }
 }
@@ -646,10 +645,9 @@ impl<'a> Accounting<'a> {
         self.state().map(State::plan)
     }
 
-    /// The request's workspace budget, if it has one.
-    fn workspace_budget(&self) -> Option<&Arc<PlannedBudget>> {
-        let ws = self.workspace?;
-        self.plan()?.budgets.workspace(ws)
+    /// The request's workspace budget in `plan`, if it has one.
+    fn workspace_budget<'p>(&self, plan: &'p Plan) -> Option<&'p Arc<PlannedBudget>> {
+        plan.budgets.workspace(self.workspace?)
     }
 
     /// Request-scope rate limits (workspace, API key, user): admit or fail with `RateLimited`.
@@ -686,12 +684,11 @@ impl<'a> Accounting<'a> {
         let Some(state) = self.state() else { return Ok(()) };
         let now_us = self.now_ms.saturating_mul(1000);
         let planned = &state.plan().limits[i];
-        let units = &planned.units;
         if planned.local_requests {
             // The common case: request counts on limiters this router keeps, found in the
             // view's settled maps (the id hashed once for all of them).
             let hash = crate::state::hash_id(value.as_bytes());
-            for &(unit, gcra) in units {
+            for &(unit, gcra) in &planned.units {
                 let key = LimiterKey {
                     scope: rl.scope,
                     unit,
@@ -710,24 +707,24 @@ impl<'a> Accounting<'a> {
             }
             return Ok(());
         }
-        self.limit_general(rl, units, value, est_tokens, charges, now_us)
+        self.limit_general(state, i, value, est_tokens, charges, now_us)
     }
 
-    /// [`limit`](Self::limit) for a strict limit or one that counts tokens.
+    /// [`limit`](Self::limit) of rate limit `i` when it is strict or counts tokens.
     #[inline(never)]
     fn limit_general(
         &self,
-        rl: &crate::limits::RateLimit,
-        units: &[(Unit, Gcra)],
+        state: &State<'a>,
+        i: usize,
         value: &str,
         est_tokens: u64,
         charges: &mut Vec<TokenCharge>,
         now_us: u64,
     ) -> Result<()> {
-        let Some(state) = self.state() else { return Ok(()) };
+        let rl = &self.snap.config.rate_limits[i];
         let local = self.local.local;
         let maps = local.maps(&state.view);
-        for &(unit, gcra) in units {
+        for &(unit, gcra) in &state.plan().limits[i].units {
             let tokens = unit.counts_tokens();
             let n = if tokens { est_tokens.max(1) } else { 1 };
             let key = LimiterKey {
@@ -799,7 +796,7 @@ impl<'a> Accounting<'a> {
         let downgrading = plan
             .budgets
             .downgrades
-            .then(|| self.workspace_budget())
+            .then(|| self.workspace_budget(plan))
             .flatten()
             .filter(|b| b.limits.mode == BudgetMode::Downgrade);
         if let Some(b) = downgrading {
@@ -850,7 +847,7 @@ impl<'a> Accounting<'a> {
     /// the ticket. On failure, what was reserved is given back.
     pub(crate) fn reserve(&self, model: &Model, slot: &Slot, ticket: &mut Ticket) -> Result<()> {
         let Some(plan) = self.plan() else { return Ok(()) };
-        let ws = self.workspace.and_then(|w| plan.budgets.workspace(w));
+        let ws = self.workspace_budget(plan);
         if plan.budgets.scoped.is_empty() {
             // The common case: at most the workspace's budget.
             let Some(b) = ws else { return Ok(()) };
