@@ -800,10 +800,7 @@ impl<'a> Accounting<'a> {
             .flatten()
             .filter(|b| b.limits.mode == BudgetMode::Downgrade);
         if let Some(b) = downgrading {
-            for w in BudgetWindow::ALL {
-                let Some(limit_micros) = b.limit_micros[w as usize] else {
-                    continue;
-                };
+            for &(w, limit_micros) in &b.armed {
                 let spent = b.counter(w).get();
                 if spent as f64 >= b.limits.downgrade_at * limit_micros as f64 {
                     out.downgrade = true;
@@ -820,10 +817,8 @@ impl<'a> Accounting<'a> {
             if sb.limits.mode == BudgetMode::Shadow {
                 continue;
             }
-            let spent_out = BudgetWindow::ALL
-                .into_iter()
-                .find(|&w| sb.limit_micros[w as usize].is_some_and(|limit| sb.counter(w).get() >= limit));
-            let Some(w) = spent_out else { continue };
+            let spent_out = sb.armed.iter().find(|&&(w, limit)| sb.counter(w).get() >= limit);
+            let Some(&(w, _)) = spent_out else { continue };
             for &mi in pool.models.iter() {
                 let m = &self.snap.models[mi as usize].model;
                 let hit = match sb.scope {

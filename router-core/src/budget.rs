@@ -304,10 +304,8 @@ pub(crate) struct PlannedBudget {
     pub(crate) scope: BudgetScope,
     pub(crate) id: Arc<str>,
     pub(crate) limits: BudgetLimits,
-    /// Each window's limit in micro-units (`None`: no limit for that window).
-    pub(crate) limit_micros: [Option<i64>; 3],
     /// The windows that have a limit, with it (micro-units), in [`BudgetWindow::ALL`]'s order:
-    /// what a reservation, its release and its settlement walk.
+    /// what a reservation, its release, its settlement and the precheck walk.
     pub(crate) armed: SmallVec<[(BudgetWindow, i64); 3]>,
     /// Each window's lowest alert threshold in micro-units, as the settlement computes them
     /// (`alert_at · limit`; `+∞` without a limit or alerts): below it, no alert can fire.
@@ -397,7 +395,6 @@ impl BudgetPlan {
                 scope,
                 id: id.into(),
                 limits: limits.clone(),
-                limit_micros,
                 armed: BudgetWindow::ALL
                     .into_iter()
                     .filter_map(|w| Some((w, limit_micros[w as usize]?)))
