@@ -15,7 +15,7 @@
 //! back to, a per-thread stash ([`Handle`]), with no reference count. No lock, no key
 //! formatted, no store call in batched mode.
 
-use std::cell::{OnceCell, Ref, RefCell};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -122,39 +122,21 @@ thread_local! {
     static VIEWS: RefCell<ThreadCache<View>> = const { RefCell::new(ThreadCache::new()) };
 }
 
-/// The view a decision holds: borrowed from this thread's cache, or loaded.
-enum Held<'a> {
-    Cached(Ref<'a, View>),
-    Loaded(arc_swap::Guard<Arc<View>>),
+/// A decision's view and the plan of its snapshot.
+#[derive(Clone, Copy)]
+struct State<'a> {
+    view: &'a View,
+    plan: &'a Plan,
 }
 
-impl std::ops::Deref for Held<'_> {
-    type Target = View;
-
-    #[inline]
-    fn deref(&self) -> &View {
-        match self {
-            Held::Cached(v) => v,
-            Held::Loaded(v) => v,
-        }
-    }
-}
-
-/// A decision's hold on the view, and the plan of its snapshot.
-pub(crate) struct State<'a> {
-    view: Held<'a>,
-    /// A plan built for this decision's snapshot, when the view's was not (a configuration
-    /// change or a window rollover).
+/// What a decision keeps of the view when this thread's cached one does not do (the cache is
+/// out of reach, or the plan is stale): the view as loaded, and a plan built for the
+/// decision's snapshot when the view's was not (a configuration change or a window
+/// rollover). Its [`Accounting`] borrows from it.
+#[derive(Default)]
+pub(crate) struct Loaded {
+    view: Option<arc_swap::Guard<Arc<View>>>,
     own: Option<Arc<Plan>>,
-}
-
-impl State<'_> {
-    fn plan(&self) -> &Plan {
-        self.own
-            .as_deref()
-            .or(self.view.plan.as_deref())
-            .expect("a state has a plan")
-    }
 }
 
 /// A [`Local`] as the decision path reads it: through this thread's cache of views when it
@@ -162,7 +144,10 @@ impl State<'_> {
 #[derive(Clone, Copy)]
 pub(crate) struct LocalRef<'a> {
     local: &'a Local,
-    cache: Option<&'a RefCell<ThreadCache<View>>>,
+    /// This thread's cached view, current when the decision began (`None`: no plan on the
+    /// snapshot, the thread's cache is gone, or a decision this one is nested in kept it from
+    /// being refreshed).
+    current: Option<&'a View>,
 }
 
 impl Local {
@@ -171,10 +156,11 @@ impl Local {
         self.limiters.sweep(&self.views, now_ms);
     }
 
-    /// Run `f` for a decision on `snap`, with this thread's cache of views at hand when the
-    /// decision may read the view (the decision path's way in: no atomic read-modify-write to
-    /// read the view). A view published a moment ago may be missed for that moment, as with
-    /// any load that races a store.
+    /// Run `f` for a decision on `snap`, with this thread's cached view (refreshed first when
+    /// it is not current) borrowed for the whole decision when the decision may read it (the
+    /// decision path's way in: no atomic read-modify-write to read the view, and one look in
+    /// the cache per decision). A view published a moment ago may be missed for that moment,
+    /// as with any load that races a store.
     #[inline]
     pub(crate) fn with<R>(&self, snap: &Snapshot, f: impl FnOnce(LocalRef<'_>) -> R) -> R {
         if !has_plan(snap) {
@@ -185,9 +171,25 @@ impl Local {
         // decision is large, and each wrapper copied it.
         let out = VIEWS.try_with(|cell| {
             let f = f.take().expect("`f` runs once");
+            let views = &self.views;
+            let version = views.version.load(Ordering::Acquire);
+            if let Ok(cache) = cell.try_borrow() {
+                if let Some(view) = cache.get(views.id, version) {
+                    return f(LocalRef {
+                        local: self,
+                        current: Some(view),
+                    });
+                }
+            }
+            // Shared borrows nest (an event handler may route from inside a decision); only a
+            // refresh needs the cache alone, and the decision loads the view when it cannot.
+            if let Ok(mut cache) = cell.try_borrow_mut() {
+                cache.put(views.id, version, views.view.load_full());
+            }
+            let cache = cell.try_borrow().ok();
             f(LocalRef {
                 local: self,
-                cache: Some(cell),
+                current: cache.as_ref().and_then(|c| c.get(views.id, version)),
             })
         });
         match out {
@@ -201,12 +203,13 @@ impl Local {
     pub(crate) fn uncached(&self) -> LocalRef<'_> {
         LocalRef {
             local: self,
-            cache: None,
+            current: None,
         }
     }
 
+    /// A plan for `snap` at `now_ms`, made current unless a newer configuration's plan is.
     #[cold]
-    fn renew<'a>(&self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> State<'a> {
+    fn renew(&self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> Arc<Plan> {
         let plan = Arc::new(Plan::build(snap, store, now_ms));
         self.views.update(|v| {
             let mut next = View::clone(v);
@@ -215,10 +218,7 @@ impl Local {
             }
             next
         });
-        State {
-            view: Held::Loaded(self.views.view.load()),
-            own: Some(plan),
-        }
+        plan
     }
 
     fn maps<'a>(&'a self, view: &'a View) -> Maps<'a> {
@@ -230,44 +230,43 @@ impl Local {
 }
 
 impl<'a> LocalRef<'a> {
-    /// The view: this thread's cached one when it is current, else loaded (and cached).
+    /// The view, with the plan of `snap` at `now_ms`: this thread's cached view when it is
+    /// current, else loaded into `held`; its plan when it was made for `snap` and `now_ms`,
+    /// else a new one (which becomes current unless a newer configuration's plan is).
     #[inline]
-    fn view(self) -> Held<'a> {
-        let views = &self.local.views;
-        if let Some(cell) = self.cache {
-            let version = views.version.load(Ordering::Acquire);
-            let cached = |cell: &'a RefCell<ThreadCache<View>>| {
-                let cache = cell.try_borrow().ok()?;
-                Ref::filter_map(cache, |c| c.get(views.id, version)).ok()
-            };
-            if let Some(v) = cached(cell) {
-                return Held::Cached(v);
-            }
-            // Shared borrows nest (an event handler may route from inside a decision); only a
-            // refresh needs the cache alone, and falls back to a plain load when it cannot.
-            if let Ok(mut cache) = cell.try_borrow_mut() {
-                cache.put(views.id, version, views.view.load_full());
-            }
-            if let Some(v) = cached(cell) {
-                return Held::Cached(v);
+    fn state<'h>(self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64, held: &'h mut Loaded) -> State<'h>
+    where
+        'a: 'h,
+    {
+        if let Some(view) = self.current {
+            if let Some(plan) = view.plan.as_deref().filter(|p| p.fits(snap, now_ms)) {
+                return State { view, plan };
             }
         }
-        Held::Loaded(views.view.load())
+        self.load(snap, store, now_ms, held)
     }
 
-    /// The view, with the plan of `snap` at `now_ms`: the current one, else a new one (which
-    /// becomes current unless a newer configuration's plan is).
-    fn state(self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64) -> State<'a> {
-        let view = self.view();
-        if view
-            .plan
-            .as_ref()
-            .is_some_and(|p| p.made_for(snap) && p.budgets.holds(now_ms))
-        {
-            return State { view, own: None };
+    /// [`state`](Self::state) off its common case.
+    #[cold]
+    fn load<'h>(self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64, held: &'h mut Loaded) -> State<'h> {
+        let view = self.local.views.view.load();
+        if view.plan.as_deref().is_some_and(|p| p.fits(snap, now_ms)) {
+            held.view = Some(view);
+        } else {
+            drop(view);
+            held.own = Some(self.local.renew(snap, store, now_ms));
+            held.view = Some(self.local.views.view.load());
         }
-        drop(view);
-        self.local.renew(snap, store, now_ms)
+        let held: &'h Loaded = held;
+        let view: &View = held.view.as_deref().expect("loaded above");
+        State {
+            view,
+            plan: held
+                .own
+                .as_deref()
+                .or(view.plan.as_deref())
+                .expect("a state has a plan"),
+        }
     }
 }
 
@@ -309,6 +308,12 @@ impl Plan {
 
     fn made_for(&self, snap: &Snapshot) -> bool {
         Arc::ptr_eq(&self.workspaces_src, &snap.workspaces) && Arc::ptr_eq(&self.config_src, &snap.config)
+    }
+
+    /// Whether a decision on `snap` at `now_ms` may use this plan.
+    #[inline]
+    fn fits(&self, snap: &Snapshot, now_ms: u64) -> bool {
+        self.made_for(snap) && self.budgets.holds(now_ms)
     }
 }
 
@@ -613,8 +618,9 @@ pub(crate) struct Accounting<'a> {
     /// The request's workspace configuration, as `resolve` found it in `snap` (`None`: no
     /// workspace id, or not a configured one).
     pub(crate) workspace: Option<&'a WorkspaceConfig>,
-    /// The view and plan, loaded by the first check that needs them.
-    pub(crate) plan: OnceCell<State<'a>>,
+    /// The view and plan (`None`: no budget, rate limit or workspace is configured, or the
+    /// request is not accounted).
+    state: Option<State<'a>>,
 }
 
 /// What the checks before the pick found.
@@ -629,20 +635,44 @@ pub(crate) struct Precheck {
 }
 
 impl<'a> Accounting<'a> {
-    /// The view and plan, when any budget or rate limit is configured.
-    fn state(&self) -> Option<&State<'a>> {
-        if !has_plan(self.snap) {
-            return None;
+    /// The accounting of `req` on `snap` at `now_ms`, its view and plan loaded when `load`
+    /// (an accounted request) and a budget, a rate limit or a workspace is configured (into
+    /// `held` when this thread's cached view does not do).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(crate) fn new(
+        snap: &'a Snapshot,
+        req: &'a RouteRequest,
+        store: &'a Arc<dyn StateStore>,
+        local: LocalRef<'a>,
+        events: &'a EventBus,
+        now_ms: u64,
+        workspace: Option<&'a WorkspaceConfig>,
+        load: bool,
+        held: &'a mut Loaded,
+    ) -> Self {
+        Accounting {
+            snap,
+            req,
+            store,
+            local,
+            events,
+            now_ms,
+            workspace,
+            state: (load && has_plan(snap)).then(|| local.state(snap, store, now_ms, held)),
         }
-        Some(
-            self.plan
-                .get_or_init(|| self.local.state(self.snap, self.store, self.now_ms)),
-        )
+    }
+
+    /// The view and plan, when any budget or rate limit is configured.
+    #[inline]
+    fn state(&self) -> Option<State<'a>> {
+        self.state
     }
 
     /// The plan, when any budget or rate limit is configured.
+    #[inline]
     fn plan(&self) -> Option<&Plan> {
-        self.state().map(State::plan)
+        self.state.map(|s| s.plan)
     }
 
     /// The request's workspace budget in `plan`, if it has one.
@@ -683,7 +713,7 @@ impl<'a> Accounting<'a> {
         }
         let Some(state) = self.state() else { return Ok(()) };
         let now_us = self.now_ms.saturating_mul(1000);
-        let planned = &state.plan().limits[i];
+        let planned = &state.plan.limits[i];
         if planned.local_requests {
             // The common case: request counts on limiters this router keeps, found in the
             // view's settled maps (the id hashed once for all of them).
@@ -697,7 +727,7 @@ impl<'a> Accounting<'a> {
                 let verdict = match Limiters::check_settled(&state.view.limiters, key, hash, &gcra, now_us) {
                     Some(v) => v,
                     None => {
-                        let maps = self.local.local.maps(&state.view);
+                        let maps = self.local.local.maps(state.view);
                         self.local.local.limiters.check(maps, key, &gcra, 1, now_us, false).0
                     }
                 };
@@ -714,7 +744,7 @@ impl<'a> Accounting<'a> {
     #[inline(never)]
     fn limit_general(
         &self,
-        state: &State<'a>,
+        state: State<'a>,
         i: usize,
         value: &str,
         est_tokens: u64,
@@ -723,8 +753,8 @@ impl<'a> Accounting<'a> {
     ) -> Result<()> {
         let rl = &self.snap.config.rate_limits[i];
         let local = self.local.local;
-        let maps = local.maps(&state.view);
-        for &(unit, gcra) in &state.plan().limits[i].units {
+        let maps = local.maps(state.view);
+        for &(unit, gcra) in &state.plan.limits[i].units {
             let tokens = unit.counts_tokens();
             let n = if tokens { est_tokens.max(1) } else { 1 };
             let key = LimiterKey {

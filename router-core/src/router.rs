@@ -600,16 +600,18 @@ impl Router {
             }
             None => (req, resolve(snap, req)?),
         };
-        let acc = Accounting {
+        let mut held = accounting::Loaded::default();
+        let acc = Accounting::new(
             snap,
             req,
-            store: &self.inner.store,
+            &self.inner.store,
             local,
-            events: &self.inner.events,
+            &self.inner.events,
             now_ms,
-            workspace: scope.workspace,
-            plan: Default::default(),
-        };
+            scope.workspace,
+            accounted,
+            &mut held,
+        );
         let est_in = req.token_estimate().unwrap_or(0);
         let est_out = snap.config.usage.default_output_tokens;
         let mut charges = Vec::new();
@@ -884,16 +886,18 @@ impl Router {
                     .push(format!("experiment `{x}` assigns variant {v} (model `{model}`)"));
             }
             if let Ok(scope) = resolve(&snap, req) {
-                let acc = Accounting {
-                    snap: &snap,
+                let mut held = accounting::Loaded::default();
+                let acc = Accounting::new(
+                    &snap,
                     req,
-                    store: &self.inner.store,
-                    local: self.inner.local.uncached(),
-                    events: &self.inner.events,
+                    &self.inner.store,
+                    self.inner.local.uncached(),
+                    &self.inner.events,
                     now_ms,
-                    workspace: scope.workspace,
-                    plan: Default::default(),
-                };
+                    scope.workspace,
+                    true,
+                    &mut held,
+                );
                 match acc.precheck(scope.pool) {
                     Ok(pre) => {
                         for &mi in &pre.exhausted {

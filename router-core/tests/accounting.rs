@@ -649,6 +649,79 @@ fn a_budget_change_applies_to_the_next_request() {
     ));
 }
 
+/// A decision routed by an event handler while another decision holds this thread's cached
+/// view: one on the same configuration reads the cached view; one after a budget change
+/// loads the view and builds the new plan (the cache cannot be refreshed while it is held).
+#[test]
+fn a_decision_nested_in_another_sees_a_budget_change_made_in_between() {
+    let r = Arc::new(common::router(
+        policy(json!({"rate_limits": [{"scope": "user", "rpm": 1_000, "burst": 5}]})),
+        at(MON),
+    ));
+    r.set_workspace_config("ws", workspace(json!({"daily": 1.0}))).unwrap();
+    let nested: Arc<Mutex<Vec<std::result::Result<(), String>>>> = Arc::default();
+    let weak = Arc::downgrade(&r);
+    let out = Arc::clone(&nested);
+    let calls = AtomicUsize::new(0);
+    let busy = std::sync::atomic::AtomicBool::new(false);
+    r.events().on_event(true, move |e| {
+        let Event::Decision(_) = e else { return };
+        let Some(r) = weak.upgrade() else { return };
+        // The nested decision's own event comes back here: only outer ones route.
+        if busy.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let call = calls.fetch_add(1, Ordering::SeqCst);
+        let user_req = RouteRequest {
+            user_id: Some("u".into()),
+            ..ws_req("ws", "big")
+        };
+        let push = |res: Result<Decision>| {
+            out.lock()
+                .unwrap()
+                .push(res.map(drop).map_err(|e| e.kind().to_string()))
+        };
+        match call {
+            // The outer decision's configuration: admitted on the cached view.
+            0 => push(r.route(&user_req)),
+            // After a change: the nested decision must see the new budget (it builds the new
+            // plan, which makes the cached view stale), and the next one, which finds the
+            // cache stale and cannot refresh it, loads the view.
+            1 => {
+                r.set_workspace_config("ws", workspace(json!({"daily": 0.001})))
+                    .unwrap();
+                push(r.route(&user_req));
+                push(r.route(&RouteRequest {
+                    user_id: Some("v".into()),
+                    ..ws_req("other", "big")
+                }));
+                push(r.route(&user_req));
+            }
+            _ => {}
+        }
+        busy.store(false, Ordering::SeqCst);
+    });
+    let user_req = RouteRequest {
+        user_id: Some("u".into()),
+        ..ws_req("ws", "big")
+    };
+    // Each outer decision emits its event (and so runs the handler) before it returns.
+    r.route(&user_req).unwrap();
+    r.route(&user_req).unwrap();
+    let got = nested.lock().unwrap().clone();
+    let exceeded = Err("budget_exceeded".to_string());
+    assert_eq!(got, vec![Ok(()), exceeded.clone(), Ok(()), exceeded], "{got:?}");
+    // The user's limiter counted all five of `u`'s decisions, nested ones included: its burst
+    // is spent.
+    assert!(matches!(
+        r.route(&RouteRequest {
+            user_id: Some("u".into()),
+            ..ws_req("other", "big")
+        }),
+        Err(Error::RateLimited { .. })
+    ));
+}
+
 #[test]
 fn eight_threads_reserving_and_dropping_leave_nothing_reserved() {
     let r = common::router(
