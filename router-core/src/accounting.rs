@@ -281,6 +281,19 @@ pub(crate) struct Plan {
     budgets: BudgetPlan,
     /// The limiters of each of the settings' `rate_limits`, in order.
     limits: Vec<PlannedLimit>,
+    /// The positions of the rate limits per workspace, API key or user (checked before the
+    /// pick), and of those per model (after it), in order.
+    request_limits: SmallVec<[u32; 4]>,
+    model_limits: SmallVec<[u32; 4]>,
+}
+
+/// The positions of `snap`'s rate limits whose scope passes `keep`.
+fn limits_where(snap: &Snapshot, keep: impl Fn(LimitScope) -> bool) -> SmallVec<[u32; 4]> {
+    (0u32..)
+        .zip(&snap.config.rate_limits)
+        .filter(|(_, rl)| keep(rl.scope))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 impl Plan {
@@ -303,6 +316,8 @@ impl Plan {
                     }
                 })
                 .collect(),
+            request_limits: limits_where(snap, |s| s != LimitScope::Model),
+            model_limits: limits_where(snap, |s| s == LimitScope::Model),
         }
     }
 
@@ -407,7 +422,9 @@ impl Drop for Handle {
 impl Reservation {
     /// Give the reservation back.
     fn release(&self) {
-        release_windows(&self.budget, self.micros, self.budget.armed.len());
+        for &(w, _) in &self.budget.armed {
+            let _ = self.budget.counter(w).add(-self.micros);
+        }
     }
 }
 
@@ -419,8 +436,55 @@ fn release_windows(budget: &PlannedBudget, micros: i64, n: usize) {
     }
 }
 
-/// The reservations of a decision: inline up to two (a workspace's and a model's budget).
-pub(crate) type Reservations = SmallVec<[Reservation; 2]>;
+/// The reservations of a decision: the first inline (a workspace's budget, the common case),
+/// any others (model and provider budgets) after it.
+#[derive(Debug, Default)]
+pub(crate) struct Reservations {
+    first: Option<Reservation>,
+    more: Vec<Reservation>,
+}
+
+impl Reservations {
+    #[inline]
+    fn push(&mut self, r: Reservation) {
+        if self.first.is_none() {
+            self.first = Some(r);
+        } else {
+            self.more.push(r);
+        }
+    }
+
+    /// The reservations, in the order they were made.
+    #[inline]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Reservation> {
+        self.first.iter().chain(&self.more)
+    }
+
+    /// Whether there are none.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// Give every reservation back and forget them.
+    #[inline]
+    fn release_all(&mut self) {
+        if let Some(r) = self.first.take() {
+            r.release();
+            for r in self.more.drain(..) {
+                r.release();
+            }
+        }
+    }
+
+    /// Forget every reservation (its handle goes back to this thread's stash).
+    #[inline]
+    fn clear(&mut self) {
+        if self.first.take().is_some() {
+            self.more.clear();
+        }
+    }
+}
 
 /// A token limit charged on an estimate, corrected at report time.
 #[derive(Debug)]
@@ -511,7 +575,7 @@ impl Ticket {
             user_id: id(&req.user_id),
             est_in,
             est_out,
-            reservations: Reservations::new(),
+            reservations: Reservations::default(),
             token_charges: Vec::new(),
             experiment: None,
             downgraded: false,
@@ -522,9 +586,13 @@ impl Ticket {
     }
 
     /// Give the reservations back (a decision dropped without a report).
+    #[inline]
     pub(crate) fn release(&self) {
-        for r in &self.reservations {
+        if let Some(r) = &self.reservations.first {
             r.release();
+            for r in &self.reservations.more {
+                r.release();
+            }
         }
     }
 
@@ -538,7 +606,7 @@ impl Ticket {
             user_id: self.user_id.clone(),
             est_in: self.est_in,
             est_out: self.est_out,
-            reservations: Reservations::new(),
+            reservations: Reservations::default(),
             token_charges: Vec::new(),
             experiment: self.experiment.clone(),
             downgraded: self.downgraded,
@@ -557,7 +625,7 @@ impl Ticket {
             user_id: None,
             est_in: 0,
             est_out: 0,
-            reservations: Reservations::new(),
+            reservations: Reservations::default(),
             token_charges: Vec::new(),
             experiment: None,
             downgraded: false,
@@ -663,12 +731,6 @@ impl<'a> Accounting<'a> {
         }
     }
 
-    /// The view and plan, when any budget or rate limit is configured.
-    #[inline]
-    fn state(&self) -> Option<State<'a>> {
-        self.state
-    }
-
     /// The plan, when any budget or rate limit is configured.
     #[inline]
     fn plan(&self) -> Option<&Plan> {
@@ -681,37 +743,46 @@ impl<'a> Accounting<'a> {
     }
 
     /// Request-scope rate limits (workspace, API key, user): admit or fail with `RateLimited`.
+    #[inline]
     pub(crate) fn request_limits(&self, est_tokens: u64, charges: &mut Vec<TokenCharge>) -> Result<()> {
-        for (i, rl) in self.snap.config.rate_limits.iter().enumerate() {
-            let value = match rl.scope {
+        let Some(state) = self.state else { return Ok(()) };
+        for &i in &state.plan.request_limits {
+            let i = i as usize;
+            let value = match self.snap.config.rate_limits[i].scope {
                 LimitScope::Workspace => self.req.workspace_id.as_deref(),
                 LimitScope::ApiKey => self.req.api_key.as_deref(),
                 LimitScope::User => self.req.user_id.as_deref(),
                 LimitScope::Model => continue,
             };
-            self.limit(i, value, est_tokens, charges)?;
+            self.limit(state, i, value, est_tokens, charges)?;
         }
         Ok(())
     }
 
     /// Model-scope rate limits, for the chosen model.
+    #[inline]
     pub(crate) fn model_limits(&self, model_id: &str, est_tokens: u64, charges: &mut Vec<TokenCharge>) -> Result<()> {
-        for (i, rl) in self.snap.config.rate_limits.iter().enumerate() {
-            if rl.scope == LimitScope::Model {
-                self.limit(i, Some(model_id), est_tokens, charges)?;
-            }
+        let Some(state) = self.state else { return Ok(()) };
+        for &i in &state.plan.model_limits {
+            self.limit(state, i as usize, Some(model_id), est_tokens, charges)?;
         }
         Ok(())
     }
 
     /// Rate limit `i` of the settings, for `value` of its scope.
-    fn limit(&self, i: usize, value: Option<&str>, est_tokens: u64, charges: &mut Vec<TokenCharge>) -> Result<()> {
+    fn limit(
+        &self,
+        state: State<'a>,
+        i: usize,
+        value: Option<&str>,
+        est_tokens: u64,
+        charges: &mut Vec<TokenCharge>,
+    ) -> Result<()> {
         let rl = &self.snap.config.rate_limits[i];
         let Some(value) = value else { return Ok(()) };
         if rl.id.as_deref().is_some_and(|id| id != value) {
             return Ok(());
         }
-        let Some(state) = self.state() else { return Ok(()) };
         let now_us = self.now_ms.saturating_mul(1000);
         let planned = &state.plan.limits[i];
         if planned.local_requests {
@@ -911,7 +982,7 @@ impl<'a> Accounting<'a> {
                     Ok(t) => t.admitted.then_some(()).ok_or(t.total),
                     Err(e) if b.limits.on_store_error == OnStoreError::FailClosed => {
                         release_windows(b, micros, k);
-                        release(out);
+                        out.release_all();
                         return Err(e);
                     }
                     Err(_) => counter.add(micros).map(|_| ()).or(Ok(())),
@@ -931,7 +1002,7 @@ impl<'a> Accounting<'a> {
             };
             if let Err(spent) = admitted {
                 release_windows(b, micros, k);
-                release(out);
+                out.release_all();
                 return Err(exceeded(b.scope, &b.id, w, limit_micros, spent, self.now_ms));
             }
         }
@@ -940,12 +1011,6 @@ impl<'a> Accounting<'a> {
             micros,
         });
         Ok(())
-    }
-}
-
-fn release(rs: &mut Reservations) {
-    for r in rs.drain(..) {
-        r.release();
     }
 }
 
@@ -993,7 +1058,7 @@ pub(crate) fn without(snap: &Snapshot, pool: &Pool, mask: Option<&ModelMask>, mo
 
 /// Settle a reported decision's reservations with its real cost; emit threshold events.
 pub(crate) fn settle_budgets(ticket: &Ticket, cost_micros: i64, events: &EventBus, now_ms: u64) {
-    for r in &ticket.reservations {
+    for r in ticket.reservations.iter() {
         let b = &r.budget;
         for &(window, limit_micros) in &b.armed {
             let Ok(total) = b.counter(window).add(cost_micros - r.micros) else {
