@@ -16,6 +16,7 @@
 //! formatted, no store call in batched mode.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -113,13 +114,18 @@ impl LimiterView for Views {
     }
 }
 
+/// A view as this thread's cache keeps it: the view is shared between threads (an `Arc`),
+/// and a decision takes this thread's count on it (an `Rc`: no atomic read-modify-write).
+#[allow(clippy::redundant_allocation)]
+type ThreadView = Rc<Arc<View>>;
+
 thread_local! {
     /// The views this thread decided with last, per router: reading one costs a load and a
     /// compare, where an arc-swap load costs two atomic read-modify-writes (its debt slot, then
     /// the guard's drop). Like the registry's snapshot cache, a thread keeps at most [`CACHED`](crate::state::thread_cache::CACHED)
     /// views alive this way (their plans hold the store weakly: a cached view keeps memory
     /// alive, not a store's connections).
-    static VIEWS: RefCell<ThreadCache<View>> = const { RefCell::new(ThreadCache::new()) };
+    static VIEWS: RefCell<ThreadCache<ThreadView>> = const { RefCell::new(ThreadCache::new()) };
 }
 
 /// A decision's view and the plan of its snapshot.
@@ -139,15 +145,14 @@ pub(crate) struct Loaded {
     own: Option<Arc<Plan>>,
 }
 
-/// A [`Local`] as the decision path reads it: through this thread's cache of views when it
-/// has one at hand ([`Local::with`]).
-#[derive(Clone, Copy)]
+/// A [`Local`] as a decision reads it: with this thread's cached view when it is current (an
+/// `Rc` of the cache's entry: taking it costs no atomic read-modify-write, and the decision
+/// borrows nothing from the thread's cache while it runs).
 pub(crate) struct LocalRef<'a> {
     local: &'a Local,
     /// This thread's cached view, current when the decision began (`None`: no plan on the
-    /// snapshot, the thread's cache is gone, or a decision this one is nested in kept it from
-    /// being refreshed).
-    current: Option<&'a View>,
+    /// snapshot, or the thread's cache is gone).
+    current: Option<ThreadView>,
 }
 
 impl Local {
@@ -156,47 +161,38 @@ impl Local {
         self.limiters.sweep(&self.views, now_ms);
     }
 
-    /// Run `f` for a decision on `snap`, with this thread's cached view (refreshed first when
-    /// it is not current) borrowed for the whole decision when the decision may read it (the
-    /// decision path's way in: no atomic read-modify-write to read the view, and one look in
-    /// the cache per decision). A view published a moment ago may be missed for that moment,
-    /// as with any load that races a store.
+    /// What a decision on `snap` reads: this thread's cached view (refreshed first when it
+    /// is not current) when the decision may read it (the decision path's way in: no atomic
+    /// read-modify-write to read the view, one look in the cache per decision). A view
+    /// published a moment ago may be missed for that moment, as with any load that races a
+    /// store.
     #[inline]
-    pub(crate) fn with<R>(&self, snap: &Snapshot, f: impl FnOnce(LocalRef<'_>) -> R) -> R {
+    pub(crate) fn for_decision(&self, snap: &Snapshot) -> LocalRef<'_> {
         if !has_plan(snap) {
-            return f(self.uncached());
+            return self.uncached();
         }
-        let mut f = Some(f);
-        // The result comes back as `Result<R, AccessError>` only (no `Option` around it): a
-        // decision is large, and each wrapper copied it.
-        let out = VIEWS.try_with(|cell| {
-            let f = f.take().expect("`f` runs once");
-            let views = &self.views;
-            let version = views.version.load(Ordering::Acquire);
-            if let Ok(cache) = cell.try_borrow() {
-                if let Some(view) = cache.get(views.id, version) {
-                    return f(LocalRef {
-                        local: self,
-                        current: Some(view),
-                    });
+        let views = &self.views;
+        let version = views.version.load(Ordering::Acquire);
+        let current = VIEWS
+            .try_with(|cell| {
+                if let Some(view) = cell.try_borrow().ok()?.get(views.id, version) {
+                    return Some(Rc::clone(view));
                 }
-            }
-            // Shared borrows nest (an event handler may route from inside a decision); only a
-            // refresh needs the cache alone, and the decision loads the view when it cannot.
-            if let Ok(mut cache) = cell.try_borrow_mut() {
-                cache.put(views.id, version, views.view.load_full());
-            }
-            let cache = cell.try_borrow().ok();
-            f(LocalRef {
-                local: self,
-                current: cache.as_ref().and_then(|c| c.get(views.id, version)),
+                self.refresh(cell, version)
             })
-        });
-        match out {
-            Ok(r) => r,
-            // This thread's cache is gone (the thread is ending): `f` did not run.
-            Err(_) => f.take().expect("`f` has not run")(self.uncached()),
-        }
+            .ok()
+            .flatten();
+        LocalRef { local: self, current }
+    }
+
+    /// Cache the current view in `cell` as of `version`.
+    #[cold]
+    fn refresh(&self, cell: &RefCell<ThreadCache<ThreadView>>, version: u64) -> Option<ThreadView> {
+        let view = Rc::new(self.views.view.load_full());
+        cell.try_borrow_mut()
+            .ok()?
+            .put(self.views.id, version, Rc::clone(&view));
+        Some(view)
     }
 
     /// Without the per-thread cache (each decision loads the view).
@@ -229,16 +225,19 @@ impl Local {
     }
 }
 
-impl<'a> LocalRef<'a> {
+impl LocalRef<'_> {
     /// The view, with the plan of `snap` at `now_ms`: this thread's cached view when it is
     /// current, else loaded into `held`; its plan when it was made for `snap` and `now_ms`,
     /// else a new one (which becomes current unless a newer configuration's plan is).
     #[inline]
-    fn state<'h>(self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64, held: &'h mut Loaded) -> State<'h>
-    where
-        'a: 'h,
-    {
-        if let Some(view) = self.current {
+    fn state<'h>(
+        &'h self,
+        snap: &Snapshot,
+        store: &Arc<dyn StateStore>,
+        now_ms: u64,
+        held: &'h mut Loaded,
+    ) -> State<'h> {
+        if let Some(view) = self.current.as_deref() {
             if let Some(plan) = view.plan.as_deref().filter(|p| p.fits(snap, now_ms)) {
                 return State { view, plan };
             }
@@ -248,7 +247,7 @@ impl<'a> LocalRef<'a> {
 
     /// [`state`](Self::state) off its common case.
     #[cold]
-    fn load<'h>(self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64, held: &'h mut Loaded) -> State<'h> {
+    fn load<'h>(&self, snap: &Snapshot, store: &Arc<dyn StateStore>, now_ms: u64, held: &'h mut Loaded) -> State<'h> {
         let view = self.local.views.view.load();
         if view.plan.as_deref().is_some_and(|p| p.fits(snap, now_ms)) {
             held.view = Some(view);
@@ -680,7 +679,7 @@ pub(crate) struct Accounting<'a> {
     pub(crate) snap: &'a Snapshot,
     pub(crate) req: &'a RouteRequest,
     pub(crate) store: &'a Arc<dyn StateStore>,
-    pub(crate) local: LocalRef<'a>,
+    pub(crate) local: &'a LocalRef<'a>,
     pub(crate) events: &'a EventBus,
     pub(crate) now_ms: u64,
     /// The request's workspace configuration, as `resolve` found it in `snap` (`None`: no
@@ -712,7 +711,7 @@ impl<'a> Accounting<'a> {
         snap: &'a Snapshot,
         req: &'a RouteRequest,
         store: &'a Arc<dyn StateStore>,
-        local: LocalRef<'a>,
+        local: &'a LocalRef<'a>,
         events: &'a EventBus,
         now_ms: u64,
         workspace: Option<&'a WorkspaceConfig>,

@@ -555,10 +555,10 @@ impl Router {
         let inner = &self.inner;
         inner
             .registry
-            .with(|snap| inner.local.with(snap, |local| self.route_in(snap, local, req)))
+            .with(|snap| self.route_in(snap, &inner.local.for_decision(snap), req))
     }
 
-    fn route_in(&self, snap: &Snapshot, local: accounting::LocalRef<'_>, req: &RouteRequest) -> Result<Decision> {
+    fn route_in(&self, snap: &Snapshot, local: &accounting::LocalRef<'_>, req: &RouteRequest) -> Result<Decision> {
         let accounted = accounting::needed(snap, req);
         let now_ms = self.inner.clock.now_ms();
         // An experiment that takes the request names its variant's model; when that model
@@ -887,11 +887,12 @@ impl Router {
             }
             if let Ok(scope) = resolve(&snap, req) {
                 let mut held = accounting::Loaded::default();
+                let local = self.inner.local.uncached();
                 let acc = Accounting::new(
                     &snap,
                     req,
                     &self.inner.store,
-                    self.inner.local.uncached(),
+                    &local,
                     &self.inner.events,
                     now_ms,
                     scope.workspace,

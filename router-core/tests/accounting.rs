@@ -649,9 +649,9 @@ fn a_budget_change_applies_to_the_next_request() {
     ));
 }
 
-/// A decision routed by an event handler while another decision holds this thread's cached
-/// view: one on the same configuration reads the cached view; one after a budget change
-/// loads the view and builds the new plan (the cache cannot be refreshed while it is held).
+/// A decision routed by an event handler while another decision of the same thread is under
+/// way (and holds this thread's cached view): one on the same configuration reads the cached
+/// view; one after a budget change builds the new plan; the next one refreshes the cache.
 #[test]
 fn a_decision_nested_in_another_sees_a_budget_change_made_in_between() {
     let r = Arc::new(common::router(
@@ -685,8 +685,8 @@ fn a_decision_nested_in_another_sees_a_budget_change_made_in_between() {
             // The outer decision's configuration: admitted on the cached view.
             0 => push(r.route(&user_req)),
             // After a change: the nested decision must see the new budget (it builds the new
-            // plan, which makes the cached view stale), and the next one, which finds the
-            // cache stale and cannot refresh it, loads the view.
+            // plan, which makes the cached view stale), and so must the next ones, which find
+            // the cache stale and refresh it.
             1 => {
                 r.set_workspace_config("ws", workspace(json!({"daily": 0.001})))
                     .unwrap();

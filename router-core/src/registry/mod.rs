@@ -518,11 +518,11 @@ thread_local! {
     /// compare, where an arc-swap load costs two atomic read-modify-writes (its debt slot, then
     /// the guard's drop). A thread keeps at most [`CACHED`](crate::state::thread_cache::CACHED) snapshots alive this way, until it
     /// routes on a newer one or on other registries.
-    static SNAPSHOTS: RefCell<ThreadCache<Snapshot>> = const { RefCell::new(ThreadCache::new()) };
+    static SNAPSHOTS: RefCell<ThreadCache<Arc<Snapshot>>> = const { RefCell::new(ThreadCache::new()) };
 }
 #[cfg(loom)]
 loom::thread_local! {
-    static SNAPSHOTS: RefCell<ThreadCache<Snapshot>> = RefCell::new(ThreadCache::new());
+    static SNAPSHOTS: RefCell<ThreadCache<Arc<Snapshot>>> = RefCell::new(ThreadCache::new());
 }
 
 impl Registry {

@@ -2,16 +2,14 @@
 //! view. Reading one costs a load and a compare, where an arc-swap load costs two atomic
 //! read-modify-writes (its debt slot, then the guard's drop).
 
-use std::sync::Arc;
-
 /// How many owners' values one thread keeps at hand.
 pub(crate) const CACHED: usize = 4;
 
-/// One thread's cached values, each with its owner's id (unique in the process) and the
-/// version it was cached at. At most [`CACHED`] are kept alive; when all are taken, a new
-/// owner's value replaces them in turn.
+/// One thread's cached values (pointers: an `Arc`, or an `Rc` of one), each with its owner's
+/// id (unique in the process) and the version it was cached at. At most [`CACHED`] are kept
+/// alive; when all are taken, a new owner's value replaces them in turn.
 pub(crate) struct ThreadCache<T> {
-    entries: [Option<(u64, u64, Arc<T>)>; CACHED],
+    entries: [Option<(u64, u64, T)>; CACHED],
     /// The entry replaced next when all are taken.
     victim: usize,
 }
@@ -32,11 +30,11 @@ impl<T> ThreadCache<T> {
             .iter()
             .flatten()
             .find(|(i, v, _)| *i == id && *v == version)
-            .map(|(_, _, value)| &**value)
+            .map(|(_, _, value)| value)
     }
 
     /// Cache `value` as owner `id`'s at `version`, in place of the owner's older one.
-    pub(crate) fn put(&mut self, id: u64, version: u64, value: Arc<T>) {
+    pub(crate) fn put(&mut self, id: u64, version: u64, value: T) {
         let k = match self
             .entries
             .iter()
@@ -58,16 +56,17 @@ impl<T> ThreadCache<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn keeps_one_value_per_owner_and_at_most_cached() {
         let mut c = ThreadCache::new();
         c.put(1, 10, Arc::new("a"));
-        assert_eq!(c.get(1, 10), Some(&"a"));
+        assert_eq!(c.get(1, 10).map(|v| **v), Some("a"));
         assert_eq!(c.get(1, 11), None, "another version is a miss");
         c.put(1, 11, Arc::new("b"));
         assert_eq!(c.get(1, 10), None, "the owner's older value is replaced");
-        assert_eq!(c.get(1, 11), Some(&"b"));
+        assert_eq!(c.get(1, 11).map(|v| **v), Some("b"));
         for id in 2..=(CACHED as u64 + 1) {
             c.put(id, 0, Arc::new("x"));
         }
