@@ -512,17 +512,23 @@ pub(crate) struct Registry {
 /// Registries created so far (their ids).
 static REGISTRIES: AtomicU64 = AtomicU64::new(0);
 
+/// A snapshot as this thread's cache keeps it: the snapshot is shared between threads (an
+/// `Arc`), and a decision takes this thread's count on it (an `Rc`: no atomic
+/// read-modify-write).
+#[allow(clippy::redundant_allocation)]
+type ThreadSnapshot = std::rc::Rc<Arc<Snapshot>>;
+
 #[cfg(not(loom))]
 thread_local! {
     /// The snapshots this thread decided on last, per registry: reading one costs a load and a
     /// compare, where an arc-swap load costs two atomic read-modify-writes (its debt slot, then
     /// the guard's drop). A thread keeps at most [`CACHED`](crate::state::thread_cache::CACHED) snapshots alive this way, until it
     /// routes on a newer one or on other registries.
-    static SNAPSHOTS: RefCell<ThreadCache<Arc<Snapshot>>> = const { RefCell::new(ThreadCache::new()) };
+    static SNAPSHOTS: RefCell<ThreadCache<ThreadSnapshot>> = const { RefCell::new(ThreadCache::new()) };
 }
 #[cfg(loom)]
 loom::thread_local! {
-    static SNAPSHOTS: RefCell<ThreadCache<Arc<Snapshot>>> = RefCell::new(ThreadCache::new());
+    static SNAPSHOTS: RefCell<ThreadCache<ThreadSnapshot>> = RefCell::new(ThreadCache::new());
 }
 
 impl Registry {
@@ -564,36 +570,35 @@ impl Registry {
     }
 
     /// Run `f` on the serving snapshot, from this thread's cache when it holds the current
-    /// one (the decision path's way in: no atomic read-modify-write). A snapshot swapped in a
-    /// moment ago may be missed for that moment, as with any load that races a store.
+    /// one (the decision path's way in: no atomic read-modify-write; `f` runs outside the
+    /// thread-local access, with this thread's count on the snapshot, so it may route again).
+    /// A snapshot swapped in a moment ago may be missed for that moment, as with any load that
+    /// races a store.
     #[inline]
     pub(crate) fn with<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
         let generation = self.published.load(Ordering::Acquire);
-        let mut f = Some(f);
-        let out = SNAPSHOTS.try_with(|cell| {
-            // Shared borrows nest (an event handler may route from inside a decision); only a
-            // refresh needs the cache alone, and falls back to a plain load when it cannot.
-            if let Ok(cache) = cell.try_borrow() {
-                if let Some(snap) = cache.get(self.id, generation) {
-                    return f.take().map(|f| f(snap));
+        let cached = SNAPSHOTS
+            .try_with(|cell| {
+                if let Some(snap) = cell.try_borrow().ok()?.get(self.id, generation) {
+                    return Some(ThreadSnapshot::clone(snap));
                 }
-            }
-            let loaded = {
-                let mut cache = cell.try_borrow_mut().ok()?;
-                let snap = self.snapshot.load_full();
-                let loaded = snap.generation;
-                cache.put(self.id, loaded, snap);
-                loaded
-            };
-            let cache = cell.try_borrow().ok()?;
-            let snap = cache.get(self.id, loaded)?;
-            f.take().map(|f| f(snap))
-        });
-        match (out, f) {
-            (Ok(Some(r)), _) => r,
-            (_, Some(f)) => f(&self.snapshot.load()),
-            (_, None) => unreachable!("`f` ran but returned nothing"),
+                self.refresh(cell)
+            })
+            .ok()
+            .flatten();
+        match cached {
+            Some(snap) => f(&snap),
+            None => f(&self.snapshot.load()),
         }
+    }
+
+    /// Cache the serving snapshot in `cell`, under its generation.
+    #[cold]
+    fn refresh(&self, cell: &RefCell<ThreadCache<ThreadSnapshot>>) -> Option<ThreadSnapshot> {
+        let snap = ThreadSnapshot::new(self.snapshot.load_full());
+        let mut cache = cell.try_borrow_mut().ok()?;
+        cache.put(self.id, snap.generation, ThreadSnapshot::clone(&snap));
+        Some(snap)
     }
 
     /// The serving snapshot.
@@ -905,7 +910,7 @@ mod tests {
             (outer, r.with(|s| s.generation))
         });
         assert_eq!(outer, 0);
-        assert_eq!(inner, 1, "the nested call cannot refresh the cache and loads");
+        assert_eq!(inner, 1, "the nested call refreshes the cache");
         assert_eq!(r.with(|s| s.generation), 1);
     }
 
