@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use smallvec::SmallVec;
 
 use crate::budget::{BudgetMode, BudgetPlan, BudgetScope, Consistency, OnStoreError, PlannedBudget};
 use crate::config::RouterConfig;
@@ -282,12 +281,12 @@ pub(crate) struct Plan {
     limits: Vec<PlannedLimit>,
     /// The positions of the rate limits per workspace, API key or user (checked before the
     /// pick), and of those per model (after it), in order.
-    request_limits: SmallVec<[u32; 4]>,
-    model_limits: SmallVec<[u32; 4]>,
+    request_limits: Box<[u32]>,
+    model_limits: Box<[u32]>,
 }
 
 /// The positions of `snap`'s rate limits whose scope passes `keep`.
-fn limits_where(snap: &Snapshot, keep: impl Fn(LimitScope) -> bool) -> SmallVec<[u32; 4]> {
+fn limits_where(snap: &Snapshot, keep: impl Fn(LimitScope) -> bool) -> Box<[u32]> {
     (0u32..)
         .zip(&snap.config.rate_limits)
         .filter(|(_, rl)| keep(rl.scope))
@@ -307,7 +306,7 @@ impl Plan {
                 .rate_limits
                 .iter()
                 .map(|rl| {
-                    let units: SmallVec<[(Unit, Gcra); 3]> = rl.limiters().collect();
+                    let units: Box<[(Unit, Gcra)]> = rl.limiters().collect();
                     PlannedLimit {
                         local_requests: rl.consistency != Consistency::Strict
                             && units.iter().all(|(u, _)| !u.counts_tokens()),
@@ -334,7 +333,7 @@ impl Plan {
 /// One rate limit of a [`Plan`]: its limiters, and whether they all count requests on limiters
 /// this router keeps (a batched limit without tokens: [`Accounting::limit`]'s common case).
 struct PlannedLimit {
-    units: SmallVec<[(Unit, Gcra); 3]>,
+    units: Box<[(Unit, Gcra)]>,
     local_requests: bool,
 }
 
