@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use smallvec::SmallVec;
 
 use crate::budget::{BudgetMode, BudgetPlan, BudgetScope, Consistency, OnStoreError, PlannedBudget};
 use crate::config::RouterConfig;
@@ -281,12 +282,12 @@ pub(crate) struct Plan {
     limits: Vec<PlannedLimit>,
     /// The positions of the rate limits per workspace, API key or user (checked before the
     /// pick), and of those per model (after it), in order.
-    request_limits: Box<[u32]>,
-    model_limits: Box<[u32]>,
+    request_limits: SmallVec<[u32; 4]>,
+    model_limits: SmallVec<[u32; 4]>,
 }
 
 /// The positions of `snap`'s rate limits whose scope passes `keep`.
-fn limits_where(snap: &Snapshot, keep: impl Fn(LimitScope) -> bool) -> Box<[u32]> {
+fn limits_where(snap: &Snapshot, keep: impl Fn(LimitScope) -> bool) -> SmallVec<[u32; 4]> {
     (0u32..)
         .zip(&snap.config.rate_limits)
         .filter(|(_, rl)| keep(rl.scope))
@@ -306,7 +307,7 @@ impl Plan {
                 .rate_limits
                 .iter()
                 .map(|rl| {
-                    let units: Box<[(Unit, Gcra)]> = rl.limiters().collect();
+                    let units: SmallVec<[(Unit, Gcra); 3]> = rl.limiters().collect();
                     PlannedLimit {
                         local_requests: rl.consistency != Consistency::Strict
                             && units.iter().all(|(u, _)| !u.counts_tokens()),
@@ -333,7 +334,7 @@ impl Plan {
 /// One rate limit of a [`Plan`]: its limiters, and whether they all count requests on limiters
 /// this router keeps (a batched limit without tokens: [`Accounting::limit`]'s common case).
 struct PlannedLimit {
-    units: Box<[(Unit, Gcra)]>,
+    units: SmallVec<[(Unit, Gcra); 3]>,
     local_requests: bool,
 }
 

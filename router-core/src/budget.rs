@@ -24,6 +24,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 use crate::policy::WorkspaceConfig;
@@ -305,7 +306,7 @@ pub(crate) struct PlannedBudget {
     pub(crate) limits: BudgetLimits,
     /// The windows that have a limit, with it (micro-units), in [`BudgetWindow::ALL`]'s order:
     /// what a reservation, its release, its settlement and the precheck walk.
-    pub(crate) armed: Box<[(BudgetWindow, i64)]>,
+    pub(crate) armed: SmallVec<[(BudgetWindow, i64); 3]>,
     /// Each window's lowest alert threshold in micro-units, as the settlement computes them
     /// (`alert_at · limit`; `+∞` without a limit or alerts): below it, no alert can fire.
     pub(crate) first_alert: [f64; 3],
