@@ -421,16 +421,14 @@ impl Drop for Handle {
 impl Reservation {
     /// Give the reservation back.
     fn release(&self) {
-        for &(w, _) in &self.budget.armed {
-            let _ = self.budget.counter(w).add(-self.micros);
-        }
+        release_windows(&self.budget, self.micros, &self.budget.armed);
     }
 }
 
-/// Take `micros` back from the first `n` windows of `budget` that have a limit.
+/// Take `micros` back from `windows` of `budget` (all or the first of its armed ones).
 #[inline]
-fn release_windows(budget: &PlannedBudget, micros: i64, n: usize) {
-    for &(w, _) in budget.armed.iter().take(n) {
+fn release_windows(budget: &PlannedBudget, micros: i64, windows: &[(BudgetWindow, i64)]) {
+    for &(w, _) in windows {
         let _ = budget.counter(w).add(-micros);
     }
 }
@@ -465,15 +463,21 @@ impl Reservations {
         self.first.is_none()
     }
 
-    /// Give every reservation back and forget them.
+    /// Give every reservation back (a decision dropped without a report).
     #[inline]
-    fn release_all(&mut self) {
-        if let Some(r) = self.first.take() {
+    fn release_each(&self) {
+        if let Some(r) = &self.first {
             r.release();
-            for r in self.more.drain(..) {
+            for r in &self.more {
                 r.release();
             }
         }
+    }
+
+    /// Give every reservation back and forget them.
+    fn release_all(&mut self) {
+        self.release_each();
+        self.clear();
     }
 
     /// Forget every reservation (its handle goes back to this thread's stash).
@@ -587,12 +591,7 @@ impl Ticket {
     /// Give the reservations back (a decision dropped without a report).
     #[inline]
     pub(crate) fn release(&self) {
-        if let Some(r) = &self.reservations.first {
-            r.release();
-            for r in &self.reservations.more {
-                r.release();
-            }
-        }
+        self.reservations.release_each();
     }
 
     /// A copy for the next attempt of the same request: same ids and estimates, no
@@ -980,7 +979,7 @@ impl<'a> Accounting<'a> {
                     }
                     Ok(t) => t.admitted.then_some(()).ok_or(t.total),
                     Err(e) if b.limits.on_store_error == OnStoreError::FailClosed => {
-                        release_windows(b, micros, k);
+                        release_windows(b, micros, &b.armed[..k]);
                         out.release_all();
                         return Err(e);
                     }
@@ -1000,7 +999,7 @@ impl<'a> Accounting<'a> {
                 }
             };
             if let Err(spent) = admitted {
-                release_windows(b, micros, k);
+                release_windows(b, micros, &b.armed[..k]);
                 out.release_all();
                 return Err(exceeded(b.scope, &b.id, w, limit_micros, spent, self.now_ms));
             }
