@@ -16,7 +16,6 @@
 //! formatted, no store call in batched mode.
 
 use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -33,7 +32,7 @@ use crate::policy::{WorkspaceConfig, WorkspaceMap};
 use crate::registry::snapshot::{ModelMask, Pool, Snapshot};
 use crate::registry::Slot;
 use crate::request::RouteRequest;
-use crate::state::thread_cache::ThreadCache;
+use crate::state::thread_cache::{Shared, ThreadCache};
 use crate::state::{Settled, SmallStr, StateStore};
 use crate::usage::{from_micros, to_micros, BudgetWindow};
 
@@ -114,18 +113,13 @@ impl LimiterView for Views {
     }
 }
 
-/// A view as this thread's cache keeps it: the view is shared between threads (an `Arc`),
-/// and a decision takes this thread's count on it (an `Rc`: no atomic read-modify-write).
-#[allow(clippy::redundant_allocation)]
-type ThreadView = Rc<Arc<View>>;
-
 thread_local! {
     /// The views this thread decided with last, per router: reading one costs a load and a
     /// compare, where an arc-swap load costs two atomic read-modify-writes (its debt slot, then
     /// the guard's drop). Like the registry's snapshot cache, a thread keeps at most [`CACHED`](crate::state::thread_cache::CACHED)
     /// views alive this way (their plans hold the store weakly: a cached view keeps memory
     /// alive, not a store's connections).
-    static VIEWS: RefCell<ThreadCache<ThreadView>> = const { RefCell::new(ThreadCache::new()) };
+    static VIEWS: RefCell<ThreadCache<Shared<View>>> = const { RefCell::new(ThreadCache::new()) };
 }
 
 /// A decision's view and the plan of its snapshot.
@@ -152,7 +146,7 @@ pub(crate) struct LocalRef<'a> {
     local: &'a Local,
     /// This thread's cached view, current when the decision began (`None`: no plan on the
     /// snapshot, or the thread's cache is gone).
-    current: Option<ThreadView>,
+    current: Option<Shared<View>>,
 }
 
 impl Local {
@@ -175,24 +169,11 @@ impl Local {
         let version = views.version.load(Ordering::Acquire);
         let current = VIEWS
             .try_with(|cell| {
-                if let Some(view) = cell.try_borrow().ok()?.get(views.id, version) {
-                    return Some(Rc::clone(view));
-                }
-                self.refresh(cell, version)
+                crate::state::thread_cache::current(cell, views.id, version, || (version, views.view.load_full()))
             })
             .ok()
             .flatten();
         LocalRef { local: self, current }
-    }
-
-    /// Cache the current view in `cell` as of `version`.
-    #[cold]
-    fn refresh(&self, cell: &RefCell<ThreadCache<ThreadView>>, version: u64) -> Option<ThreadView> {
-        let view = Rc::new(self.views.view.load_full());
-        cell.try_borrow_mut()
-            .ok()?
-            .put(self.views.id, version, Rc::clone(&view));
-        Some(view)
     }
 
     /// Without the per-thread cache (each decision loads the view).

@@ -20,7 +20,7 @@ use crate::events::Event;
 use crate::model::{Model, ModelStatus, ModelType};
 use crate::policy::{AgentPreferences, WorkspaceConfig, WorkspaceMap};
 use crate::rules::{CompiledCondition, Rule};
-use crate::state::thread_cache::ThreadCache;
+use crate::state::thread_cache::{Shared, ThreadCache};
 use crate::state::{hash_id, EndpointState, StateChange};
 use crate::RouterConfig;
 pub use snapshot::Slot;
@@ -512,23 +512,17 @@ pub(crate) struct Registry {
 /// Registries created so far (their ids).
 static REGISTRIES: AtomicU64 = AtomicU64::new(0);
 
-/// A snapshot as this thread's cache keeps it: the snapshot is shared between threads (an
-/// `Arc`), and a decision takes this thread's count on it (an `Rc`: no atomic
-/// read-modify-write).
-#[allow(clippy::redundant_allocation)]
-type ThreadSnapshot = std::rc::Rc<Arc<Snapshot>>;
-
 #[cfg(not(loom))]
 thread_local! {
     /// The snapshots this thread decided on last, per registry: reading one costs a load and a
     /// compare, where an arc-swap load costs two atomic read-modify-writes (its debt slot, then
     /// the guard's drop). A thread keeps at most [`CACHED`](crate::state::thread_cache::CACHED) snapshots alive this way, until it
     /// routes on a newer one or on other registries.
-    static SNAPSHOTS: RefCell<ThreadCache<ThreadSnapshot>> = const { RefCell::new(ThreadCache::new()) };
+    static SNAPSHOTS: RefCell<ThreadCache<Shared<Snapshot>>> = const { RefCell::new(ThreadCache::new()) };
 }
 #[cfg(loom)]
 loom::thread_local! {
-    static SNAPSHOTS: RefCell<ThreadCache<ThreadSnapshot>> = RefCell::new(ThreadCache::new());
+    static SNAPSHOTS: RefCell<ThreadCache<Shared<Snapshot>>> = RefCell::new(ThreadCache::new());
 }
 
 impl Registry {
@@ -579,10 +573,10 @@ impl Registry {
         let generation = self.published.load(Ordering::Acquire);
         let cached = SNAPSHOTS
             .try_with(|cell| {
-                if let Some(snap) = cell.try_borrow().ok()?.get(self.id, generation) {
-                    return Some(ThreadSnapshot::clone(snap));
-                }
-                self.refresh(cell)
+                crate::state::thread_cache::current(cell, self.id, generation, || {
+                    let snap = self.snapshot.load_full();
+                    (snap.generation, snap)
+                })
             })
             .ok()
             .flatten();
@@ -590,15 +584,6 @@ impl Registry {
             Some(snap) => f(&snap),
             None => f(&self.snapshot.load()),
         }
-    }
-
-    /// Cache the serving snapshot in `cell`, under its generation.
-    #[cold]
-    fn refresh(&self, cell: &RefCell<ThreadCache<ThreadSnapshot>>) -> Option<ThreadSnapshot> {
-        let snap = ThreadSnapshot::new(self.snapshot.load_full());
-        let mut cache = cell.try_borrow_mut().ok()?;
-        cache.put(self.id, snap.generation, ThreadSnapshot::clone(&snap));
-        Some(snap)
     }
 
     /// The serving snapshot.

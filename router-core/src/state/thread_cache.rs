@@ -2,10 +2,48 @@
 //! view. Reading one costs a load and a compare, where an arc-swap load costs two atomic
 //! read-modify-writes (its debt slot, then the guard's drop).
 
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
 /// How many owners' values one thread keeps at hand.
 pub(crate) const CACHED: usize = 4;
 
-/// One thread's cached values (pointers: an `Arc`, or an `Rc` of one), each with its owner's
+/// A value shared between threads (an `Arc`) as one thread's cache keeps it: a decision takes
+/// the thread's count on it (an `Rc`: no atomic read-modify-write) and holds it while it runs,
+/// outside the thread-local access (so nothing is copied out of a closure, and a decision
+/// routed from inside another refreshes the cache like any other).
+#[allow(clippy::redundant_allocation)]
+pub(crate) type Shared<T> = Rc<Arc<T>>;
+
+/// Owner `id`'s value in `cell` when it was cached at `version`, else `load()`'s, cached under
+/// the version `load` gives it (`None`: the cache is borrowed, which only a refresh does).
+#[inline]
+pub(crate) fn current<T>(
+    cell: &RefCell<ThreadCache<Shared<T>>>,
+    id: u64,
+    version: u64,
+    load: impl FnOnce() -> (u64, Arc<T>),
+) -> Option<Shared<T>> {
+    if let Some(value) = cell.try_borrow().ok()?.get(id, version) {
+        return Some(Rc::clone(value));
+    }
+    refresh(cell, id, load)
+}
+
+#[cold]
+fn refresh<T>(
+    cell: &RefCell<ThreadCache<Shared<T>>>,
+    id: u64,
+    load: impl FnOnce() -> (u64, Arc<T>),
+) -> Option<Shared<T>> {
+    let (version, value) = load();
+    let value = Rc::new(value);
+    cell.try_borrow_mut().ok()?.put(id, version, Rc::clone(&value));
+    Some(value)
+}
+
+/// One thread's cached values (pointers: an `Arc`, or a [`Shared`] one), each with its owner's
 /// id (unique in the process) and the version it was cached at. At most [`CACHED`] are kept
 /// alive; when all are taken, a new owner's value replaces them in turn.
 pub(crate) struct ThreadCache<T> {
@@ -56,7 +94,6 @@ impl<T> ThreadCache<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn keeps_one_value_per_owner_and_at_most_cached() {
