@@ -38,7 +38,7 @@ use crate::usage::{from_micros, to_micros, BudgetWindow};
 
 /// What a router keeps for accounting besides the store: its own rate limiters and the view
 /// the decision path reads (the current [`Plan`] and the settled limiters, replaced as a whole,
-/// read through a per-thread cache: see [`Local::with`]).
+/// read through a per-thread cache: see [`Local::for_decision`]).
 #[derive(Default)]
 pub(crate) struct Local {
     limiters: Limiters,
