@@ -11,16 +11,22 @@
 # under target/yardstick) and in the working tree, then alternates the two for <rounds> rounds
 # (2 by default), each round running a fresh copy of each binary (benches/ab_fresh.sh says why)
 # over every fleet size of each strategy (round_robin and power_of_two by default). Prints one
-# line per round, build, strategy and size: the p50 in ns, then p90, p99 and the mean.
+# line per round, build, strategy and size: the p50 in ns, then p90, p99 and the mean. The
+# commit's `examples/latency` must take `<strategy> <calls> <rounds> <warm-up s>` and print
+# `<strategy> <size> <p50> <p90> <p99> <mean> ...` rows, as it has since it was added (`157fbc1`).
 set -euo pipefail
 if [ $# -lt 1 ]; then
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 root=$(git rev-parse --show-toplevel)
 commit=$(git -C "$root" rev-parse --short "$1")
-rounds=${2:-2}
-shift $(($# < 2 ? $# : 2))
+shift
+rounds=2
+if [ $# -gt 0 ]; then
+  rounds=$1
+  shift
+fi
 strategies=("$@")
 [ ${#strategies[@]} -gt 0 ] || strategies=(round_robin power_of_two)
 
