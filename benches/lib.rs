@@ -140,7 +140,9 @@ pub const ACCOUNTING_KEYS: usize = 256;
 /// The policy of an `accounting` mix: [`fleet`]`(100)`; usage accounting off for `no_usage`;
 /// for `budget_limit`, a per-user rpm limit and a daily budget on each of the workspaces
 /// `ws-0` to `ws-7` (batched, neither ever reached). Two more mixes split `budget_limit`:
-/// `limit` (the rate limit only) and `budget` (the budgets only).
+/// `limit` (the rate limit only) and `budget` (the budgets only); `workspaces` is `usage` with
+/// the eight workspaces configured but no budget on any (the baseline of a deployment that
+/// configures its workspaces).
 pub fn accounting_policy(mix: &str) -> Policy {
     accounting_policy_of(mix, 100)
 }
@@ -148,7 +150,7 @@ pub fn accounting_policy(mix: &str) -> Policy {
 /// [`accounting_policy`] on [`fleet`]`(n)`.
 pub fn accounting_policy_of(mix: &str, n: usize) -> Policy {
     assert!(
-        ACCOUNTING_MIXES.contains(&mix) || mix == "limit" || mix == "budget",
+        ACCOUNTING_MIXES.contains(&mix) || ["limit", "budget", "workspaces"].contains(&mix),
         "unknown mix {mix}"
     );
     let mut policy = fleet(n);
@@ -165,7 +167,7 @@ pub fn accounting_policy_of(mix: &str, n: usize) -> Policy {
             on_store_error: Default::default(),
         }];
     }
-    if mix == "budget_limit" || mix == "budget" {
+    if ["budget_limit", "budget", "workspaces"].contains(&mix) {
         for w in 0..8 {
             let budget = BudgetLimits {
                 daily: Some(1e12),
@@ -174,7 +176,7 @@ pub fn accounting_policy_of(mix: &str, n: usize) -> Policy {
             policy.workspaces.insert(
                 format!("ws-{w}"),
                 WorkspaceConfig {
-                    budget_limits: Some(budget),
+                    budget_limits: (mix != "workspaces").then_some(budget),
                     ..Default::default()
                 },
             );

@@ -16,8 +16,9 @@
 //! `p2c/off`, `p2c/on`, `ll/off`, `ll/on` are `benches/predict.rs`'s (two models of five
 //! endpoints, capacity 1000, prediction off or on); `route/<mix>` and `route_report/<mix>` are
 //! `benches/accounting.rs`'s (`<mix>`: `no_usage`, `plain`, `usage`, `budget_limit`, and `limit`
-//! or `budget` for either half of `budget_limit`; `route` drops the decision, `route_report`
-//! reports a success with token counts):
+//! or `budget` for either half of `budget_limit`, `workspaces` for `usage` with its workspaces
+//! configured but no budget; `route` drops the decision, `route_report` reports a success with
+//! token counts):
 //!
 //! ```text
 //! cargo run --release -p router-benches --example ab -- ab route/usage route/budget_limit 4000 250

@@ -631,12 +631,12 @@ pub(crate) fn needed(snap: &Snapshot, req: &RouteRequest) -> bool {
         || has_workspace_budget(snap, req)
 }
 
-/// Whether decisions on `snap` may read a [`Plan`]: a budget, a rate limit or a workspace is
-/// configured.
+/// Whether decisions on `snap` may read a [`Plan`]: a budget (of a model, a provider or a
+/// workspace) or a rate limit is configured. Workspaces without a budget need none.
 #[inline]
 fn has_plan(snap: &Snapshot) -> bool {
     let cfg = &snap.config;
-    !cfg.budgets.is_empty() || !cfg.rate_limits.is_empty() || !snap.workspaces.is_empty()
+    !cfg.budgets.is_empty() || !cfg.rate_limits.is_empty() || snap.workspaces.any_budget()
 }
 
 fn has_workspace_budget(snap: &Snapshot, req: &RouteRequest) -> bool {

@@ -649,6 +649,41 @@ fn a_budget_change_applies_to_the_next_request() {
     ));
 }
 
+/// Workspaces without a budget need no accounting plan; the first budget set on one (by
+/// replacing its configuration) applies to its next request, and one taken away (replaced or
+/// removed) stops applying.
+#[test]
+fn a_budget_set_on_a_configured_workspace_applies_and_one_taken_away_stops() {
+    let r = common::router(policy(json!({})), at(MON));
+    let unbudgeted: WorkspaceConfig = serde_json::from_value(json!({"modelRestrictions": ["big"]})).unwrap();
+    r.set_workspace_config("ws", unbudgeted.clone()).unwrap();
+    r.set_workspace_config("other", unbudgeted.clone()).unwrap();
+    for _ in 0..3 {
+        spend_4_cents(&r, "ws").unwrap();
+    }
+    // The restriction still applies without a budget.
+    assert!(r.route(&ws_req("ws", "small")).is_err());
+
+    let mut budgeted = workspace(json!({"daily": 0.08}));
+    budgeted.model_restrictions = vec!["big".into()];
+    r.set_workspace_config("ws", budgeted.clone()).unwrap();
+    // The budget counts from when it was set.
+    spend_4_cents(&r, "ws").unwrap();
+    spend_4_cents(&r, "ws").unwrap();
+    assert!(matches!(spend_4_cents(&r, "ws"), Err(Error::BudgetExceeded { .. })));
+    spend_4_cents(&r, "other").unwrap();
+
+    r.set_workspace_config("ws", unbudgeted).unwrap();
+    spend_4_cents(&r, "ws").unwrap();
+
+    r.set_workspace_config("other", budgeted).unwrap();
+    spend_4_cents(&r, "other").unwrap();
+    spend_4_cents(&r, "other").unwrap();
+    assert!(matches!(spend_4_cents(&r, "other"), Err(Error::BudgetExceeded { .. })));
+    r.remove_workspace_config("other").unwrap();
+    spend_4_cents(&r, "other").unwrap();
+}
+
 /// A decision routed by an event handler while another decision of the same thread is under
 /// way (and holds this thread's cached view): one on the same configuration reads the cached
 /// view; one after a budget change builds the new plan; the next one refreshes the cache.

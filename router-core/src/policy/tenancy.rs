@@ -52,7 +52,17 @@ pub struct PerformanceRequirements {
 /// keeps its id inline (up to 22 bytes) and its hash, so that a lookup compares the id in the
 /// entry it then returns, without following the id's pointer or calling `memcmp`.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct WorkspaceMap(hashbrown::HashTable<WorkspaceEntry>);
+pub(crate) struct WorkspaceMap {
+    entries: hashbrown::HashTable<WorkspaceEntry>,
+    /// How many of the workspaces have a budget with a limit set: with none, a decision
+    /// reads no accounting plan for its workspace.
+    budgeted: usize,
+}
+
+/// Whether `cfg` sets a budget limit.
+fn budgeted(cfg: &WorkspaceConfig) -> bool {
+    cfg.budget_limits.as_ref().is_some_and(BudgetLimits::is_set)
+}
 
 #[derive(Debug, Clone)]
 struct WorkspaceEntry {
@@ -66,11 +76,11 @@ impl WorkspaceMap {
     /// The configuration of workspace `id`.
     #[inline]
     pub(crate) fn get(&self, id: &str) -> Option<&WorkspaceConfig> {
-        if self.0.is_empty() {
+        if self.entries.is_empty() {
             return None;
         }
         let id = id.as_bytes();
-        self.0
+        self.entries
             .find(hash_id(id), |e| same_bytes(e.key.as_bytes(), id))
             .map(|e| &e.cfg)
     }
@@ -79,8 +89,13 @@ impl WorkspaceMap {
     pub(crate) fn insert(&mut self, id: String, cfg: WorkspaceConfig) -> Option<WorkspaceConfig> {
         let hash = hash_id(id.as_bytes());
         let same = |e: &WorkspaceEntry| same_bytes(e.key.as_bytes(), id.as_bytes());
-        match self.0.entry(hash, same, |e| e.hash) {
-            hashbrown::hash_table::Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().cfg, cfg)),
+        self.budgeted += usize::from(budgeted(&cfg));
+        match self.entries.entry(hash, same, |e| e.hash) {
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                let old = std::mem::replace(&mut e.get_mut().cfg, cfg);
+                self.budgeted -= usize::from(budgeted(&old));
+                Some(old)
+            }
             hashbrown::hash_table::Entry::Vacant(e) => {
                 e.insert(WorkspaceEntry {
                     hash,
@@ -96,18 +111,23 @@ impl WorkspaceMap {
     /// Remove workspace `id`; its configuration.
     pub(crate) fn remove(&mut self, id: &str) -> Option<WorkspaceConfig> {
         let hash = hash_id(id.as_bytes());
-        let e = self.0.find_entry(hash, |e| same_bytes(e.key.as_bytes(), id.as_bytes()));
-        e.ok().map(|e| e.remove().0.cfg)
+        let e = self
+            .entries
+            .find_entry(hash, |e| same_bytes(e.key.as_bytes(), id.as_bytes()));
+        let cfg = e.ok().map(|e| e.remove().0.cfg)?;
+        self.budgeted -= usize::from(budgeted(&cfg));
+        Some(cfg)
     }
 
     /// The workspaces and their configurations, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &WorkspaceConfig)> {
-        self.0.iter().map(|e| (&e.id, &e.cfg))
+        self.entries.iter().map(|e| (&e.id, &e.cfg))
     }
 
-    /// Whether no workspace is configured.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    /// Whether any workspace has a budget with a limit set.
+    #[inline]
+    pub(crate) fn any_budget(&self) -> bool {
+        self.budgeted != 0
     }
 }
 
@@ -255,4 +275,43 @@ pub(crate) fn quality(agent: Option<&AgentPreferences>, ws: Option<&WorkspaceCon
         min_success_rate: min.unwrap_or(0.0),
         max_latency_ms: max.unwrap_or(f64::INFINITY),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(daily: Option<f64>) -> WorkspaceConfig {
+        WorkspaceConfig {
+            budget_limits: Some(BudgetLimits {
+                daily,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_map_counts_its_budgeted_workspaces_through_every_change() {
+        let mut m: WorkspaceMap = [
+            ("a".to_owned(), cfg(None)),
+            ("b".to_owned(), WorkspaceConfig::default()),
+        ]
+        .into_iter()
+        .collect();
+        assert!(!m.any_budget(), "a budget with no window set is no budget");
+        m.insert("a".into(), cfg(Some(1.0)));
+        assert!(m.any_budget());
+        m.insert("b".into(), cfg(Some(2.0)));
+        m.insert("a".into(), cfg(Some(3.0)));
+        m.insert("a".into(), WorkspaceConfig::default());
+        assert!(m.any_budget(), "b still has one");
+        assert!(m.remove("b").is_some());
+        assert!(!m.any_budget());
+        assert!(m.remove("b").is_none());
+        assert!(!m.any_budget());
+        m.insert("c".into(), cfg(Some(1.0)));
+        assert!(m.get("c").is_some_and(|c| c.budget_limits.is_some()));
+        assert!(m.any_budget());
+    }
 }
