@@ -353,7 +353,16 @@ const CHECK_EVERY: u32 = 25;
 
 impl Results {
     /// The experiment, variant and model for `req`, if an experiment takes it.
+    #[inline]
     pub(crate) fn assign(&self, cfg: &RouterConfig, req: &RouteRequest) -> Option<(String, usize, String)> {
+        if cfg.experiments.is_empty() {
+            return None;
+        }
+        self.assign_in(cfg, req)
+    }
+
+    /// [`assign`](Self::assign) when any experiment is configured.
+    fn assign_in(&self, cfg: &RouterConfig, req: &RouteRequest) -> Option<(String, usize, String)> {
         cfg.experiments.iter().find_map(|x| {
             let key = x.key_for(req)?;
             let adapted = x
