@@ -270,7 +270,7 @@ impl std::fmt::Display for Label<'_> {
 /// Inlined into its callers, so the [`Scope`] is built where the caller keeps it: returned
 /// from a call, it was built in the callee's frame with narrow stores and then copied twice in
 /// 16-byte loads, which cannot take their data from those stores while they are in flight
-/// (+24 instructions inlined, but 0-9 ns less per `route` + `report`, docs/performance.md,
+/// (+24 instructions inlined, but 0-9 ns less per `route` + `report`; docs/performance.md,
 /// "Session 15").
 #[inline(always)]
 fn resolve<'s>(snap: &'s Snapshot, req: &RouteRequest) -> Result<Scope<'s>> {
@@ -471,6 +471,12 @@ fn strategy_for(req: &RouteRequest, scope: &Scope<'_>, config: &RouterConfig) ->
 /// is `fail`) in panic. A pick of a breaker that admits probes takes a permit; when another
 /// thread took the last one first, the strategy runs again. Returns the pick, its tier, whether
 /// it holds a probe permit, and the half-open transition the permit caused, if any.
+///
+/// Inlined (as [`resolve`] and [`first_decision`] are): its result, returned through memory,
+/// was written in narrow stores and read back in wide loads that had to wait for them; inlined,
+/// `route` + `report` with an O(1) strategy takes 20-29 ns less (docs/performance.md,
+/// "Session 15").
+#[inline(always)]
 fn pick(
     kind: StrategyKind,
     c: &mut Candidates<'_>,
@@ -1931,7 +1937,9 @@ pub struct Retry {
 
 /// The first attempt's decision for a strategy's pick: shared by `route` and `explain` (which
 /// builds it `released`, holding no in-flight slot). Takes no slot itself: `route` acquires.
+/// Inlined, so the decision is built where `route` returns it (see [`pick`]).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn first_decision(
     snap: &Snapshot,
     scope: &Scope<'_>,
