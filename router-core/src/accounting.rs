@@ -529,9 +529,10 @@ impl Ticket {
         }
     }
 
-    /// Make a [`recycle`](Self::recycle)d ticket what [`Ticket::new`] makes, field by field in
-    /// place: building a new one and moving it in would copy the whole ticket and run the drop
-    /// glue of every field. (The pattern names every field, so a new one cannot be missed.)
+    /// Make an empty or [`recycle`](Self::recycle)d ticket the ticket of `req`, field by field
+    /// in place: building a new one and moving it into a reused box would copy the whole
+    /// ticket and run the drop glue of every field. (The pattern names every field, so a new
+    /// one cannot be missed.)
     fn refill(&mut self, req: &RouteRequest, new_in: u64, new_out: u64) {
         let Ticket {
             request_id,
@@ -581,20 +582,26 @@ impl Ticket {
 
     /// The ticket of an accounted request.
     pub(crate) fn new(req: &RouteRequest, est_in: u64, est_out: u64) -> Ticket {
-        let id = |s: &Option<String>| s.as_deref().map(Id::new);
+        let mut t = Ticket::empty();
+        t.refill(req, est_in, est_out);
+        t
+    }
+
+    /// A ticket of no request: no ids, nothing reserved, not accounted.
+    fn empty() -> Ticket {
         Ticket {
-            request_id: id(&req.request_id),
-            workspace_id: id(&req.workspace_id),
-            agent_type: id(&req.agent_type),
-            user_id: id(&req.user_id),
-            est_in,
-            est_out,
+            request_id: None,
+            workspace_id: None,
+            agent_type: None,
+            user_id: None,
+            est_in: 0,
+            est_out: 0,
             reservations: Reservations::default(),
             token_charges: Vec::new(),
             experiment: None,
             downgraded: false,
             forced: None,
-            accounted: true,
+            accounted: false,
             adaptive: None,
         }
     }
@@ -628,19 +635,8 @@ impl Ticket {
     /// A ticket that only carries an adaptive choice.
     pub(crate) fn adaptive_only(pick: crate::adaptive::AdaptivePick) -> Ticket {
         Ticket {
-            request_id: None,
-            workspace_id: None,
-            agent_type: None,
-            user_id: None,
-            est_in: 0,
-            est_out: 0,
-            reservations: Reservations::default(),
-            token_charges: Vec::new(),
-            experiment: None,
-            downgraded: false,
-            forced: None,
-            accounted: false,
             adaptive: Some(Box::new(pick)),
+            ..Ticket::empty()
         }
     }
 }
@@ -673,8 +669,7 @@ fn has_workspace_budget(snap: &Snapshot, req: &RouteRequest) -> bool {
     req.workspace_id
         .as_deref()
         .and_then(|ws| snap.workspaces.get(ws))
-        .and_then(|cfg| cfg.budget_limits.as_ref())
-        .is_some_and(|b| b.is_set())
+        .is_some_and(WorkspaceConfig::has_budget)
 }
 
 /// The estimated cost of `req` on `model` at `slot`'s prices, in micro-units.

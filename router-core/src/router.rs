@@ -474,7 +474,7 @@ fn strategy_for(req: &RouteRequest, scope: &Scope<'_>, config: &RouterConfig) ->
 ///
 /// Inlined (as [`resolve`] and [`first_decision`] are): its result, returned through memory,
 /// was written in narrow stores and read back in wide loads that had to wait for them; inlined,
-/// `route` + `report` with an O(1) strategy takes 20-29 ns less (docs/performance.md,
+/// `route` + `report` with an O(1) strategy takes 20-39 ns less (docs/performance.md,
 /// "Session 15").
 #[inline(always)]
 fn pick(

@@ -59,11 +59,6 @@ pub(crate) struct WorkspaceMap {
     budgeted: usize,
 }
 
-/// Whether `cfg` sets a budget limit.
-fn budgeted(cfg: &WorkspaceConfig) -> bool {
-    cfg.budget_limits.as_ref().is_some_and(BudgetLimits::is_set)
-}
-
 #[derive(Debug, Clone)]
 struct WorkspaceEntry {
     hash: u64,
@@ -89,11 +84,11 @@ impl WorkspaceMap {
     pub(crate) fn insert(&mut self, id: String, cfg: WorkspaceConfig) -> Option<WorkspaceConfig> {
         let hash = hash_id(id.as_bytes());
         let same = |e: &WorkspaceEntry| same_bytes(e.key.as_bytes(), id.as_bytes());
-        self.budgeted += usize::from(budgeted(&cfg));
+        self.budgeted += usize::from(cfg.has_budget());
         match self.entries.entry(hash, same, |e| e.hash) {
             hashbrown::hash_table::Entry::Occupied(mut e) => {
                 let old = std::mem::replace(&mut e.get_mut().cfg, cfg);
-                self.budgeted -= usize::from(budgeted(&old));
+                self.budgeted -= usize::from(old.has_budget());
                 Some(old)
             }
             hashbrown::hash_table::Entry::Vacant(e) => {
@@ -115,7 +110,7 @@ impl WorkspaceMap {
             .entries
             .find_entry(hash, |e| same_bytes(e.key.as_bytes(), id.as_bytes()));
         let cfg = e.ok().map(|e| e.remove().0.cfg)?;
-        self.budgeted -= usize::from(budgeted(&cfg));
+        self.budgeted -= usize::from(cfg.has_budget());
         Some(cfg)
     }
 
@@ -201,6 +196,11 @@ impl AgentPreferences {
 }
 
 impl WorkspaceConfig {
+    /// Whether it sets a budget with a limit in some window.
+    pub(crate) fn has_budget(&self) -> bool {
+        self.budget_limits.as_ref().is_some_and(BudgetLimits::is_set)
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         if let Some(b) = &self.budget_limits {
             b.validate().map_err(|e| e.at("budget_limits"))?;
